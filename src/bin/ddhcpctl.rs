@@ -1,0 +1,297 @@
+//! `ddhcpctl`: asks a running ddhcpd over its control socket.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use ddhcp::control::{Request, Response};
+use serde_json::Value;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ddhcpctl",
+    version,
+    about = "Control a running ddhcpd",
+    after_help = "Commands: status, blocks, leases, options, set-option CODE:LEN:P…, remove-option CODE, lease-time SECS, log-level LEVEL, stats",
+    disable_version_flag = true
+)]
+struct Args {
+    /// Control socket of the daemon
+    #[arg(short = 'C', value_name = "PATH", default_value = "/run/ddhcpd.sock")]
+    socket: PathBuf,
+    /// Print the daemon's answer as one JSON object
+    #[arg(long)]
+    json: bool,
+    /// Show blocks (as `blocks`)
+    #[arg(short = 'b')]
+    blocks: bool,
+    /// Show DHCP options (as `options`)
+    #[arg(short = 'd')]
+    options: bool,
+    /// Set a DHCP option CODE:LEN:P1.P2… (as `set-option`)
+    #[arg(short = 'o', value_name = "CODE:LEN:P…")]
+    set_option: Option<String>,
+    /// Remove a DHCP option (as `remove-option`)
+    #[arg(short = 'r', value_name = "CODE")]
+    remove_option: Option<u8>,
+    /// Set the lease time in seconds (as `lease-time`)
+    #[arg(short = 'l', value_name = "SECS")]
+    lease_time: Option<u32>,
+    /// Set the log level (as `log-level`)
+    #[arg(short = 'v', value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Show statistics (as `stats`)
+    #[arg(short = 's')]
+    stats: bool,
+    /// Print version
+    #[arg(short = 'V', long = "version", action = clap::ArgAction::Version)]
+    version: Option<bool>,
+    /// COMMAND [ARG]
+    command: Vec<String>,
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("ddhcpctl: {msg} (see ddhcpctl --help)");
+    ExitCode::from(2)
+}
+
+fn request(a: &Args) -> Result<Request, String> {
+    // As ddhcpdctl, -o wins over the other short forms.
+    if let Some(o) = &a.set_option {
+        return Ok(Request::SetOption { option: o.clone() });
+    }
+    if let Some(c) = a.remove_option {
+        return Ok(Request::RemoveOption { code: c });
+    }
+    if let Some(s) = a.lease_time {
+        return Ok(Request::LeaseTime { secs: s });
+    }
+    if let Some(l) = &a.log_level {
+        return Ok(Request::LogLevel { level: l.clone() });
+    }
+    if a.blocks {
+        return Ok(Request::Blocks);
+    }
+    if a.options {
+        return Ok(Request::Options);
+    }
+    if a.stats {
+        return Ok(Request::Stats);
+    }
+    let words: Vec<&str> = a.command.iter().map(String::as_str).collect();
+    let arg = |what: &str| -> Result<String, String> {
+        words
+            .get(1)
+            .map(|s| s.to_string())
+            .ok_or_else(|| format!("{} needs {what}", words[0]))
+    };
+    let req = match words.first().copied() {
+        None => return Err("no command given".into()),
+        Some("status") => Request::Status,
+        Some("blocks") => Request::Blocks,
+        Some("leases") => Request::Leases,
+        Some("options") => Request::Options,
+        Some("stats") => Request::Stats,
+        Some("set-option") => Request::SetOption {
+            option: arg("CODE:LEN:P1.P2…")?,
+        },
+        Some("remove-option") => Request::RemoveOption {
+            code: arg("CODE")?
+                .parse()
+                .map_err(|_| "remove-option CODE must be a number 0-255".to_string())?,
+        },
+        Some("lease-time") => Request::LeaseTime {
+            secs: arg("SECS")?
+                .parse()
+                .map_err(|_| "lease-time SECS must be a whole number".to_string())?,
+        },
+        Some("log-level") => Request::LogLevel {
+            level: arg("LEVEL")?,
+        },
+        Some(other) => return Err(format!("unknown command '{other}'")),
+    };
+    let expected = if matches!(
+        req,
+        Request::SetOption { .. }
+            | Request::RemoveOption { .. }
+            | Request::LeaseTime { .. }
+            | Request::LogLevel { .. }
+    ) {
+        2
+    } else {
+        1
+    };
+    if words.len() > expected {
+        return Err(format!("unexpected argument '{}'", words[expected]));
+    }
+    Ok(req)
+}
+
+fn exchange(path: &PathBuf, req: &Request) -> Result<Response, String> {
+    let mut s = UnixStream::connect(path)
+        .map_err(|e| format!("cannot reach ddhcpd at {}: {e}", path.display()))?;
+    let timeout = Some(Duration::from_secs(5));
+    s.set_read_timeout(timeout).ok();
+    s.set_write_timeout(timeout).ok();
+    s.write_all(req.to_line().as_bytes())
+        .and_then(|_| s.shutdown(std::net::Shutdown::Write))
+        .map_err(|e| format!("cannot send to ddhcpd at {}: {e}", path.display()))?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)
+        .map_err(|e| format!("no answer from ddhcpd at {}: {e}", path.display()))?;
+    serde_json::from_slice(&buf)
+        .map_err(|e| format!("garbled answer from ddhcpd at {}: {e}", path.display()))
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Bool(true) => "yes".into(),
+        Value::Bool(false) => "no".into(),
+        other => other.to_string(),
+    }
+}
+
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&width)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn render(req: &Request, v: &Value) {
+    match req {
+        Request::Status => {
+            for (label, key) in [
+                ("node id", "node_id"),
+                ("version", "version"),
+                ("learning", "learning"),
+                ("network", "network"),
+                ("block size", "block_size"),
+                ("blocks owned", "blocks_owned"),
+                ("leases active", "leases_active"),
+                ("peers", "peers"),
+            ] {
+                println!("{label:<14}{}", s(&v[key]));
+            }
+        }
+        Request::Blocks => {
+            println!("node id {}", s(&v["node_id"]));
+            let rows = v["blocks"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|b| {
+                            ["index", "first", "state", "owner", "expires_in"]
+                                .iter()
+                                .map(|k| s(&b[*k]))
+                                .collect()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            print_table(&["index", "first", "state", "owner", "expires"], rows);
+        }
+        Request::Leases => {
+            let rows = v["leases"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|l| {
+                            ["ip", "mac", "state", "expires_in", "block"]
+                                .iter()
+                                .map(|k| s(&l[*k]))
+                                .collect()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            print_table(&["ip", "mac", "state", "expires", "block"], rows);
+        }
+        Request::Options => {
+            println!("lease time {}", s(&v["lease_time"]));
+            let rows = v["options"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|o| {
+                            let payload = o["payload"]
+                                .as_array()
+                                .map(|p| p.iter().map(s).collect::<Vec<_>>().join("."))
+                                .unwrap_or_default();
+                            vec![s(&o["code"]), s(&o["len"]), payload]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            print_table(&["code", "len", "payload"], rows);
+        }
+        Request::Stats => {
+            if let Some(m) = v["counters"].as_object() {
+                for (k, val) in m {
+                    println!("{k} {}", s(val));
+                }
+            }
+        }
+        _ => println!("ok"),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) {
+                print!("{e}");
+                return ExitCode::SUCCESS;
+            }
+            return usage(&ddhcp::config::one_line_clap_error(&e));
+        }
+    };
+    let req = match request(&args) {
+        Ok(r) => r,
+        Err(e) => return usage(&e),
+    };
+    let resp = match exchange(&args.socket, &req) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ddhcpctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !resp.ok {
+        eprintln!(
+            "ddhcpctl: refused: {}",
+            resp.error.as_deref().unwrap_or("no reason given")
+        );
+        return ExitCode::FAILURE;
+    }
+    let result = resp.result.unwrap_or(Value::Null);
+    if args.json {
+        println!("{result}");
+    } else {
+        render(&req, &result);
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,102 @@
+//! `ddhcpd`: flags -> validated config -> daemon.
+
+use std::process::ExitCode;
+
+use tracing_subscriber::EnvFilter;
+
+fn level(verbose: u8) -> &'static str {
+    // ddhcpd's default is WARNING; each -v adds a level.
+    match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    }
+}
+
+fn main() -> ExitCode {
+    let cfg = match ddhcp::config::from_args(std::env::args_os()) {
+        Ok(Some(cfg)) => cfg,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(line) => {
+            eprintln!("ddhcpd: {line}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("ddhcp={}", level(cfg.verbose))));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match &cfg.log_file {
+        Some(path) => {
+            let file = match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!(
+                        "ddhcpd: invalid value '{}' for --log-file: {e}",
+                        path.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            };
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    if cfg.daemonize {
+        // Before the runtime exists: fork() and threads do not mix. stdio stays open so
+        // logs still reach stderr's target (or --log-file), unlike ddhcpd's -d.
+        // SAFETY: no other threads exist yet.
+        if unsafe { libc::daemon(0, 1) } != 0 {
+            eprintln!("ddhcpd: cannot detach: {}", std::io::Error::last_os_error());
+            return ExitCode::FAILURE;
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ddhcpd: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let shutdown = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int), Ok(_hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
+            ) else {
+                return std::future::pending().await;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        ddhcp::daemon::run(cfg, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ddhcpd: {e}");
+            match e {
+                ddhcp::daemon::StartError::Config(_) | ddhcp::daemon::StartError::Control(_) => {
+                    ExitCode::from(2)
+                }
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}

@@ -1,0 +1,1087 @@
+//! Block table and claim state machine, sans-IO (reference §3).
+//!
+//! Every block of the managed range is in one of five states. We move a block from `Free`
+//! to `Ours` by sending three Inquire rounds, half a tentative timeout apart, and owning it on
+//! the fourth round if nobody objected; we keep it by re-announcing it every quarter of the
+//! block timeout. The node with the greater id wins every race.
+//!
+//! Where the C daemon is wrong we deliberately differ (reference §3.14), without changing
+//! anything a C peer sees on the wire:
+//! - a block is owned only if it is still `Claiming` when its rounds are done, never after
+//!   somebody else inquired it with a greater id or claimed it meanwhile;
+//! - an Inquire never overwrites the state of a block a live owner claims;
+//! - among competing claims an observer keeps the greater id, so every observer ends with
+//!   the owner the owners themselves agree on;
+//! - rounds are paced by our timer only: peers' traffic never makes us inquire faster;
+//! - free blocks are picked uniformly at random from an RNG the shell seeds properly;
+//! - dropping a block announces it with TTL 0, so peers free it at once instead of after
+//!   a whole block timeout (a C peer frees it on its next timeout check).
+//!
+//! No operation scans the whole table: free blocks live in an index for O(1) random picks,
+//! deadlines in an ordered set, our own blocks in a small map.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use rand::{Rng, RngExt};
+use tracing::{debug, info, warn};
+
+use crate::range::ManagedRange;
+use crate::time::Instant;
+use crate::wire::{ClaimEntry, MAX_CLAIM_ENTRIES, MAX_INQUIRE_ENTRIES, NodeId};
+
+/// Inquire rounds a block goes through before we own it (as in ddhcpd).
+pub const INQUIRE_ROUNDS: u8 = 3;
+
+/// An owned block is re-announced to an Inquire or a weaker claim at most this often, so a
+/// flood of forged Inquires cannot turn us into a multicast amplifier.
+pub const REASSERT_COOLDOWN: Duration = Duration::from_millis(500);
+
+/// Timers and targets of the claim protocol (the `-t -B -s -n -L` flags).
+#[derive(Clone, Debug)]
+pub struct ClaimConfig {
+    /// `-t`: how long a block stays tentative after somebody inquired it. Rounds are sent
+    /// every half of it, as ddhcpd's housekeeping does.
+    pub tentative_timeout: Duration,
+    /// `-B`: TTL of our claims, and the length of the learning phase.
+    pub block_timeout: Duration,
+    /// `-s`: free addresses to keep ready in owned blocks.
+    pub spare_leases: u32,
+    /// `-n`: how long a surplus block stays unused before we give it up.
+    pub needless_timeout: Duration,
+    /// `!-L`: listen for one block timeout before claiming anything.
+    pub learning: bool,
+}
+
+impl ClaimConfig {
+    /// Interval between claim rounds: half the tentative timeout, at least one second.
+    pub fn round_interval(&self) -> Duration {
+        (self.tentative_timeout / 2).max(Duration::from_secs(1))
+    }
+
+    /// Interval between re-announcements of our blocks: a quarter of the TTL we announce,
+    /// so three consecutive losses are survived.
+    pub fn refresh_interval(&self) -> Duration {
+        (self.block_timeout / 4).max(Duration::from_secs(1))
+    }
+
+    /// The TTL field of our claims, in whole seconds.
+    fn ttl(&self) -> u16 {
+        u16::try_from(self.block_timeout.as_secs()).unwrap_or(u16::MAX)
+    }
+}
+
+/// What one block is to us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Free,
+    /// Somebody inquired it, or we lost an inquiry race; nobody picks it until `until`.
+    Tentative {
+        until: Instant,
+    },
+    /// We are inquiring it; `rounds` Inquires have gone out.
+    Claiming {
+        rounds: u8,
+    },
+    /// Ours; details in [`Blocks::ours`].
+    Ours,
+    /// Owned by the peer at `peer` in [`Peers`] until `until` unless refreshed.
+    Claimed {
+        peer: u32,
+        until: Instant,
+    },
+}
+
+/// Public name of a block state, as `ddhcpctl blocks` prints it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockStateName {
+    Tentative,
+    Claiming,
+    Ours,
+    Claimed,
+}
+
+impl BlockStateName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockStateName::Tentative => "tentative",
+            BlockStateName::Claiming => "claiming",
+            BlockStateName::Ours => "ours",
+            BlockStateName::Claimed => "claimed",
+        }
+    }
+}
+
+/// One row of the block table as operators see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockView {
+    pub index: u32,
+    pub first: Ipv4Addr,
+    pub state: BlockStateName,
+    pub owner: Option<NodeId>,
+    /// Owner's address, for claimed blocks.
+    pub owner_addr: Option<Ipv6Addr>,
+    /// Seconds until the state runs out unless renewed (for our blocks: until peers forget
+    /// our last announcement).
+    pub expires_in: u64,
+}
+
+/// Bookkeeping for a block we own.
+#[derive(Clone, Debug)]
+struct OwnedBlock {
+    since: Instant,
+    last_announced: Instant,
+    needless_since: Option<Instant>,
+    /// Addresses of the block in use (leases, offers, quarantine), set by the lease layer.
+    used: u32,
+}
+
+/// Something the block protocol wants sent on the server link (always multicast).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Inquire(Vec<u32>),
+    Claim(Vec<ClaimEntry>),
+}
+
+/// State changes worth a log line, a hook run or a persisted record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockEvent {
+    EndLearning,
+    /// We own the block now.
+    Claimed(u32),
+    /// We gave the block up because it was not needed.
+    Dropped(u32),
+    /// A greater id claimed a block we owned.
+    Lost {
+        block: u32,
+        to: NodeId,
+    },
+}
+
+/// A peer as seen on the server link: an id at an address. Two C master nodes share the id
+/// zero, so the address is part of the key.
+#[derive(Clone, Debug)]
+struct Peer {
+    id: NodeId,
+    addr: Ipv6Addr,
+    last_seen: Instant,
+    /// Blocks recorded as claimed by this peer; a peer with none may be forgotten.
+    blocks: u32,
+}
+
+/// Interned peers, so a claimed block costs 4 bytes of owner reference, not 24.
+#[derive(Default)]
+struct Peers {
+    slots: Vec<Option<Peer>>,
+    index: HashMap<(NodeId, Ipv6Addr), u32>,
+    vacant: Vec<u32>,
+}
+
+impl Peers {
+    fn intern(&mut self, id: NodeId, addr: Ipv6Addr, now: Instant) -> u32 {
+        if let Some(&slot) = self.index.get(&(id, addr)) {
+            if let Some(p) = self.slots[slot as usize].as_mut() {
+                p.last_seen = now;
+            }
+            return slot;
+        }
+        let peer = Peer {
+            id,
+            addr,
+            last_seen: now,
+            blocks: 0,
+        };
+        let slot = match self.vacant.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(peer);
+                s
+            }
+            None => {
+                self.slots.push(Some(peer));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert((id, addr), slot);
+        slot
+    }
+
+    fn get(&self, slot: u32) -> &Peer {
+        self.slots[slot as usize]
+            .as_ref()
+            .expect("block references a live peer slot")
+    }
+
+    fn adjust(&mut self, slot: u32, delta: i32) {
+        if let Some(p) = self.slots[slot as usize].as_mut() {
+            p.blocks = p.blocks.saturating_add_signed(delta);
+        }
+    }
+
+    /// Forgets peers that own nothing and were not heard for `horizon`, so forged sender
+    /// ids cannot grow the table without bound.
+    fn collect(&mut self, now: Instant, horizon: Duration) {
+        for (slot, entry) in self.slots.iter_mut().enumerate() {
+            if let Some(p) = entry
+                && p.blocks == 0
+                && now.saturating_since(p.last_seen) > horizon
+            {
+                self.index.remove(&(p.id, p.addr));
+                *entry = None;
+                self.vacant.push(slot as u32);
+            }
+        }
+    }
+
+    fn live(&self, now: Instant, horizon: Duration) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|p| now.saturating_since(p.last_seen) <= horizon)
+            .count()
+    }
+}
+
+/// The set of free blocks, with O(1) insert, remove and uniform random pick.
+struct FreeSet {
+    members: Vec<u32>,
+    /// Position of each block in `members`, or `u32::MAX`.
+    pos: Vec<u32>,
+}
+
+impl FreeSet {
+    fn full(n: u32) -> Self {
+        FreeSet {
+            members: (0..n).collect(),
+            pos: (0..n).collect(),
+        }
+    }
+
+    fn insert(&mut self, b: u32) {
+        if self.pos[b as usize] == u32::MAX {
+            self.pos[b as usize] = self.members.len() as u32;
+            self.members.push(b);
+        }
+    }
+
+    fn remove(&mut self, b: u32) {
+        let p = self.pos[b as usize];
+        if p == u32::MAX {
+            return;
+        }
+        let last = *self.members.last().expect("non-empty when a member exists");
+        self.members.swap_remove(p as usize);
+        if last != b {
+            self.pos[last as usize] = p;
+        }
+        self.pos[b as usize] = u32::MAX;
+    }
+
+    fn pick(&self, rng: &mut impl Rng) -> Option<u32> {
+        if self.members.is_empty() {
+            None
+        } else {
+            Some(self.members[rng.random_range(0..self.members.len())])
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.members.len()
+    }
+}
+
+/// The block table plus the claim protocol driving it.
+pub struct Blocks {
+    cfg: ClaimConfig,
+    range: ManagedRange,
+    states: Vec<State>,
+    free: FreeSet,
+    /// Expiry of every `Tentative` and `Claimed` block.
+    deadlines: BTreeSet<(Instant, u32)>,
+    ours: BTreeMap<u32, OwnedBlock>,
+    /// Blocks in `Claiming`, in the order we picked them.
+    claiming: Vec<u32>,
+    peers: Peers,
+    learning_until: Option<Instant>,
+    next_round: Instant,
+    next_refresh: Instant,
+    outputs: VecDeque<Output>,
+    events: VecDeque<BlockEvent>,
+    /// Entries of received messages that named a block outside the range.
+    pub invalid_entries: u64,
+}
+
+impl Blocks {
+    pub fn new(cfg: ClaimConfig, range: ManagedRange, now: Instant) -> Self {
+        let n = range.num_blocks();
+        let learning_until = cfg.learning.then(|| now + cfg.block_timeout);
+        let mut events = VecDeque::new();
+        if learning_until.is_none() {
+            events.push_back(BlockEvent::EndLearning);
+        }
+        Blocks {
+            next_round: learning_until.unwrap_or(now),
+            next_refresh: now + cfg.refresh_interval(),
+            cfg,
+            range,
+            states: vec![State::Free; n as usize],
+            free: FreeSet::full(n),
+            deadlines: BTreeSet::new(),
+            ours: BTreeMap::new(),
+            claiming: Vec::new(),
+            peers: Peers::default(),
+            learning_until,
+            outputs: VecDeque::new(),
+            events,
+            invalid_entries: 0,
+        }
+    }
+
+    pub fn config(&self) -> &ClaimConfig {
+        &self.cfg
+    }
+
+    pub fn range(&self) -> &ManagedRange {
+        &self.range
+    }
+
+    pub fn is_learning(&self) -> bool {
+        self.learning_until.is_some()
+    }
+
+    /// Blocks we own, in index order.
+    pub fn owned(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ours.keys().copied()
+    }
+
+    pub fn owns(&self, block: u32) -> bool {
+        self.ours.contains_key(&block)
+    }
+
+    pub fn owned_count(&self) -> usize {
+        self.ours.len()
+    }
+
+    pub fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Distinct peers heard within two block timeouts.
+    pub fn peer_count(&self, now: Instant) -> usize {
+        self.peers.live(now, self.cfg.block_timeout * 2)
+    }
+
+    /// The owner of a block another node claims, with the address to reach it.
+    pub fn owner_of(&self, block: u32) -> Option<(NodeId, Ipv6Addr)> {
+        match self.states.get(block as usize)? {
+            State::Claimed { peer, .. } => {
+                let p = self.peers.get(*peer);
+                Some((p.id, p.addr))
+            }
+            _ => None,
+        }
+    }
+
+    /// Tells the table how many addresses of an owned block are in use; unused blocks are
+    /// the ones given up when there is a surplus.
+    pub fn set_usage(&mut self, block: u32, used: u32) {
+        if let Some(o) = self.ours.get_mut(&block) {
+            o.used = used.min(self.range.block_size());
+            if o.used > 0 {
+                o.needless_since = None;
+            }
+        }
+    }
+
+    /// Free addresses in owned blocks.
+    pub fn spare(&self) -> u32 {
+        let size = self.range.block_size();
+        self.ours.values().map(|o| size - o.used).sum()
+    }
+
+    /// Blocks still to claim (positive) or that could be given up (negative), with the C
+    /// daemon's arithmetic so both settle on the same number of blocks.
+    pub fn blocks_needed(&self) -> i64 {
+        let leases_needed = i64::from(self.cfg.spare_leases) - i64::from(self.spare());
+        let size = i64::from(self.range.block_size());
+        let mut n = leases_needed / size;
+        if leases_needed % size > 0 {
+            n += 1;
+        }
+        n
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<BlockEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next instant [`Blocks::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut t = self.learning_until.unwrap_or(self.next_round);
+        if !self.ours.is_empty() {
+            t = t.min(self.next_refresh);
+        }
+        if let Some(&(d, _)) = self.deadlines.first() {
+            t = t.min(d);
+        }
+        t
+    }
+
+    /// Runs every timer that is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant, rng: &mut impl Rng) {
+        self.expire(now);
+        if let Some(until) = self.learning_until {
+            if now < until {
+                return;
+            }
+            self.learning_until = None;
+            info!("learning phase over");
+            self.events.push_back(BlockEvent::EndLearning);
+            self.next_round = now;
+        }
+        if now >= self.next_round {
+            self.round(now, rng);
+            let interval = self.cfg.round_interval();
+            self.next_round = (self.next_round + interval).max(now);
+            if self.next_round == now {
+                self.next_round = now + interval;
+            }
+        }
+        if now >= self.next_refresh {
+            self.refresh(now);
+            self.peers.collect(now, self.cfg.block_timeout * 2);
+            self.next_refresh = now + self.cfg.refresh_interval();
+        }
+    }
+
+    /// An Inquire from `from` listing `blocks`.
+    pub fn on_inquire(&mut self, now: Instant, me: NodeId, from: NodeId, blocks: &[u32]) {
+        let mut reassert = Vec::new();
+        for &b in blocks {
+            let Some(&state) = self.states.get(b as usize) else {
+                self.invalid_entries += 1;
+                continue;
+            };
+            match state {
+                State::Ours => {
+                    if self.announce_due(b, now) {
+                        reassert.push(b);
+                    }
+                }
+                State::Claiming { .. } => {
+                    if from > me {
+                        debug!(block = b, winner = %from, "lost inquiry race");
+                        self.claiming.retain(|&c| c != b);
+                        self.set_state(
+                            b,
+                            State::Tentative {
+                                until: now + self.cfg.tentative_timeout,
+                            },
+                        );
+                    }
+                }
+                // A live owner answers the Inquire itself; its claim stays recorded.
+                State::Claimed { .. } => {}
+                State::Free => self.set_state(
+                    b,
+                    State::Tentative {
+                        until: now + self.cfg.tentative_timeout,
+                    },
+                ),
+                State::Tentative { until } => {
+                    let new = now + self.cfg.tentative_timeout;
+                    if new > until {
+                        self.set_state(b, State::Tentative { until: new });
+                    }
+                }
+            }
+        }
+        self.announce(now, &reassert);
+    }
+
+    /// An UpdateClaim from `from` at `addr`.
+    pub fn on_claim(
+        &mut self,
+        now: Instant,
+        me: NodeId,
+        from: NodeId,
+        addr: Ipv6Addr,
+        entries: &[ClaimEntry],
+    ) {
+        let peer = self.peers.intern(from, addr, now);
+        let mut reassert = Vec::new();
+        for e in entries {
+            let b = e.block;
+            let Some(&state) = self.states.get(b as usize) else {
+                self.invalid_entries += 1;
+                continue;
+            };
+            let until = now + Duration::from_secs(u64::from(e.timeout));
+            let claimed = State::Claimed { peer, until };
+            match state {
+                State::Ours => {
+                    if e.timeout == 0 {
+                        continue;
+                    }
+                    if from > me {
+                        warn!(block = b, first = %self.range.block_first(b), winner = %from,
+                              "block taken over by a greater node id");
+                        self.set_state(b, claimed);
+                        self.events
+                            .push_back(BlockEvent::Lost { block: b, to: from });
+                    } else if self.announce_due(b, now) {
+                        info!(block = b, other = %from, "re-asserting block against a smaller node id");
+                        reassert.push(b);
+                    }
+                }
+                State::Claiming { .. } => {
+                    // An existing owner beats any inquiry, whatever the ids.
+                    if e.timeout > 0 {
+                        debug!(block = b, owner = %from, "block we were inquiring is claimed");
+                        self.claiming.retain(|&c| c != b);
+                        self.set_state(b, claimed);
+                    }
+                }
+                State::Claimed { peer: current, .. } => {
+                    let cur = self.peers.get(current);
+                    // The recorded owner refreshing (or releasing with TTL 0), or the same
+                    // host after a node id change.
+                    let same_owner = current == peer || cur.addr == addr;
+                    if same_owner {
+                        if e.timeout == 0 {
+                            self.set_state(b, State::Free);
+                        } else {
+                            self.set_state(b, claimed);
+                        }
+                    } else if e.timeout > 0 && from >= cur.id {
+                        // The greater id wins; the smaller one yields when it hears this.
+                        self.set_state(b, claimed);
+                    }
+                }
+                State::Free | State::Tentative { .. } => {
+                    if e.timeout > 0 {
+                        self.set_state(b, claimed);
+                    }
+                }
+            }
+        }
+        self.announce(now, &reassert);
+    }
+
+    /// Rows for `ddhcpctl blocks`: every block that is not free. This walks the table and is
+    /// meant for the control socket, not for packet handling.
+    pub fn view(&self, now: Instant, me: NodeId) -> Vec<BlockView> {
+        let secs = |d: Duration| d.as_secs() + u64::from(d.subsec_millis() >= 500);
+        let mut rows = Vec::new();
+        for (i, state) in self.states.iter().enumerate() {
+            let index = i as u32;
+            let (state, owner, owner_addr, expires) = match *state {
+                State::Free => continue,
+                State::Tentative { until } => {
+                    (BlockStateName::Tentative, None, None, now.until(until))
+                }
+                State::Claiming { .. } => (
+                    BlockStateName::Claiming,
+                    None,
+                    None,
+                    now.until(self.next_round),
+                ),
+                State::Ours => {
+                    let o = &self.ours[&index];
+                    let until = o.last_announced + self.cfg.block_timeout;
+                    (BlockStateName::Ours, Some(me), None, now.until(until))
+                }
+                State::Claimed { peer, until } => {
+                    let p = self.peers.get(peer);
+                    (
+                        BlockStateName::Claimed,
+                        Some(p.id),
+                        Some(p.addr),
+                        now.until(until),
+                    )
+                }
+            };
+            rows.push(BlockView {
+                index,
+                first: self.range.block_first(index),
+                state,
+                owner,
+                owner_addr,
+                expires_in: secs(expires),
+            });
+        }
+        rows
+    }
+
+    /// Announces every owned block at once, e.g. after our node id changed.
+    pub fn announce_all(&mut self, now: Instant) {
+        let all: Vec<u32> = self.ours.keys().copied().collect();
+        self.announce(now, &all);
+    }
+
+    fn set_state(&mut self, b: u32, new: State) {
+        let old = std::mem::replace(&mut self.states[b as usize], new);
+        match old {
+            State::Free => self.free.remove(b),
+            State::Tentative { until } => {
+                self.deadlines.remove(&(until, b));
+            }
+            State::Claimed { peer, until } => {
+                self.deadlines.remove(&(until, b));
+                self.peers.adjust(peer, -1);
+            }
+            State::Ours => {
+                if !matches!(new, State::Ours) {
+                    self.ours.remove(&b);
+                }
+            }
+            State::Claiming { .. } => {}
+        }
+        match new {
+            State::Free => self.free.insert(b),
+            State::Tentative { until } => {
+                self.deadlines.insert((until, b));
+            }
+            State::Claimed { peer, until } => {
+                self.deadlines.insert((until, b));
+                self.peers.adjust(peer, 1);
+            }
+            State::Ours | State::Claiming { .. } => {}
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(until, b)) = self.deadlines.first() {
+            if until > now {
+                break;
+            }
+            if let State::Claimed { peer, .. } = self.states[b as usize] {
+                debug!(block = b, owner = %self.peers.get(peer).id, "claim expired, block free");
+            }
+            self.set_state(b, State::Free);
+        }
+    }
+
+    /// One claim round: own blocks whose inquiries are done, pick new ones, inquire, and
+    /// give up surplus blocks.
+    fn round(&mut self, now: Instant, rng: &mut impl Rng) {
+        let mut owned_now = Vec::new();
+        let mut still = Vec::with_capacity(self.claiming.len());
+        for b in std::mem::take(&mut self.claiming) {
+            match self.states[b as usize] {
+                State::Claiming { rounds } if rounds >= INQUIRE_ROUNDS => {
+                    self.set_state(b, State::Ours);
+                    self.ours.insert(
+                        b,
+                        OwnedBlock {
+                            since: now,
+                            last_announced: now,
+                            needless_since: None,
+                            used: 0,
+                        },
+                    );
+                    info!(block = b, first = %self.range.block_first(b), "block claimed");
+                    self.events.push_back(BlockEvent::Claimed(b));
+                    owned_now.push(b);
+                }
+                State::Claiming { .. } => still.push(b),
+                _ => {}
+            }
+        }
+        self.claiming = still;
+        self.announce(now, &owned_now);
+
+        let needed = self.blocks_needed();
+        if needed > 0 {
+            let missing = needed - self.claiming.len() as i64;
+            for _ in 0..missing.min(MAX_INQUIRE_ENTRIES as i64) {
+                if self.claiming.len() >= MAX_INQUIRE_ENTRIES {
+                    break;
+                }
+                let Some(b) = self.free.pick(rng) else {
+                    warn!("no free block left in the range");
+                    break;
+                };
+                self.set_state(b, State::Claiming { rounds: 0 });
+                self.claiming.push(b);
+            }
+        } else if !self.claiming.is_empty() {
+            // Demand went away mid-claim: leave the blocks to others.
+            for b in std::mem::take(&mut self.claiming) {
+                self.set_state(b, State::Free);
+            }
+        }
+        if !self.claiming.is_empty() {
+            for &b in &self.claiming {
+                if let State::Claiming { rounds } = &mut self.states[b as usize] {
+                    *rounds += 1;
+                }
+            }
+            debug!(blocks = ?self.claiming, "inquire");
+            self.outputs
+                .push_back(Output::Inquire(self.claiming.clone()));
+        }
+
+        if needed < 0 {
+            self.drop_surplus(now);
+        } else {
+            for o in self.ours.values_mut() {
+                o.needless_since = None;
+            }
+        }
+    }
+
+    /// Marks the youngest unused block needless, and gives it up once it has been needless
+    /// for the `-n` time. One block at a time, so demand that comes back finds blocks ready.
+    fn drop_surplus(&mut self, now: Instant) {
+        let youngest = self
+            .ours
+            .iter()
+            .filter(|(_, o)| o.used == 0)
+            .max_by_key(|(_, o)| o.since)
+            .map(|(&b, o)| (b, o.needless_since));
+        let Some((b, marked)) = youngest else { return };
+        match marked {
+            None => {
+                if let Some(o) = self.ours.get_mut(&b) {
+                    o.needless_since = Some(now);
+                }
+            }
+            Some(since) if now.saturating_since(since) >= self.cfg.needless_timeout => {
+                info!(block = b, first = %self.range.block_first(b), "giving up unused block");
+                self.set_state(b, State::Free);
+                self.outputs.push_back(Output::Claim(vec![ClaimEntry {
+                    block: b,
+                    timeout: 0,
+                }]));
+                self.events.push_back(BlockEvent::Dropped(b));
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn refresh(&mut self, now: Instant) {
+        let all: Vec<u32> = self.ours.keys().copied().collect();
+        self.announce(now, &all);
+    }
+
+    fn announce_due(&self, b: u32, now: Instant) -> bool {
+        self.ours
+            .get(&b)
+            .is_some_and(|o| now.saturating_since(o.last_announced) >= REASSERT_COOLDOWN)
+    }
+
+    fn announce(&mut self, now: Instant, blocks: &[u32]) {
+        let ttl = self.cfg.ttl();
+        for chunk in blocks.chunks(MAX_CLAIM_ENTRIES) {
+            let entries = chunk
+                .iter()
+                .map(|&block| ClaimEntry {
+                    block,
+                    timeout: ttl,
+                })
+                .collect();
+            for b in chunk {
+                if let Some(o) = self.ours.get_mut(b) {
+                    o.last_announced = now;
+                }
+            }
+            self.outputs.push_back(Output::Claim(entries));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    const ME: NodeId = NodeId([5; 8]);
+    const BIG: NodeId = NodeId([9; 8]);
+    const SMALL: NodeId = NodeId([1; 8]);
+
+    fn cfg(learning: bool) -> ClaimConfig {
+        ClaimConfig {
+            tentative_timeout: Duration::from_secs(4),
+            block_timeout: Duration::from_secs(60),
+            spare_leases: 2,
+            needless_timeout: Duration::from_secs(10),
+            learning,
+        }
+    }
+
+    fn table(learning: bool) -> Blocks {
+        let range = ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 24, 2).unwrap();
+        Blocks::new(cfg(learning), range, Instant::ZERO)
+    }
+
+    fn secs(s: u64) -> Instant {
+        Instant::from_millis(s * 1000)
+    }
+
+    fn addr(n: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, n)
+    }
+
+    fn drain(b: &mut Blocks) -> Vec<Output> {
+        std::iter::from_fn(|| b.poll_output()).collect()
+    }
+
+    /// Runs the timers until `end`, collecting what was sent.
+    fn run_until(b: &mut Blocks, end: Instant, rng: &mut StdRng) -> Vec<(Instant, Output)> {
+        let mut out = Vec::new();
+        loop {
+            let t = b.poll_timeout();
+            if t > end {
+                return out;
+            }
+            b.handle_timeout(t, rng);
+            out.extend(drain(b).into_iter().map(|o| (t, o)));
+        }
+    }
+
+    #[test]
+    fn lone_node_owns_after_three_rounds() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut b = table(false);
+        let out = run_until(&mut b, secs(10), &mut rng);
+        let inquiries: Vec<_> = out
+            .iter()
+            .filter(|(_, o)| matches!(o, Output::Inquire(_)))
+            .collect();
+        assert_eq!(inquiries.len(), 3);
+        let (t_claim, Output::Claim(entries)) = out
+            .iter()
+            .find(|(_, o)| matches!(o, Output::Claim(_)))
+            .unwrap()
+            .clone()
+        else {
+            unreachable!()
+        };
+        // Owned one round after the third inquiry: 1.5 tentative timeouts after the first.
+        assert_eq!(t_claim, secs(6));
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].timeout, 60);
+        assert_eq!(b.owned_count(), 1);
+        assert_eq!(b.spare(), 4);
+        assert_eq!(b.blocks_needed(), 0);
+    }
+
+    #[test]
+    fn learning_phase_delays_claiming() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut b = table(true);
+        let out = run_until(&mut b, secs(59), &mut rng);
+        assert!(out.is_empty());
+        assert!(b.is_learning());
+        let out = run_until(&mut b, secs(60), &mut rng);
+        assert!(matches!(out[0].1, Output::Inquire(_)));
+        assert!(!b.is_learning());
+        assert_eq!(b.poll_event(), Some(BlockEvent::EndLearning));
+    }
+
+    #[test]
+    fn greater_inquirer_wins_smaller_does_not() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let mut b = table(false);
+        b.handle_timeout(secs(0), &mut rng);
+        let Output::Inquire(blocks) = drain(&mut b).remove(0) else {
+            panic!()
+        };
+        let target = blocks[0];
+        b.on_inquire(secs(1), ME, SMALL, &[target]);
+        assert_eq!(b.states[target as usize], State::Claiming { rounds: 1 });
+        b.on_inquire(secs(1), ME, BIG, &[target]);
+        assert!(matches!(b.states[target as usize], State::Tentative { .. }));
+        // We move on to another block and never own the lost one.
+        run_until(&mut b, secs(20), &mut rng);
+        assert_eq!(b.owned_count(), 1);
+        assert!(!b.owns(target));
+    }
+
+    #[test]
+    fn existing_claim_beats_our_inquiry_whatever_the_ids() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut b = table(false);
+        b.handle_timeout(secs(0), &mut rng);
+        let Output::Inquire(blocks) = drain(&mut b).remove(0) else {
+            panic!()
+        };
+        let target = blocks[0];
+        let entry = ClaimEntry {
+            block: target,
+            timeout: 60,
+        };
+        b.on_claim(secs(1), ME, SMALL, addr(1), &[entry]);
+        assert_eq!(b.owner_of(target), Some((SMALL, addr(1))));
+        run_until(&mut b, secs(20), &mut rng);
+        assert!(!b.owns(target));
+        assert_eq!(b.owner_of(target), Some((SMALL, addr(1))));
+    }
+
+    fn owning_table(rng: &mut StdRng) -> (Blocks, u32) {
+        let mut b = table(false);
+        run_until(&mut b, secs(6), rng);
+        let block = b.owned().next().unwrap();
+        (b, block)
+    }
+
+    #[test]
+    fn owner_reasserts_on_inquiry_with_cooldown() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let (mut b, block) = owning_table(&mut rng);
+        b.on_inquire(secs(6), ME, BIG, &[block]);
+        assert!(drain(&mut b).is_empty(), "just announced: cooldown");
+        b.on_inquire(secs(7), ME, BIG, &[block]);
+        assert_eq!(
+            drain(&mut b),
+            vec![Output::Claim(vec![ClaimEntry { block, timeout: 60 }])]
+        );
+        assert!(b.owns(block));
+    }
+
+    #[test]
+    fn claim_conflict_greater_id_wins() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let (mut b, block) = owning_table(&mut rng);
+        let e = [ClaimEntry { block, timeout: 60 }];
+        b.on_claim(secs(7), ME, SMALL, addr(1), &e);
+        assert!(b.owns(block));
+        assert_eq!(drain(&mut b), vec![Output::Claim(e.to_vec())]);
+        b.on_claim(secs(8), ME, BIG, addr(2), &e);
+        assert!(!b.owns(block));
+        assert_eq!(b.owner_of(block), Some((BIG, addr(2))));
+        assert!(
+            std::iter::from_fn(|| b.poll_event()).any(|e| e == BlockEvent::Lost { block, to: BIG })
+        );
+    }
+
+    #[test]
+    fn inquiry_does_not_overwrite_a_known_owner() {
+        let mut b = table(false);
+        let e = [ClaimEntry {
+            block: 7,
+            timeout: 60,
+        }];
+        b.on_claim(secs(0), ME, SMALL, addr(1), &e);
+        b.on_inquire(secs(1), ME, BIG, &[7]);
+        assert_eq!(b.owner_of(7), Some((SMALL, addr(1))));
+    }
+
+    #[test]
+    fn observers_keep_the_greater_claimant() {
+        let mut b = table(false);
+        let e = [ClaimEntry {
+            block: 7,
+            timeout: 60,
+        }];
+        b.on_claim(secs(0), ME, BIG, addr(2), &e);
+        b.on_claim(secs(1), ME, SMALL, addr(1), &e);
+        assert_eq!(b.owner_of(7), Some((BIG, addr(2))));
+        let mut b = table(false);
+        b.on_claim(secs(0), ME, SMALL, addr(1), &e);
+        b.on_claim(secs(1), ME, BIG, addr(2), &e);
+        assert_eq!(b.owner_of(7), Some((BIG, addr(2))));
+    }
+
+    #[test]
+    fn claims_expire_and_ttl_zero_releases() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let mut b = table(false);
+        let e = ClaimEntry {
+            block: 7,
+            timeout: 20,
+        };
+        b.on_claim(secs(0), ME, SMALL, addr(1), &[e]);
+        b.handle_timeout(secs(19), &mut rng);
+        assert!(b.owner_of(7).is_some());
+        b.handle_timeout(secs(20), &mut rng);
+        assert!(b.owner_of(7).is_none());
+        b.on_claim(secs(21), ME, SMALL, addr(1), &[e]);
+        assert!(b.owner_of(7).is_some());
+        b.on_claim(
+            secs(22),
+            ME,
+            SMALL,
+            addr(1),
+            &[ClaimEntry {
+                block: 7,
+                timeout: 0,
+            }],
+        );
+        assert!(b.owner_of(7).is_none());
+        assert_eq!(b.states[7], State::Free);
+    }
+
+    #[test]
+    fn refresh_every_quarter_block_timeout() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let (mut b, block) = owning_table(&mut rng);
+        let out = run_until(&mut b, secs(66), &mut rng);
+        let claims: Vec<Instant> = out
+            .iter()
+            .filter(|(_, o)| matches!(o, Output::Claim(c) if c[0].block == block))
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(claims, vec![secs(15), secs(30), secs(45), secs(60)]);
+    }
+
+    #[test]
+    fn surplus_block_given_up_after_needless_timeout() {
+        let mut rng = StdRng::seed_from_u64(8);
+        let mut b = table(false);
+        b.cfg.spare_leases = 6;
+        run_until(&mut b, secs(20), &mut rng);
+        assert_eq!(b.owned_count(), 2);
+        b.cfg.spare_leases = 1;
+        let out = run_until(&mut b, secs(40), &mut rng);
+        assert_eq!(b.owned_count(), 1);
+        let dropped = out
+            .iter()
+            .find_map(|(t, o)| match o {
+                Output::Claim(c) if c[0].timeout == 0 => Some(*t),
+                _ => None,
+            })
+            .unwrap();
+        // Marked at the first round after the change, given up -n (10 s) later.
+        assert!(dropped >= secs(30) && dropped <= secs(32), "{dropped:?}");
+    }
+
+    #[test]
+    fn used_blocks_are_never_given_up() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut b = table(false);
+        b.cfg.spare_leases = 6;
+        run_until(&mut b, secs(20), &mut rng);
+        for block in b.owned().collect::<Vec<_>>() {
+            b.set_usage(block, 1);
+        }
+        b.cfg.spare_leases = 0;
+        run_until(&mut b, secs(100), &mut rng);
+        assert_eq!(b.owned_count(), 2);
+    }
+
+    #[test]
+    fn out_of_range_entries_are_counted_and_skipped() {
+        let mut b = table(false);
+        b.on_inquire(secs(0), ME, BIG, &[64, 1_000_000, 3]);
+        b.on_claim(
+            secs(0),
+            ME,
+            BIG,
+            addr(1),
+            &[ClaimEntry {
+                block: 64,
+                timeout: 60,
+            }],
+        );
+        assert_eq!(b.invalid_entries, 3);
+        assert!(matches!(b.states[3], State::Tentative { .. }));
+    }
+}

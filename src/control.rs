@@ -1,0 +1,126 @@
+//! The control protocol between `ddhcpctl` and the daemon.
+//!
+//! One request per connection, as ddhcpd: the client writes one JSON object (terminated by a
+//! newline or by closing its write side), the daemon answers with one JSON object and closes.
+//! Answers are `{"ok": true, "result": …}` or `{"ok": false, "error": "…"}`; `ddhcpctl --json`
+//! prints `result` as is, and renders the human tables from the same data, so both forms
+//! always agree.
+//!
+//! Requests are bounded: [`MAX_REQUEST`] bytes and [`REQUEST_TIMEOUT`], so a client that
+//! sends nothing or floods cannot hold the daemon.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest request accepted; a real one is well under 200 bytes.
+pub const MAX_REQUEST: usize = 4096;
+/// A client must send its whole request within this time.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A command, as sent on the socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+    Blocks,
+    Leases,
+    Options,
+    SetOption { option: String },
+    RemoveOption { code: u8 },
+    LeaseTime { secs: u32 },
+    LogLevel { level: String },
+    Stats,
+}
+
+impl Request {
+    /// Parses a request. Anything that is not exactly one known command is an error with
+    /// a reason for the client; nothing here can panic.
+    pub fn parse(bytes: &[u8]) -> Result<Request, String> {
+        let text = std::str::from_utf8(bytes).map_err(|_| "request is not UTF-8".to_string())?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("empty request".into());
+        }
+        serde_json::from_str(text).map_err(|e| format!("malformed request: {e}"))
+    }
+
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self).expect("requests always serialize");
+        s.push('\n');
+        s
+    }
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    pub fn ok(result: serde_json::Value) -> Self {
+        Response {
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    pub fn err(reason: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            result: None,
+            error: Some(reason.into()),
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec(self).expect("responses always serialize");
+        v.push(b'\n');
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_rejections() {
+        for r in [
+            Request::Status,
+            Request::Blocks,
+            Request::SetOption {
+                option: "3:4:10.0.0.1".into(),
+            },
+            Request::RemoveOption { code: 3 },
+        ] {
+            assert_eq!(Request::parse(r.to_line().as_bytes()).unwrap(), r);
+        }
+        assert_eq!(
+            Request::parse(br#"{"cmd":"status"}"#).unwrap(),
+            Request::Status
+        );
+        for bad in [
+            &b""[..],
+            b"\xff\xfe",
+            b"status",
+            br#"{"cmd":"reboot"}"#,
+            br#"{"cmd":"remove-option","code":300}"#,
+        ] {
+            assert!(Request::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = Request::parse(&bytes);
+        }
+    }
+}

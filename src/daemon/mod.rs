@@ -1,0 +1,366 @@
+//! The tokio shell: moves bytes between sockets and the core, and nothing else.
+//!
+//! One task owns the [`Node`] and runs the loop: wait for a datagram, a control request,
+//! the core's next deadline or shutdown; feed it in; flush what the core produced. Side
+//! tasks (control connections, the hook runner) talk to it through channels.
+
+pub mod control;
+pub mod hook;
+pub mod iface;
+pub mod peer;
+
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::control::{Request, Response};
+use crate::node::{Channel, Event, Node, NodeConfig, derive_node_id};
+use crate::time::Instant;
+use crate::wire::NodeId;
+use hook::Hook;
+use peer::PeerSockets;
+
+/// How often we try to reopen the peer sockets after the server interface went away
+/// (ddhcpd never does, issue #68).
+const REOPEN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Why the daemon could not start. Configuration problems exit with code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Control(#[from] control::BindError),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Reads the persisted node id, or derives a new one from the MAC and stores it. A stored
+/// id whose MAC part differs belongs to other hardware and is replaced.
+fn node_id(cfg: &Config, mac: [u8; 6]) -> NodeId {
+    if let Some(id) = cfg.node_id {
+        return id;
+    }
+    let path = cfg.state_dir.join("node_id");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(id) = text.trim().parse::<NodeId>()
+        && id.0[..6] == mac
+    {
+        return id;
+    }
+    let id = derive_node_id(mac, rand::random());
+    if let Err(e) = store_node_id(&path, id) {
+        warn!(path = %path.display(), error = %e, "cannot persist node id; a restart will pick a new one");
+    }
+    id
+}
+
+fn store_node_id(path: &Path, id: NodeId) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::rename(tmp, path)
+}
+
+/// Maps between the core's instants and tokio's clock.
+struct Clock(tokio::time::Instant);
+
+impl Clock {
+    fn now(&self) -> Instant {
+        Instant::from_millis(self.0.elapsed().as_millis() as u64)
+    }
+
+    fn tokio(&self, at: Instant) -> tokio::time::Instant {
+        self.0 + Duration::from_millis(at.as_millis())
+    }
+}
+
+struct Daemon {
+    cfg: Config,
+    node: Node,
+    clock: Clock,
+    peers: Option<PeerSockets>,
+    ifindex: u32,
+    reopen_at: Option<tokio::time::Instant>,
+    hook: Hook,
+    send_errors: u64,
+}
+
+/// Runs the daemon until `shutdown` resolves.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let ifindex = iface::index(&cfg.server_iface).map_err(|e| {
+        ConfigError::new(
+            "-i",
+            cfg.server_iface.clone(),
+            format!("no such network interface ({e})"),
+        )
+    })?;
+    if let Some(c) = &cfg.client_iface {
+        iface::index(c).map_err(|e| {
+            ConfigError::new("-c", c.clone(), format!("no such network interface ({e})"))
+        })?;
+    }
+    if let Some(h) = &cfg.hook {
+        let ok = std::fs::metadata(h)
+            .map(|m| {
+                m.is_file()
+                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+            })
+            .unwrap_or(false);
+        if !ok {
+            return Err(
+                ConfigError::new("-H", h.display().to_string(), "not an executable file").into(),
+            );
+        }
+    }
+    let mac = iface::mac(&cfg.server_iface).unwrap_or_default();
+    let id = node_id(&cfg, mac);
+    let listener = control::bind(&cfg.control)?;
+    let peers = PeerSockets::open(&cfg.server_iface, ifindex)?;
+    let clock = Clock(tokio::time::Instant::now());
+    let node = Node::new(
+        NodeConfig {
+            range: cfg.range,
+            claim: cfg.claim.clone(),
+        },
+        id,
+        clock.now(),
+        rand::random(),
+    );
+    info!(node_id = %id, network = %cfg.range, block_size = cfg.range.block_size(),
+          blocks = cfg.range.num_blocks(), learning = cfg.claim.learning, "ddhcpd started");
+    let hook = match &cfg.hook {
+        Some(p) => Hook::spawn(p.clone()),
+        None => Hook::none(),
+    };
+    let (ctl_tx, ctl_rx) = mpsc::channel(64);
+    let ctl_task = tokio::spawn(control::serve(listener, ctl_tx));
+    let control_path = cfg.control.clone();
+    let mut d = Daemon {
+        cfg,
+        node,
+        clock,
+        peers: Some(peers),
+        ifindex,
+        reopen_at: None,
+        hook,
+        send_errors: 0,
+    };
+    d.main_loop(ctl_rx, shutdown).await;
+    ctl_task.abort();
+    let _ = std::fs::remove_file(&control_path);
+    info!("ddhcpd stopped");
+    Ok(())
+}
+
+impl Daemon {
+    async fn main_loop(
+        &mut self,
+        mut ctl_rx: mpsc::Receiver<control::Pending>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut mbuf = vec![0u8; 2048];
+        let mut ubuf = vec![0u8; 2048];
+        loop {
+            self.flush().await;
+            let deadline = self.clock.tokio(self.node.poll_timeout());
+            let deadline = match self.reopen_at {
+                Some(r) => deadline.min(r),
+                None => deadline,
+            };
+            let (m, u) = match &self.peers {
+                Some(p) => (Some(&p.multicast), Some(&p.unicast)),
+                None => (None, None),
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.node.handle_timeout(self.clock.now());
+                    self.maybe_reopen();
+                }
+                r = recv(m, &mut mbuf) => self.datagram(Channel::Multicast, r, &mbuf),
+                r = recv(u, &mut ubuf) => self.datagram(Channel::Unicast, r, &ubuf),
+                Some(p) = ctl_rx.recv() => {
+                    let response = self.answer(p.request);
+                    let _ = p.reply.send(response);
+                }
+            }
+        }
+    }
+
+    fn datagram(
+        &mut self,
+        channel: Channel,
+        r: io::Result<(usize, std::net::SocketAddr)>,
+        buf: &[u8],
+    ) {
+        match r {
+            Ok((n, std::net::SocketAddr::V6(from))) => {
+                self.node
+                    .handle_datagram(self.clock.now(), channel, *from.ip(), &buf[..n]);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "receive on the server interface failed; reopening sockets");
+                self.schedule_reopen();
+            }
+        }
+    }
+
+    fn schedule_reopen(&mut self) {
+        self.peers = None;
+        if self.reopen_at.is_none() {
+            self.reopen_at = Some(tokio::time::Instant::now() + REOPEN_INTERVAL);
+        }
+    }
+
+    /// Reopens the peer sockets once the server interface is back (it may have been
+    /// deleted and re-created with a new index).
+    fn maybe_reopen(&mut self) {
+        let Some(at) = self.reopen_at else { return };
+        if tokio::time::Instant::now() < at {
+            return;
+        }
+        let attempt = iface::index(&self.cfg.server_iface)
+            .and_then(|idx| PeerSockets::open(&self.cfg.server_iface, idx).map(|p| (idx, p)));
+        match attempt {
+            Ok((idx, p)) => {
+                info!(iface = %self.cfg.server_iface, ifindex = idx, "peer sockets reopened");
+                self.ifindex = idx;
+                self.peers = Some(p);
+                self.reopen_at = None;
+            }
+            Err(e) => {
+                warn!(iface = %self.cfg.server_iface, error = %e, "server interface still unusable");
+                self.reopen_at = Some(tokio::time::Instant::now() + REOPEN_INTERVAL);
+            }
+        }
+    }
+
+    /// Sends what the core queued and acts on its events.
+    async fn flush(&mut self) {
+        while let Some(t) = self.node.poll_transmit() {
+            let Some(p) = &self.peers else { continue };
+            if let Err(e) = p.send(&t).await {
+                self.send_errors += 1;
+                if self.send_errors.is_power_of_two() {
+                    warn!(error = %e, errors = self.send_errors, "send on the server interface failed");
+                }
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENODEV | libc::ENXIO | libc::EACCES | libc::EADDRNOTAVAIL)
+                ) {
+                    self.schedule_reopen();
+                }
+            }
+        }
+        while let Some(ev) = self.node.poll_event() {
+            self.event(ev);
+        }
+    }
+
+    fn event(&mut self, ev: Event) {
+        let range = self.cfg.range;
+        let block = |first: std::net::Ipv4Addr| format!("{first}/{}", range.block_prefix_len());
+        let args: Vec<String> = match ev {
+            Event::EndLearning => vec!["endlearning".into()],
+            Event::BlockClaimed { first, .. } => vec!["claim".into(), block(first)],
+            Event::BlockDropped { first, .. } => vec!["drop".into(), block(first)],
+            Event::BlockLost { first, to, .. } => {
+                vec!["conflict".into(), block(first), to.to_string()]
+            }
+            Event::NodeIdChanged { old, new } => {
+                let path = self.cfg.state_dir.join("node_id");
+                if self.cfg.node_id.is_none()
+                    && let Err(e) = store_node_id(&path, new)
+                {
+                    error!(error = %e, "cannot persist the new node id");
+                }
+                vec!["nodeid".into(), old.to_string(), new.to_string()]
+            }
+        };
+        self.hook.emit(args);
+    }
+
+    fn answer(&self, req: Request) -> Response {
+        let now = self.clock.now();
+        match req {
+            Request::Status => {
+                let s = self.node.status(now);
+                Response::ok(json!({
+                    "node_id": s.node_id.to_string(),
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "learning": s.learning,
+                    "network": s.range.to_string(),
+                    "block_size": s.range.block_size(),
+                    "blocks_owned": s.blocks_owned,
+                    "leases_active": 0,
+                    "peers": s.peers,
+                }))
+            }
+            Request::Blocks => {
+                let rows: Vec<_> = self
+                    .node
+                    .blocks_view(now)
+                    .into_iter()
+                    .map(|v| {
+                        json!({
+                            "index": v.index,
+                            "first": v.first.to_string(),
+                            "state": v.state.as_str(),
+                            "owner": v.owner.map(|o| o.to_string()),
+                            "expires_in": v.expires_in,
+                        })
+                    })
+                    .collect();
+                Response::ok(json!({
+                    "node_id": self.node.id().to_string(),
+                    "blocks": rows,
+                }))
+            }
+            Request::Stats => {
+                let mut counters: serde_json::Map<String, serde_json::Value> = self
+                    .node
+                    .counters()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.into()))
+                    .collect();
+                let h = &self.hook.stats;
+                use std::sync::atomic::Ordering::Relaxed;
+                counters.insert("hook.runs".into(), h.runs.load(Relaxed).into());
+                counters.insert("hook.failures".into(), h.failures.load(Relaxed).into());
+                counters.insert("hook.timeouts".into(), h.timeouts.load(Relaxed).into());
+                counters.insert("hook.dropped".into(), h.dropped.load(Relaxed).into());
+                counters.insert("mcast.send_errors".into(), self.send_errors.into());
+                Response::ok(json!({ "counters": counters }))
+            }
+            Request::Leases
+            | Request::Options
+            | Request::SetOption { .. }
+            | Request::RemoveOption { .. }
+            | Request::LeaseTime { .. }
+            | Request::LogLevel { .. } => {
+                Response::err("not available: this build has no DHCP service yet")
+            }
+        }
+    }
+}
+
+async fn recv(
+    sock: Option<&tokio::net::UdpSocket>,
+    buf: &mut [u8],
+) -> io::Result<(usize, std::net::SocketAddr)> {
+    match sock {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,15 @@
+//! ddhcp: a leaderless IPv4 address allocation daemon, wire-compatible with ddhcpd.
+//!
+//! The protocol lives in a deterministic core ([`node`], [`blocks`], [`wire`]) that takes
+//! inputs and returns outputs without touching sockets or clocks; [`daemon`] is the thin tokio
+//! shell around it. See `docs/architecture.md`.
+
+pub mod blocks;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod node;
+pub mod range;
+pub mod stats;
+pub mod time;
+pub mod wire;

@@ -1,0 +1,313 @@
+//! One node: the block protocol plus peer message handling, inputs in, outputs out.
+//!
+//! The shell feeds datagrams and "the time is now" in and drains transmits, events and the
+//! next wake-up instant, in the manner of `quinn-proto`. Nothing here touches a socket, a
+//! clock or an unseeded random source, so the simulator can run hundreds of nodes in one
+//! process reproducibly.
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use tracing::{debug, error, info};
+
+use crate::blocks::{BlockEvent, BlockView, Blocks, ClaimConfig, Output};
+use crate::range::ManagedRange;
+use crate::stats::{Counter, Counters};
+use crate::time::Instant;
+use crate::wire::{self, Message, NodeId, Packet};
+
+/// What a node needs to know about the swarm it is part of.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub range: ManagedRange,
+    pub claim: ClaimConfig,
+}
+
+/// Which socket a datagram arrived on. Like the C daemon, the multicast socket carries only
+/// Inquire and UpdateClaim, the unicast socket only the renew family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    Multicast,
+    Unicast,
+}
+
+/// Where a datagram goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// `[ff02::1234]:1234` on the server interface.
+    Multicast,
+    /// `[addr]:1235` on the server interface.
+    Unicast(Ipv6Addr),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub dest: Dest,
+    pub payload: Vec<u8>,
+}
+
+/// Things that happened, for logs, hooks and the state store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    EndLearning,
+    BlockClaimed {
+        block: u32,
+        first: Ipv4Addr,
+    },
+    BlockDropped {
+        block: u32,
+        first: Ipv4Addr,
+    },
+    /// A greater node id took a block we owned.
+    BlockLost {
+        block: u32,
+        first: Ipv4Addr,
+        to: NodeId,
+    },
+    /// Another host used our node id; we picked `new`.
+    NodeIdChanged {
+        old: NodeId,
+        new: NodeId,
+    },
+}
+
+/// The numbers `ddhcpctl status` shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub node_id: NodeId,
+    pub learning: bool,
+    pub range: ManagedRange,
+    pub blocks_owned: usize,
+    pub peers: usize,
+}
+
+pub struct Node {
+    cfg: NodeConfig,
+    id: NodeId,
+    blocks: Blocks,
+    rng: StdRng,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    counters: Counters,
+}
+
+impl Node {
+    /// `seed` makes every random choice of the node reproducible; the daemon passes OS
+    /// randomness, the simulator a per-node seed.
+    pub fn new(cfg: NodeConfig, id: NodeId, now: Instant, seed: u64) -> Self {
+        let blocks = Blocks::new(cfg.claim.clone(), cfg.range, now);
+        let mut node = Node {
+            cfg,
+            id,
+            blocks,
+            rng: StdRng::seed_from_u64(seed),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+        };
+        node.drain_blocks();
+        node
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn blocks(&self) -> &Blocks {
+        &self.blocks
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn status(&self, now: Instant) -> Status {
+        Status {
+            node_id: self.id,
+            learning: self.blocks.is_learning(),
+            range: self.cfg.range,
+            blocks_owned: self.blocks.owned_count(),
+            peers: self.blocks.peer_count(now),
+        }
+    }
+
+    pub fn blocks_view(&self, now: Instant) -> Vec<BlockView> {
+        self.blocks.view(now, self.id)
+    }
+
+    /// A datagram from `from` on the server interface.
+    pub fn handle_datagram(&mut self, now: Instant, channel: Channel, from: Ipv6Addr, data: &[u8]) {
+        let (pkg, bytes) = match channel {
+            Channel::Multicast => (Counter::McastRecvPkg, Counter::McastRecvByte),
+            Channel::Unicast => (Counter::DirectRecvPkg, Counter::DirectRecvByte),
+        };
+        self.counters.inc(pkg);
+        self.counters.add(bytes, data.len() as u64);
+        let packet = match Packet::decode(data) {
+            Ok(p) => p,
+            Err(e) => {
+                self.counters.inc(Counter::DropMalformed);
+                debug!(%from, error = %e, "malformed peer datagram");
+                return;
+            }
+        };
+        if packet.swarm != self.cfg.range.swarm() {
+            self.counters.inc(Counter::DropForeignSwarm);
+            debug!(%from, swarm = ?packet.swarm, "message from another swarm ignored");
+            return;
+        }
+        if packet.node_id == self.id {
+            // Multicast loop is off, so this is another host using our id.
+            self.duplicate_id(now, from);
+        }
+        let invalid_before = self.blocks.invalid_entries;
+        match (channel, &packet.message) {
+            (Channel::Multicast, Message::Inquire(blocks)) => {
+                self.counters.inc(Counter::McastRecvInquire);
+                self.blocks.on_inquire(now, self.id, packet.node_id, blocks);
+            }
+            (Channel::Multicast, Message::UpdateClaim(entries)) => {
+                self.counters.inc(Counter::McastRecvUpdateClaim);
+                self.blocks
+                    .on_claim(now, self.id, packet.node_id, from, entries);
+            }
+            (Channel::Unicast, Message::RenewLease(_)) => {
+                self.counters.inc(Counter::DirectRecvRenewLease);
+                self.counters.inc(Counter::DropUnhandled);
+            }
+            (Channel::Unicast, Message::LeaseAck(_)) => {
+                self.counters.inc(Counter::DirectRecvLeaseAck);
+                self.counters.inc(Counter::DropUnhandled);
+            }
+            (Channel::Unicast, Message::LeaseNak(_)) => {
+                self.counters.inc(Counter::DirectRecvLeaseNak);
+                self.counters.inc(Counter::DropUnhandled);
+            }
+            (_, m) => {
+                self.counters.inc(Counter::DropWrongSocket);
+                debug!(%from, kind = m.name(), ?channel, "message on the wrong socket ignored");
+            }
+        }
+        let invalid = self.blocks.invalid_entries - invalid_before;
+        self.counters.add(Counter::DropInvalidBlock, invalid);
+        self.drain_blocks();
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.blocks.handle_timeout(now, &mut self.rng);
+        self.drain_blocks();
+    }
+
+    /// When [`Node::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Instant {
+        self.blocks.poll_timeout()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Picks a fresh id after another host was seen with ours: the MAC-derived part stays,
+    /// the random part changes, and our blocks are re-announced under the new id.
+    fn duplicate_id(&mut self, now: Instant, from: Ipv6Addr) {
+        self.counters.inc(Counter::DuplicateNodeId);
+        let old = self.id;
+        let mut new = old;
+        while new == old {
+            new.0[6] = self.rng.random();
+            new.0[7] = self.rng.random();
+        }
+        error!(%old, %new, other = %from,
+               "DUPLICATE NODE ID: another host sends with our node id; switching to a new id");
+        self.id = new;
+        self.events.push_back(Event::NodeIdChanged { old, new });
+        self.blocks.announce_all(now);
+    }
+
+    /// Turns what the block protocol produced into datagrams and events.
+    fn drain_blocks(&mut self) {
+        while let Some(out) = self.blocks.poll_output() {
+            let (message, counter) = match out {
+                Output::Inquire(b) => (Message::Inquire(b), Counter::McastSendInquire),
+                Output::Claim(e) => (Message::UpdateClaim(e), Counter::McastSendUpdateClaim),
+            };
+            self.counters.inc(counter);
+            self.send(Dest::Multicast, message);
+        }
+        while let Some(ev) = self.blocks.poll_event() {
+            let first = |b| self.cfg.range.block_first(b);
+            let ev = match ev {
+                BlockEvent::EndLearning => Event::EndLearning,
+                BlockEvent::Claimed(block) => {
+                    self.counters.inc(Counter::BlocksClaimed);
+                    Event::BlockClaimed {
+                        block,
+                        first: first(block),
+                    }
+                }
+                BlockEvent::Dropped(block) => {
+                    self.counters.inc(Counter::BlocksDropped);
+                    Event::BlockDropped {
+                        block,
+                        first: first(block),
+                    }
+                }
+                BlockEvent::Lost { block, to } => {
+                    self.counters.inc(Counter::BlocksLost);
+                    Event::BlockLost {
+                        block,
+                        first: first(block),
+                        to,
+                    }
+                }
+            };
+            if matches!(ev, Event::EndLearning) {
+                info!(node_id = %self.id, "ready to claim blocks");
+            }
+            self.events.push_back(ev);
+        }
+    }
+
+    fn send(&mut self, dest: Dest, message: Message) {
+        let packet = Packet {
+            node_id: self.id,
+            swarm: self.cfg.range.swarm(),
+            message,
+        };
+        // Entry lists are bounded by the block layer, so encoding cannot fail; if it ever
+        // did, dropping the message is the safe choice.
+        let Ok(payload) = packet.encode() else {
+            error!(?packet, "message too large to encode, not sent");
+            return;
+        };
+        let (pkg, bytes) = match dest {
+            Dest::Multicast => (Counter::McastSendPkg, Counter::McastSendByte),
+            Dest::Unicast(_) => (Counter::DirectSendPkg, Counter::DirectSendByte),
+        };
+        self.counters.inc(pkg);
+        self.counters.add(bytes, payload.len() as u64);
+        self.transmits.push_back(Transmit { dest, payload });
+    }
+}
+
+/// A node id from the server interface's MAC and two random bytes: MAC-first keeps the
+/// ordering C nodes (3eefc27, `<mac>0000`) use, the random bytes keep cloned MACs apart.
+pub fn derive_node_id(mac: [u8; 6], random: [u8; 2]) -> NodeId {
+    let mut id = [0u8; 8];
+    id[..6].copy_from_slice(&mac);
+    id[6..].copy_from_slice(&random);
+    NodeId(id)
+}
+
+/// Re-exported so the shell and the simulator need not reach into `wire`.
+pub use wire::{MULTICAST_GROUP, MULTICAST_PORT, UNICAST_PORT};

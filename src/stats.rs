@@ -1,0 +1,67 @@
+//! Named counters, cheap enough for the packet path (an array indexed by an enum).
+
+macro_rules! counters {
+    ($($variant:ident => $name:literal,)*) => {
+        /// Every counter the node keeps; `ddhcpctl stats` prints them by name.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter { $($variant,)* }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)*];
+
+            pub fn name(self) -> &'static str {
+                match self { $(Counter::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    McastRecvPkg => "mcast.recv_pkg",
+    McastRecvByte => "mcast.recv_byte",
+    McastSendPkg => "mcast.send_pkg",
+    McastSendByte => "mcast.send_byte",
+    McastRecvUpdateClaim => "mcast.recv_updateclaim",
+    McastRecvInquire => "mcast.recv_inquire",
+    McastSendUpdateClaim => "mcast.send_updateclaim",
+    McastSendInquire => "mcast.send_inquire",
+    DirectRecvPkg => "direct.recv_pkg",
+    DirectRecvByte => "direct.recv_byte",
+    DirectSendPkg => "direct.send_pkg",
+    DirectSendByte => "direct.send_byte",
+    DirectRecvRenewLease => "direct.recv_renewlease",
+    DirectRecvLeaseAck => "direct.recv_leaseack",
+    DirectRecvLeaseNak => "direct.recv_leasenak",
+    DropMalformed => "drop.malformed",
+    DropForeignSwarm => "drop.foreign_swarm",
+    DropWrongSocket => "drop.wrong_socket",
+    DropInvalidBlock => "drop.invalid_block_entry",
+    DropUnhandled => "drop.unhandled",
+    DuplicateNodeId => "node.duplicate_id",
+    BlocksClaimed => "blocks.claimed",
+    BlocksDropped => "blocks.dropped",
+    BlocksLost => "blocks.lost",
+}
+
+/// The values of all counters.
+#[derive(Clone, Debug, Default)]
+pub struct Counters([u64; Counter::ALL.len()]);
+
+impl Counters {
+    pub fn add(&mut self, c: Counter, n: u64) {
+        self.0[c as usize] = self.0[c as usize].wrapping_add(n);
+    }
+
+    pub fn inc(&mut self, c: Counter) {
+        self.add(c, 1);
+    }
+
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+
+    /// `(name, value)` for every counter, in declaration order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Counter::ALL.iter().map(|&c| (c.name(), self.get(c)))
+    }
+}
