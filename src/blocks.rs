@@ -310,6 +310,8 @@ pub struct Blocks {
     events: VecDeque<BlockEvent>,
     /// Entries of received messages that named a block outside the range.
     pub invalid_entries: u64,
+    /// Free addresses to hold beyond `-s` because clients are arriving fast (claim-ahead).
+    extra_spare: u32,
 }
 
 impl Blocks {
@@ -335,6 +337,7 @@ impl Blocks {
             outputs: VecDeque::new(),
             events,
             invalid_entries: 0,
+            extra_spare: 0,
         }
     }
 
@@ -400,10 +403,17 @@ impl Blocks {
         self.ours.values().map(|o| size - o.used).sum()
     }
 
+    /// Asks for `n` more free addresses than `-s` while demand is high; see
+    /// `docs/protocol.md` (claiming ahead).
+    pub fn set_extra_spare(&mut self, n: u32) {
+        self.extra_spare = n;
+    }
+
     /// Blocks still to claim (positive) or that could be given up (negative), with the C
     /// daemon's arithmetic so both settle on the same number of blocks.
     pub fn blocks_needed(&self) -> i64 {
-        let leases_needed = i64::from(self.cfg.spare_leases) - i64::from(self.spare());
+        let target = i64::from(self.cfg.spare_leases) + i64::from(self.extra_spare);
+        let leases_needed = target - i64::from(self.spare());
         let size = i64::from(self.range.block_size());
         let mut n = leases_needed / size;
         if leases_needed % size > 0 {

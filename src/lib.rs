@@ -8,6 +8,7 @@ pub mod blocks;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod dhcp;
 pub mod node;
 pub mod range;
 pub mod stats;

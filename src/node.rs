@@ -13,6 +13,7 @@ use rand::{RngExt, SeedableRng};
 use tracing::{debug, error, info};
 
 use crate::blocks::{BlockEvent, BlockView, Blocks, ClaimConfig, Output};
+use crate::dhcp::{Dhcp, DhcpConfig, DhcpTransmit, LeaseEvent};
 use crate::range::ManagedRange;
 use crate::stats::{Counter, Counters};
 use crate::time::Instant;
@@ -23,6 +24,8 @@ use crate::wire::{self, Message, NodeId, Packet};
 pub struct NodeConfig {
     pub range: ManagedRange,
     pub claim: ClaimConfig,
+    /// `None` with `-S`: no DHCP service.
+    pub dhcp: Option<DhcpConfig>,
 }
 
 /// Which socket a datagram arrived on. Like the C daemon, the multicast socket carries only
@@ -71,6 +74,8 @@ pub enum Event {
         old: NodeId,
         new: NodeId,
     },
+    /// A DHCP allocation or release.
+    Lease(LeaseEvent),
 }
 
 /// The numbers `ddhcpctl status` shows.
@@ -80,7 +85,16 @@ pub struct Status {
     pub learning: bool,
     pub range: ManagedRange,
     pub blocks_owned: usize,
+    pub leases_active: usize,
     pub peers: usize,
+}
+
+/// How fast new clients arrive, to claim blocks before they are needed.
+#[derive(Debug, Default)]
+struct Demand {
+    since: Instant,
+    /// New clients per second: rises at once, halves every sample without demand.
+    rate: f64,
 }
 
 pub struct Node {
@@ -91,6 +105,8 @@ pub struct Node {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     counters: Counters,
+    dhcp: Option<Dhcp>,
+    demand: Demand,
 }
 
 impl Node {
@@ -98,7 +114,13 @@ impl Node {
     /// randomness, the simulator a per-node seed.
     pub fn new(cfg: NodeConfig, id: NodeId, now: Instant, seed: u64) -> Self {
         let blocks = Blocks::new(cfg.claim.clone(), cfg.range, now);
+        let dhcp = cfg.dhcp.as_ref().map(|d| Dhcp::new(d, cfg.range));
         let mut node = Node {
+            dhcp,
+            demand: Demand {
+                since: now,
+                rate: 0.0,
+            },
             cfg,
             id,
             blocks,
@@ -107,7 +129,7 @@ impl Node {
             events: VecDeque::new(),
             counters: Counters::default(),
         };
-        node.drain_blocks();
+        node.drain_blocks(now);
         node
     }
 
@@ -133,6 +155,7 @@ impl Node {
             learning: self.blocks.is_learning(),
             range: self.cfg.range,
             blocks_owned: self.blocks.owned_count(),
+            leases_active: self.dhcp.as_ref().map_or(0, |d| d.leases.active()),
             peers: self.blocks.peer_count(now),
         }
     }
@@ -177,17 +200,37 @@ impl Node {
                 self.blocks
                     .on_claim(now, self.id, packet.node_id, from, entries);
             }
-            (Channel::Unicast, Message::RenewLease(_)) => {
+            (Channel::Unicast, Message::RenewLease(p)) => {
                 self.counters.inc(Counter::DirectRecvRenewLease);
-                self.counters.inc(Counter::DropUnhandled);
+                let answer = match self.dhcp.as_mut() {
+                    Some(d) => d.handle_renew(now, p),
+                    // Without a DHCP service we own nothing: as ddhcpd, refuse what is in
+                    // range and ignore the rest.
+                    None => p
+                        .addresses()
+                        .iter()
+                        .any(|a| self.cfg.range.locate(*a).is_some())
+                        .then_some(Message::LeaseNak(*p)),
+                };
+                if let Some(m) = answer {
+                    self.counters.inc(match m {
+                        Message::LeaseAck(_) => Counter::DirectSendLeaseAck,
+                        _ => Counter::DirectSendLeaseNak,
+                    });
+                    self.send(Dest::Unicast(from), m);
+                }
             }
-            (Channel::Unicast, Message::LeaseAck(_)) => {
-                self.counters.inc(Counter::DirectRecvLeaseAck);
-                self.counters.inc(Counter::DropUnhandled);
-            }
-            (Channel::Unicast, Message::LeaseNak(_)) => {
-                self.counters.inc(Counter::DirectRecvLeaseNak);
-                self.counters.inc(Counter::DropUnhandled);
+            (Channel::Unicast, Message::LeaseAck(p) | Message::LeaseNak(p)) => {
+                let ack = matches!(packet.message, Message::LeaseAck(_));
+                self.counters.inc(if ack {
+                    Counter::DirectRecvLeaseAck
+                } else {
+                    Counter::DirectRecvLeaseNak
+                });
+                match self.dhcp.as_mut() {
+                    Some(d) => d.handle_forward_answer(p, ack),
+                    None => self.counters.inc(Counter::DropUnhandled),
+                }
             }
             (_, m) => {
                 self.counters.inc(Counter::DropWrongSocket);
@@ -196,17 +239,69 @@ impl Node {
         }
         let invalid = self.blocks.invalid_entries - invalid_before;
         self.counters.add(Counter::DropInvalidBlock, invalid);
-        self.drain_blocks();
+        self.drain_blocks(now);
+    }
+
+    /// A datagram from a client or relay on the client interface.
+    pub fn handle_dhcp(&mut self, now: Instant, data: &[u8]) {
+        if let Some(d) = self.dhcp.as_mut() {
+            d.handle_packet(now, &self.blocks, data);
+            self.drain_blocks(now);
+        }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(d) = self.dhcp.as_mut() {
+            d.handle_timeout(now);
+        }
+        self.sample_demand(now);
         self.blocks.handle_timeout(now, &mut self.rng);
-        self.drain_blocks();
+        self.drain_blocks(now);
     }
 
     /// When [`Node::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Instant {
-        self.blocks.poll_timeout()
+        let b = self.blocks.poll_timeout();
+        match self.dhcp.as_ref().and_then(Dhcp::next_deadline) {
+            Some(d) => b.min(d),
+            None => b,
+        }
+    }
+
+    pub fn poll_dhcp_transmit(&mut self) -> Option<DhcpTransmit> {
+        self.dhcp.as_mut()?.poll_transmit()
+    }
+
+    pub fn dhcp(&self) -> Option<&Dhcp> {
+        self.dhcp.as_ref()
+    }
+
+    pub fn dhcp_mut(&mut self) -> Option<&mut Dhcp> {
+        self.dhcp.as_mut()
+    }
+
+    /// Claiming ahead: when clients arrive faster than `-s` covers, hold enough extra free
+    /// addresses for the time one claim takes (1.5·t, plus a round of waiting), with 50 %
+    /// margin, so a burst does not stall for a claim round per block. The rate jumps up at
+    /// once and halves every round without new clients; surplus blocks are given up by
+    /// the `-n` rule once the burst is over.
+    fn sample_demand(&mut self, now: Instant) {
+        let Some(d) = self.dhcp.as_mut() else { return };
+        let round = self.cfg.claim.round_interval();
+        let elapsed = now.saturating_since(self.demand.since);
+        if elapsed < round {
+            return;
+        }
+        let current = d.allocations as f64 / elapsed.as_secs_f64();
+        d.allocations = 0;
+        self.demand.since = now;
+        self.demand.rate = current.max(self.demand.rate / 2.0);
+        let horizon = (self.cfg.claim.tentative_timeout * 3 / 2 + round * 2).as_secs_f64();
+        let cap = self.cfg.range.block_size() * crate::wire::MAX_INQUIRE_ENTRIES as u32;
+        let extra = (self.demand.rate * horizon * 1.5)
+            .ceil()
+            .min(f64::from(cap)) as u32;
+        self.blocks.set_extra_spare(extra);
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -235,7 +330,24 @@ impl Node {
     }
 
     /// Turns what the block protocol produced into datagrams and events.
-    fn drain_blocks(&mut self) {
+    fn drain_blocks(&mut self, now: Instant) {
+        let mut forwards = Vec::new();
+        let mut reserved_changed = false;
+        if let Some(d) = self.dhcp.as_mut() {
+            for (block, used) in d.leases.take_changed() {
+                self.blocks.set_usage(block, used);
+            }
+            while let Some(f) = d.poll_forward() {
+                forwards.push(f);
+            }
+            while let Some(e) = d.poll_event() {
+                self.events.push_back(Event::Lease(e));
+            }
+        }
+        for (owner, m) in forwards {
+            self.counters.inc(Counter::DirectSendRenewLease);
+            self.send(Dest::Unicast(owner), m);
+        }
         while let Some(out) = self.blocks.poll_output() {
             let (message, counter) = match out {
                 Output::Inquire(b) => (Message::Inquire(b), Counter::McastSendInquire),
@@ -245,36 +357,51 @@ impl Node {
             self.send(Dest::Multicast, message);
         }
         while let Some(ev) = self.blocks.poll_event() {
-            let first = |b| self.cfg.range.block_first(b);
+            let range = self.cfg.range;
             let ev = match ev {
-                BlockEvent::EndLearning => Event::EndLearning,
+                BlockEvent::EndLearning => {
+                    info!(node_id = %self.id, "ready to claim blocks");
+                    Event::EndLearning
+                }
                 BlockEvent::Claimed(block) => {
                     self.counters.inc(Counter::BlocksClaimed);
+                    if let Some(d) = self.dhcp.as_mut() {
+                        d.block_owned(block, now);
+                        reserved_changed = true;
+                    }
                     Event::BlockClaimed {
                         block,
-                        first: first(block),
+                        first: range.block_first(block),
                     }
                 }
                 BlockEvent::Dropped(block) => {
                     self.counters.inc(Counter::BlocksDropped);
+                    if let Some(d) = self.dhcp.as_mut() {
+                        d.block_gone(block);
+                    }
                     Event::BlockDropped {
                         block,
-                        first: first(block),
+                        first: range.block_first(block),
                     }
                 }
                 BlockEvent::Lost { block, to } => {
                     self.counters.inc(Counter::BlocksLost);
+                    if let Some(d) = self.dhcp.as_mut() {
+                        d.block_gone(block);
+                    }
                     Event::BlockLost {
                         block,
-                        first: first(block),
+                        first: range.block_first(block),
                         to,
                     }
                 }
             };
-            if matches!(ev, Event::EndLearning) {
-                info!(node_id = %self.id, "ready to claim blocks");
-            }
             self.events.push_back(ev);
+        }
+        if reserved_changed && let Some(d) = self.dhcp.as_mut() {
+            for (block, used) in d.leases.take_changed() {
+                self.blocks.set_usage(block, used);
+            }
         }
     }
 

@@ -31,6 +31,7 @@ fn config(net: [u8; 4], len: u8, learning: bool) -> NodeConfig {
             needless_timeout: Duration::from_secs(300),
             learning,
         },
+        dhcp: None,
     }
 }
 

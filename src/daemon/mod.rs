@@ -5,6 +5,7 @@
 //! tasks (control connections, the hook runner) talk to it through channels.
 
 pub mod control;
+pub mod dhcp_socket;
 pub mod hook;
 pub mod iface;
 pub mod peer;
@@ -16,10 +17,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, parse_option};
 use crate::control::{Request, Response};
+use crate::dhcp::{DhcpConfig, LeaseEvent, options::OptionStore};
 use crate::node::{Channel, Event, Node, NodeConfig, derive_node_id};
 use crate::time::Instant;
 use crate::wire::NodeId;
@@ -29,6 +31,9 @@ use peer::PeerSockets;
 /// How often we try to reopen the peer sockets after the server interface went away
 /// (ddhcpd never does, issue #68).
 const REOPEN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// DHCP datagrams handled per wake-up before replies are flushed.
+const DHCP_BATCH: usize = 64;
 
 /// Why the daemon could not start. Configuration problems exit with code 2.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +93,7 @@ struct Daemon {
     node: Node,
     clock: Clock,
     peers: Option<PeerSockets>,
+    dhcp_sock: Option<tokio::net::UdpSocket>,
     ifindex: u32,
     reopen_at: Option<tokio::time::Instant>,
     hook: Hook,
@@ -103,11 +109,28 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             format!("no such network interface ({e})"),
         )
     })?;
-    if let Some(c) = &cfg.client_iface {
-        iface::index(c).map_err(|e| {
-            ConfigError::new("-c", c.clone(), format!("no such network interface ({e})"))
-        })?;
-    }
+    let dhcp = match &cfg.client_iface {
+        Some(c) => {
+            iface::index(c).map_err(|e| {
+                ConfigError::new("-c", c.clone(), format!("no such network interface ({e})"))
+            })?;
+            let interface_addr = iface::ipv4(c);
+            let has_54 = cfg.options.iter().any(|o| o.code == 54);
+            if interface_addr.is_none() && !has_54 {
+                return Err(ConfigError::new(
+                    "-c",
+                    c.clone(),
+                    "the interface has no IPv4 address to use as DHCP server identifier; add one or give -o 54:4:A.B.C.D",
+                )
+                .into());
+            }
+            Some(DhcpConfig {
+                options: cfg.options.clone(),
+                interface_addr,
+            })
+        }
+        None => None,
+    };
     if let Some(h) = &cfg.hook {
         let ok = std::fs::metadata(h)
             .map(|m| {
@@ -125,11 +148,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let id = node_id(&cfg, mac);
     let listener = control::bind(&cfg.control)?;
     let peers = PeerSockets::open(&cfg.server_iface, ifindex)?;
+    let dhcp_sock = match &cfg.client_iface {
+        Some(c) => Some(dhcp_socket::open(c).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot open DHCP port 67 on {c}: {e}"))
+        })?),
+        None => None,
+    };
     let clock = Clock(tokio::time::Instant::now());
     let node = Node::new(
         NodeConfig {
             range: cfg.range,
             claim: cfg.claim.clone(),
+            dhcp,
         },
         id,
         clock.now(),
@@ -149,6 +179,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         node,
         clock,
         peers: Some(peers),
+        dhcp_sock,
         ifindex,
         reopen_at: None,
         hook,
@@ -170,6 +201,7 @@ impl Daemon {
         tokio::pin!(shutdown);
         let mut mbuf = vec![0u8; 2048];
         let mut ubuf = vec![0u8; 2048];
+        let mut dbuf = vec![0u8; 4096];
         loop {
             self.flush().await;
             let deadline = self.clock.tokio(self.node.poll_timeout());
@@ -189,6 +221,7 @@ impl Daemon {
                 }
                 r = recv(m, &mut mbuf) => self.datagram(Channel::Multicast, r, &mbuf),
                 r = recv(u, &mut ubuf) => self.datagram(Channel::Unicast, r, &ubuf),
+                r = recv(self.dhcp_sock.as_ref(), &mut dbuf) => self.dhcp_datagrams(r, &mut dbuf),
                 Some(p) = ctl_rx.recv() => {
                     let response = self.answer(p.request);
                     let _ = p.reply.send(response);
@@ -213,6 +246,24 @@ impl Daemon {
                 warn!(error = %e, "receive on the server interface failed; reopening sockets");
                 self.schedule_reopen();
             }
+        }
+    }
+
+    /// Handles one DHCP datagram and whatever else is already queued on the socket (up to
+    /// a batch), so a burst costs one wake-up, not one per packet.
+    fn dhcp_datagrams(&mut self, first: io::Result<(usize, std::net::SocketAddr)>, buf: &mut [u8]) {
+        let mut r = first;
+        for _ in 0..DHCP_BATCH {
+            match r {
+                Ok((n, _)) => self.node.handle_dhcp(self.clock.now(), &buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!(error = %e, "receive on the DHCP socket failed");
+                    return;
+                }
+            }
+            let Some(sock) = &self.dhcp_sock else { return };
+            r = sock.try_recv_from(buf);
         }
     }
 
@@ -263,6 +314,14 @@ impl Daemon {
                 }
             }
         }
+        while let Some(t) = self.node.poll_dhcp_transmit() {
+            let Some(sock) = &self.dhcp_sock else {
+                continue;
+            };
+            if let Err(e) = sock.send_to(&t.payload, t.to).await {
+                debug!(to = %t.to, error = %e, "DHCP reply not sent");
+            }
+        }
         while let Some(ev) = self.node.poll_event() {
             self.event(ev);
         }
@@ -287,11 +346,17 @@ impl Daemon {
                 }
                 vec!["nodeid".into(), old.to_string(), new.to_string()]
             }
+            Event::Lease(l) => match l {
+                LeaseEvent::Leased { ip, mac, .. } => vec!["lease".into(), ip.to_string(), mac],
+                LeaseEvent::Released { ip, mac } => vec!["release".into(), ip.to_string(), mac],
+                LeaseEvent::Expired { ip, mac } => vec!["expire".into(), ip.to_string(), mac],
+                LeaseEvent::Declined { ip, mac } => vec!["decline".into(), ip.to_string(), mac],
+            },
         };
         self.hook.emit(args);
     }
 
-    fn answer(&self, req: Request) -> Response {
+    fn answer(&mut self, req: Request) -> Response {
         let now = self.clock.now();
         match req {
             Request::Status => {
@@ -303,7 +368,7 @@ impl Daemon {
                     "network": s.range.to_string(),
                     "block_size": s.range.block_size(),
                     "blocks_owned": s.blocks_owned,
-                    "leases_active": 0,
+                    "leases_active": s.leases_active,
                     "peers": s.peers,
                 }))
             }
@@ -343,14 +408,71 @@ impl Daemon {
                 counters.insert("mcast.send_errors".into(), self.send_errors.into());
                 Response::ok(json!({ "counters": counters }))
             }
-            Request::Leases
-            | Request::Options
-            | Request::SetOption { .. }
-            | Request::RemoveOption { .. }
-            | Request::LeaseTime { .. }
-            | Request::LogLevel { .. } => {
-                Response::err("not available: this build has no DHCP service yet")
+            Request::Leases => {
+                let Some(d) = self.node.dhcp() else {
+                    return Response::err("no DHCP service (-S)");
+                };
+                let rows: Vec<_> = d
+                    .lease_list(now)
+                    .into_iter()
+                    .map(|(ip, mac, state, expires_in, block)| {
+                        json!({"ip": ip.to_string(), "mac": mac, "state": state,
+                               "expires_in": expires_in, "block": block})
+                    })
+                    .collect();
+                Response::ok(json!({ "leases": rows }))
             }
+            Request::Options => {
+                let Some(d) = self.node.dhcp() else {
+                    return Response::err("no DHCP service (-S)");
+                };
+                let opts: Vec<_> = d
+                    .store
+                    .iter()
+                    .map(|o| json!({"code": o.code, "len": o.payload.len(), "payload": o.payload}))
+                    .collect();
+                Response::ok(json!({ "options": opts, "lease_time": d.store.lease_time() }))
+            }
+            Request::SetOption { option } => {
+                let Some(d) = self.node.dhcp_mut() else {
+                    return Response::err("no DHCP service (-S)");
+                };
+                let o = match parse_option("set-option", &option) {
+                    Ok(o) => o,
+                    Err(e) => return Response::err(e.to_string()),
+                };
+                if let Err(e) = OptionStore::validate(&o) {
+                    return Response::err(e);
+                }
+                info!(code = o.code, "option set");
+                d.store.set(o);
+                Response::ok(json!({"ok": true}))
+            }
+            Request::RemoveOption { code } => {
+                let Some(d) = self.node.dhcp_mut() else {
+                    return Response::err("no DHCP service (-S)");
+                };
+                if !d.store.remove(code) {
+                    return Response::err(format!("option {code} is not set"));
+                }
+                info!(code, "option removed");
+                Response::ok(json!({"ok": true}))
+            }
+            Request::LeaseTime { secs } => {
+                let Some(d) = self.node.dhcp_mut() else {
+                    return Response::err("no DHCP service (-S)");
+                };
+                if secs == 0 {
+                    return Response::err("a lease time of 0 seconds makes no sense");
+                }
+                d.store.set(crate::config::DhcpOption {
+                    code: crate::dhcp::options::LEASE_TIME,
+                    payload: secs.to_be_bytes().to_vec(),
+                });
+                info!(secs, "lease time set");
+                Response::ok(json!({"ok": true}))
+            }
+            Request::LogLevel { .. } => Response::err("log-level is not supported yet"),
         }
     }
 }

@@ -314,7 +314,7 @@ impl Sim {
                     self.set_owner(block, i, false)
                 }
                 Event::NodeIdChanged { .. } => self.id_changes += 1,
-                Event::EndLearning => {}
+                Event::EndLearning | Event::Lease(_) => {}
             }
         }
         let from = self.slots[i].addr;

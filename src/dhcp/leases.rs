@@ -1,0 +1,501 @@
+//! The lease table of the blocks we own.
+//!
+//! Each owned block has one record per address. Unlike ddhcpd we look clients up (by client
+//! identifier, else hardware address), so a client gets its address back while its lease or
+//! its expired-but-unused record lasts, and new clients are given addresses nobody used
+//! recently before ones with a remembered owner. Declined addresses are quarantined.
+//! Deadlines live in an ordered set, so expiry never scans the table.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use crate::range::ManagedRange;
+use crate::time::Instant;
+
+/// Who a lease belongs to: the client identifier (option 61) if the client sent one, else
+/// its hardware type and address, as RFC 2131 §4.2 asks.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientKey(Box<[u8]>);
+
+impl ClientKey {
+    pub fn new(client_id: Option<&[u8]>, htype: u8, chaddr: &[u8]) -> Self {
+        let mut v = Vec::with_capacity(1 + client_id.map_or(1 + chaddr.len(), <[u8]>::len));
+        match client_id {
+            Some(id) if !id.is_empty() => {
+                v.push(1);
+                v.extend_from_slice(id);
+            }
+            _ => {
+                v.push(0);
+                v.push(htype);
+                v.extend_from_slice(chaddr);
+            }
+        }
+        ClientKey(v.into_boxed_slice())
+    }
+}
+
+/// State of one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddrState {
+    Free,
+    Offered {
+        until: Instant,
+    },
+    Leased {
+        until: Instant,
+    },
+    /// A client found the address in use; nobody gets it until `until`.
+    Declined {
+        until: Instant,
+    },
+    /// Never handed out (network, broadcast, server and router addresses).
+    Reserved,
+}
+
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub state: AddrState,
+    /// The client the address is (or was last) bound to.
+    pub client: Option<ClientKey>,
+    /// First 16 bytes of chaddr, to check forwarded renewals, which carry only chaddr.
+    pub chaddr: [u8; 16],
+    pub hostname: Option<Box<str>>,
+}
+
+impl Record {
+    fn free() -> Self {
+        Record {
+            state: AddrState::Free,
+            client: None,
+            chaddr: [0; 16],
+            hostname: None,
+        }
+    }
+
+    pub fn is_used(&self) -> bool {
+        !matches!(self.state, AddrState::Free)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match self.state {
+            AddrState::Offered { until }
+            | AddrState::Leased { until }
+            | AddrState::Declined { until } => Some(until),
+            AddrState::Free | AddrState::Reserved => None,
+        }
+    }
+}
+
+/// Something that changed in the table by the passage of time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expired {
+    Lease { ip: Ipv4Addr, chaddr: [u8; 16] },
+    Offer { ip: Ipv4Addr },
+    Quarantine { ip: Ipv4Addr },
+}
+
+struct BlockLeases {
+    records: Vec<Record>,
+    used: u32,
+    /// When we started owning it; new clients are served from the oldest block first, so
+    /// younger blocks stay empty and can be given up.
+    since: Instant,
+}
+
+/// Leases of all owned blocks.
+pub struct LeaseTable {
+    range: ManagedRange,
+    blocks: HashMap<u32, BlockLeases>,
+    /// Owned blocks with a free address, oldest first.
+    with_free: BTreeSet<(Instant, u32)>,
+    by_client: HashMap<ClientKey, Ipv4Addr>,
+    deadlines: BTreeSet<(Instant, Ipv4Addr)>,
+    active: usize,
+    /// Blocks whose usage changed since the last call of [`LeaseTable::take_changed`].
+    changed: BTreeMap<u32, u32>,
+}
+
+impl LeaseTable {
+    pub fn new(range: ManagedRange) -> Self {
+        LeaseTable {
+            range,
+            blocks: HashMap::new(),
+            with_free: BTreeSet::new(),
+            by_client: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            active: 0,
+            changed: BTreeMap::new(),
+        }
+    }
+
+    /// Starts serving a newly owned block; `reserved` addresses are never handed out.
+    pub fn add_block(&mut self, block: u32, now: Instant, reserved: &[Ipv4Addr]) {
+        let size = self.range.block_size();
+        let mut records = vec![Record::free(); size as usize];
+        let mut used = 0;
+        for &ip in reserved {
+            if let Some((b, off)) = self.range.locate(ip)
+                && b == block
+            {
+                records[off as usize].state = AddrState::Reserved;
+                used += 1;
+            }
+        }
+        if used < size {
+            self.with_free.insert((now, block));
+        }
+        self.blocks.insert(
+            block,
+            BlockLeases {
+                records,
+                used,
+                since: now,
+            },
+        );
+        self.changed.insert(block, used);
+    }
+
+    /// Stops serving a block (dropped, or lost to a greater id); its records are forgotten.
+    pub fn remove_block(&mut self, block: u32) {
+        let Some(bl) = self.blocks.remove(&block) else {
+            return;
+        };
+        self.with_free.remove(&(bl.since, block));
+        for (off, r) in bl.records.iter().enumerate() {
+            let ip = self.range.address(block, off as u32);
+            if let Some(d) = r.deadline() {
+                self.deadlines.remove(&(d, ip));
+            }
+            if matches!(r.state, AddrState::Leased { .. }) {
+                self.active -= 1;
+            }
+            if let Some(c) = &r.client
+                && self.by_client.get(c) == Some(&ip)
+            {
+                self.by_client.remove(c);
+            }
+        }
+    }
+
+    pub fn owns(&self, ip: Ipv4Addr) -> bool {
+        self.range
+            .locate(ip)
+            .is_some_and(|(b, _)| self.blocks.contains_key(&b))
+    }
+
+    pub fn get(&self, ip: Ipv4Addr) -> Option<&Record> {
+        let (b, off) = self.range.locate(ip)?;
+        self.blocks.get(&b).map(|bl| &bl.records[off as usize])
+    }
+
+    /// Leased addresses.
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    /// The address a client holds or last held here, if it is still bound to it.
+    pub fn address_of(&self, client: &ClientKey) -> Option<Ipv4Addr> {
+        let ip = *self.by_client.get(client)?;
+        let r = self.get(ip)?;
+        (r.client.as_ref() == Some(client)).then_some(ip)
+    }
+
+    /// A free address for a new client: in the oldest block with room, the first free
+    /// address no client is remembered for, else the first free one.
+    pub fn pick_free(&self) -> Option<Ipv4Addr> {
+        for &(_, b) in &self.with_free {
+            let bl = &self.blocks[&b];
+            let mut fallback = None;
+            for (off, r) in bl.records.iter().enumerate() {
+                if r.state == AddrState::Free {
+                    if r.client.is_none() {
+                        return Some(self.range.address(b, off as u32));
+                    }
+                    fallback.get_or_insert(off);
+                }
+            }
+            if let Some(off) = fallback {
+                return Some(self.range.address(b, off as u32));
+            }
+        }
+        None
+    }
+
+    /// Binds `ip` to `client` in `state`, unbinding it from whoever had it before.
+    pub fn bind(
+        &mut self,
+        ip: Ipv4Addr,
+        client: ClientKey,
+        chaddr: [u8; 16],
+        hostname: Option<&str>,
+        state: AddrState,
+    ) {
+        let Some((b, off)) = self.range.locate(ip) else {
+            return;
+        };
+        let Some(bl) = self.blocks.get_mut(&b) else {
+            return;
+        };
+        let r = &mut bl.records[off as usize];
+        let old = r.state;
+        if let Some(d) = r.deadline() {
+            self.deadlines.remove(&(d, ip));
+        }
+        if let Some(prev) = r.client.take()
+            && prev != client
+            && self.by_client.get(&prev) == Some(&ip)
+        {
+            self.by_client.remove(&prev);
+        }
+        // A client holds one address here: release its previous one if different.
+        let previous = self.by_client.insert(client.clone(), ip);
+        r.state = state;
+        r.client = Some(client);
+        r.chaddr = chaddr;
+        if let Some(h) = hostname {
+            r.hostname = Some(h.into());
+        }
+        if let Some(d) = r.deadline() {
+            self.deadlines.insert((d, ip));
+        }
+        self.account(b, old, state);
+        if let Some(prev_ip) = previous
+            && prev_ip != ip
+        {
+            self.release_record(prev_ip, false);
+        }
+    }
+
+    /// Frees `ip` (RELEASE, or a client moving to another address). The client stays
+    /// remembered, so it gets the same address back if nobody else took it meanwhile.
+    pub fn release(&mut self, ip: Ipv4Addr) {
+        self.release_record(ip, false);
+    }
+
+    /// Quarantines `ip` for `hold` after a DECLINE, unbinding its client.
+    pub fn decline(&mut self, ip: Ipv4Addr, now: Instant, hold: Duration) {
+        self.release_record(ip, true);
+        self.set_state(ip, AddrState::Declined { until: now + hold });
+    }
+
+    fn release_record(&mut self, ip: Ipv4Addr, forget_client: bool) {
+        let Some(r) = self.record_mut(ip) else { return };
+        if r.state == AddrState::Reserved {
+            return;
+        }
+        let client = if forget_client { r.client.take() } else { None };
+        if let Some(c) = client
+            && self.by_client.get(&c) == Some(&ip)
+        {
+            self.by_client.remove(&c);
+        }
+        self.set_state(ip, AddrState::Free);
+    }
+
+    fn record_mut(&mut self, ip: Ipv4Addr) -> Option<&mut Record> {
+        let (b, off) = self.range.locate(ip)?;
+        self.blocks
+            .get_mut(&b)
+            .map(|bl| &mut bl.records[off as usize])
+    }
+
+    fn set_state(&mut self, ip: Ipv4Addr, state: AddrState) {
+        let Some((b, off)) = self.range.locate(ip) else {
+            return;
+        };
+        let Some(bl) = self.blocks.get_mut(&b) else {
+            return;
+        };
+        let r = &mut bl.records[off as usize];
+        let old = r.state;
+        if let Some(d) = r.deadline() {
+            self.deadlines.remove(&(d, ip));
+        }
+        r.state = state;
+        if let Some(d) = r.deadline() {
+            self.deadlines.insert((d, ip));
+        }
+        self.account(b, old, state);
+    }
+
+    /// Keeps the per-block counts, the free-block index and the active count in step with
+    /// a state change.
+    fn account(&mut self, b: u32, old: AddrState, new: AddrState) {
+        let leased = |s: AddrState| matches!(s, AddrState::Leased { .. });
+        self.active = self.active + usize::from(leased(new)) - usize::from(leased(old));
+        let used = |s: AddrState| s != AddrState::Free;
+        if used(old) == used(new) {
+            return;
+        }
+        let size = self.range.block_size();
+        let bl = self.blocks.get_mut(&b).expect("accounted block exists");
+        let had_free = bl.used < size;
+        if used(new) {
+            bl.used += 1;
+        } else {
+            bl.used -= 1;
+        }
+        let has_free = bl.used < size;
+        if had_free != has_free {
+            if has_free {
+                self.with_free.insert((bl.since, b));
+            } else {
+                self.with_free.remove(&(bl.since, b));
+            }
+        }
+        self.changed.insert(b, bl.used);
+    }
+
+    /// Blocks whose number of used addresses changed, with the new number.
+    pub fn take_changed(&mut self) -> BTreeMap<u32, u32> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Next instant something expires.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|&(d, _)| d)
+    }
+
+    /// Expires offers, leases and quarantines that are due.
+    pub fn expire(&mut self, now: Instant) -> Vec<Expired> {
+        let mut out = Vec::new();
+        while let Some(&(d, ip)) = self.deadlines.first() {
+            if d > now {
+                break;
+            }
+            let Some(r) = self.get(ip) else {
+                self.deadlines.remove(&(d, ip));
+                continue;
+            };
+            out.push(match r.state {
+                AddrState::Leased { .. } => Expired::Lease {
+                    ip,
+                    chaddr: r.chaddr,
+                },
+                AddrState::Offered { .. } => Expired::Offer { ip },
+                _ => Expired::Quarantine { ip },
+            });
+            self.set_state(ip, AddrState::Free);
+        }
+        out
+    }
+
+    /// Every bound record, for `ddhcpctl leases`.
+    pub fn iter(&self) -> impl Iterator<Item = (Ipv4Addr, u32, &Record)> + '_ {
+        self.blocks.iter().flat_map(move |(&b, bl)| {
+            bl.records
+                .iter()
+                .enumerate()
+                .map(move |(off, r)| (self.range.address(b, off as u32), b, r))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> LeaseTable {
+        LeaseTable::new(ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 24, 2).unwrap())
+    }
+
+    fn key(n: u8) -> ClientKey {
+        ClientKey::new(None, 1, &[2, 0, 0, 0, 0, n])
+    }
+
+    fn t(s: u64) -> Instant {
+        Instant::from_millis(s * 1000)
+    }
+
+    #[test]
+    fn allocation_prefers_oldest_block_and_unremembered_addresses() {
+        let mut l = table();
+        l.add_block(5, t(0), &[Ipv4Addr::new(10, 0, 0, 20)]);
+        l.add_block(1, t(1), &[]);
+        let a = l.pick_free().unwrap();
+        assert_eq!(a, Ipv4Addr::new(10, 0, 0, 21));
+        l.bind(
+            a,
+            key(1),
+            [0; 16],
+            None,
+            AddrState::Leased { until: t(100) },
+        );
+        assert_eq!(l.take_changed().get(&5), Some(&2));
+        assert_eq!(l.active(), 1);
+        l.release(a);
+        assert_eq!(l.active(), 0);
+        // The released address stays remembered for client 1; others get fresh ones.
+        assert_eq!(l.pick_free(), Some(Ipv4Addr::new(10, 0, 0, 22)));
+        assert_eq!(l.address_of(&key(1)), Some(a));
+    }
+
+    #[test]
+    fn a_client_holds_one_address() {
+        let mut l = table();
+        l.add_block(0, t(0), &[]);
+        let a = Ipv4Addr::new(10, 0, 0, 1);
+        let b = Ipv4Addr::new(10, 0, 0, 2);
+        l.bind(
+            a,
+            key(1),
+            [0; 16],
+            None,
+            AddrState::Offered { until: t(12) },
+        );
+        l.bind(
+            b,
+            key(1),
+            [0; 16],
+            None,
+            AddrState::Leased { until: t(300) },
+        );
+        assert_eq!(l.get(a).unwrap().state, AddrState::Free);
+        assert_eq!(l.address_of(&key(1)), Some(b));
+    }
+
+    #[test]
+    fn expiry_and_quarantine() {
+        let mut l = table();
+        l.add_block(0, t(0), &[]);
+        let a = Ipv4Addr::new(10, 0, 0, 1);
+        l.bind(a, key(1), [7; 16], None, AddrState::Leased { until: t(10) });
+        l.decline(Ipv4Addr::new(10, 0, 0, 2), t(0), Duration::from_secs(20));
+        assert_eq!(l.next_deadline(), Some(t(10)));
+        assert_eq!(
+            l.expire(t(10)),
+            vec![Expired::Lease {
+                ip: a,
+                chaddr: [7; 16]
+            }]
+        );
+        assert_eq!(l.active(), 0);
+        // Expired but unused: still remembered for its client.
+        assert_eq!(l.address_of(&key(1)), Some(a));
+        assert_eq!(l.pick_free(), Some(Ipv4Addr::new(10, 0, 0, 0)));
+        assert_eq!(l.expire(t(20)).len(), 1);
+        assert!(l.get(Ipv4Addr::new(10, 0, 0, 2)).unwrap().client.is_none());
+    }
+
+    #[test]
+    fn full_blocks_leave_the_free_index() {
+        let mut l = table();
+        l.add_block(0, t(0), &[]);
+        for i in 0..4 {
+            let ip = l.pick_free().unwrap();
+            l.bind(
+                ip,
+                key(i),
+                [0; 16],
+                None,
+                AddrState::Leased { until: t(100) },
+            );
+        }
+        assert_eq!(l.pick_free(), None);
+        l.remove_block(0);
+        assert_eq!(l.active(), 0);
+        assert_eq!(l.address_of(&key(0)), None);
+    }
+}
