@@ -134,15 +134,15 @@ impl LeaseTable {
     pub fn add_block(&mut self, block: u32, now: Instant, reserved: &[Ipv4Addr]) {
         let size = self.range.block_size();
         let mut records = vec![Record::free(); size as usize];
-        let mut used = 0;
         for &ip in reserved {
             if let Some((b, off)) = self.range.locate(ip)
                 && b == block
             {
                 records[off as usize].state = AddrState::Reserved;
-                used += 1;
             }
         }
+        // Counted from the records: the same address may be reserved for several reasons.
+        let used = records.iter().filter(|r| r.is_used()).count() as u32;
         if used < size {
             self.with_free.insert((now, block));
         }

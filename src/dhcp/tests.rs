@@ -1,1 +1,439 @@
+//! The DHCP decision table, driven through a real `Node` that owns blocks.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use super::packet::tests::message;
+use super::*;
+use crate::blocks::ClaimConfig;
+use crate::config::DhcpOption;
+use crate::node::{Channel, Dest, Node, NodeConfig};
+use crate::wire::{ClaimEntry, NodeId, Packet};
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const PEER: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 9);
+
+fn range() -> ManagedRange {
+    ManagedRange::new(Ipv4Addr::new(10, 0, 128, 0), 24, 2).unwrap()
+}
+
+fn t(ms: u64) -> Instant {
+    Instant::from_millis(ms)
+}
+
+/// A node that owns one block (after three 1-second rounds).
+fn node() -> Node {
+    let cfg = NodeConfig {
+        range: range(),
+        claim: ClaimConfig {
+            tentative_timeout: Duration::from_secs(2),
+            block_timeout: Duration::from_secs(30),
+            spare_leases: 2,
+            needless_timeout: Duration::from_secs(300),
+            learning: false,
+        },
+        dhcp: Some(DhcpConfig {
+            options: vec![DhcpOption {
+                code: 3,
+                payload: vec![10, 0, 0, 1],
+            }],
+            interface_addr: Some(SERVER),
+        }),
+    };
+    let mut n = Node::new(cfg, NodeId([5; 8]), t(0), 7);
+    for s in 0..=3 {
+        n.handle_timeout(t(s * 1000));
+    }
+    assert_eq!(n.blocks().owned_count(), 1);
+    while n.poll_transmit().is_some() {}
+    n
+}
+
+fn replies(n: &mut Node) -> Vec<(SocketAddrV4, Request, Vec<u8>)> {
+    std::iter::from_fn(|| n.poll_dhcp_transmit())
+        .map(|tx| {
+            let mut asreq = tx.payload.clone();
+            asreq[0] = 1; // parse our reply with the request parser
+            (tx.to, Request::parse(&asreq).unwrap(), tx.payload)
+        })
+        .collect()
+}
+
+fn yiaddr(p: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(p[16], p[17], p[18], p[19])
+}
+
+fn option(p: &[u8], code: u8) -> Option<Vec<u8>> {
+    let mut i = 240;
+    while i < p.len() && p[i] != 255 {
+        if p[i] == 0 {
+            i += 1;
+            continue;
+        }
+        let len = usize::from(p[i + 1]);
+        if p[i] == code {
+            return Some(p[i + 2..i + 2 + len].to_vec());
+        }
+        i += 2 + len;
+    }
+    None
+}
+
+fn dora(n: &mut Node, mac: u8, now: u64) -> Ipv4Addr {
+    n.handle_dhcp(t(now), &message(1, mac, &[(55, &[1, 3, 6, 51, 54])]));
+    let r = replies(n);
+    assert_eq!(r[0].1.msg_type, MessageType::Offer);
+    let ip = yiaddr(&r[0].2);
+    n.handle_dhcp(
+        t(now + 10),
+        &message(3, mac, &[(50, &ip.octets()), (54, &SERVER.octets())]),
+    );
+    let r = replies(n);
+    assert_eq!(r[0].1.msg_type, MessageType::Ack, "mac {mac}");
+    assert_eq!(yiaddr(&r[0].2), ip);
+    ip
+}
+
+#[test]
+fn discover_offer_request_ack() {
+    let mut n = node();
+    n.handle_dhcp(t(5000), &message(1, 1, &[(55, &[1, 3, 6, 51, 54])]));
+    let r = replies(&mut n);
+    assert_eq!(r.len(), 1);
+    let (to, reply, bytes) = &r[0];
+    assert_eq!(reply.msg_type, MessageType::Offer);
+    assert_eq!(*to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+    let ip = yiaddr(bytes);
+    assert!(range().locate(ip).is_some());
+    assert!(n.dhcp().unwrap().leases.owns(ip));
+    // Options in parameter-request order, each once: 53, 54, 51, 1, then 3.
+    let codes: Vec<u8> = {
+        let mut v = vec![];
+        let mut i = 240;
+        while bytes[i] != 255 {
+            v.push(bytes[i]);
+            i += 2 + usize::from(bytes[i + 1]);
+        }
+        v
+    };
+    assert_eq!(codes, vec![53, 54, 51, 1, 3]);
+    assert_eq!(option(bytes, 51), Some(300u32.to_be_bytes().to_vec()));
+    assert_eq!(bytes.len(), 300);
+
+    n.handle_dhcp(
+        t(5010),
+        &message(3, 1, &[(50, &ip.octets()), (54, &SERVER.octets())]),
+    );
+    let r = replies(&mut n);
+    assert_eq!(r[0].1.msg_type, MessageType::Ack);
+    assert_eq!(n.status(t(5010)).leases_active, 1);
+    let ev: Vec<_> = std::iter::from_fn(|| n.poll_event()).collect();
+    assert!(ev.iter().any(
+        |e| matches!(e, crate::node::Event::Lease(LeaseEvent::Leased { ip: i, .. }) if *i == ip)
+    ));
+}
+
+#[test]
+fn same_client_same_address_and_never_two_clients_one_address() {
+    let mut n = node();
+    let a = dora(&mut n, 1, 5000);
+    let b = dora(&mut n, 2, 6000);
+    assert_ne!(a, b);
+    // DISCOVER again (reboot): same address.
+    n.handle_dhcp(t(7000), &message(1, 1, &[]));
+    assert_eq!(yiaddr(&replies(&mut n)[0].2), a);
+    // Another client asking for a's address by INIT-REBOOT is refused.
+    n.handle_dhcp(t(7100), &message(3, 3, &[(50, &a.octets())]));
+    let r = replies(&mut n);
+    assert_eq!(r[0].1.msg_type, MessageType::Nak);
+    assert_eq!(
+        option(&r[0].2, 54),
+        Some(SERVER.octets().to_vec()),
+        "NAK carries server id"
+    );
+    assert_eq!(r[0].0, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+}
+
+#[test]
+fn expired_lease_is_remembered_for_its_client() {
+    let mut n = node();
+    let a = dora(&mut n, 1, 5000);
+    // Lease 300 s + 10 s slack.
+    n.handle_timeout(t(5000 + 311_000));
+    assert_eq!(n.status(t(316_000)).leases_active, 0);
+    // A new client does not get a's address while others are free.
+    n.handle_dhcp(t(320_000), &message(1, 9, &[]));
+    assert_ne!(yiaddr(&replies(&mut n)[0].2), a);
+    n.handle_dhcp(t(320_100), &message(1, 1, &[]));
+    assert_eq!(yiaddr(&replies(&mut n)[0].2), a);
+}
+
+#[test]
+fn request_for_another_server_is_ignored_and_drops_our_offer() {
+    let mut n = node();
+    n.handle_dhcp(t(5000), &message(1, 1, &[]));
+    let ip = yiaddr(&replies(&mut n)[0].2);
+    n.handle_dhcp(
+        t(5010),
+        &message(3, 1, &[(50, &ip.octets()), (54, &[10, 9, 9, 9])]),
+    );
+    assert!(replies(&mut n).is_empty());
+    assert_eq!(
+        n.dhcp().unwrap().leases.get(ip).unwrap().state,
+        AddrState::Free
+    );
+}
+
+#[test]
+fn out_of_range_is_naked_and_renewal_goes_to_ciaddr() {
+    let mut n = node();
+    n.handle_dhcp(t(5000), &message(3, 1, &[(50, &[192, 168, 1, 5])]));
+    assert_eq!(replies(&mut n)[0].1.msg_type, MessageType::Nak);
+    let a = dora(&mut n, 1, 5000);
+    let mut renew = message(3, 1, &[]);
+    renew[12..16].copy_from_slice(&a.octets());
+    n.handle_dhcp(t(100_000), &renew);
+    let r = replies(&mut n);
+    assert_eq!(r[0].1.msg_type, MessageType::Ack);
+    assert_eq!(r[0].0, SocketAddrV4::new(a, 68));
+}
+
+#[test]
+fn relayed_requests_are_answered_to_the_relay() {
+    let mut n = node();
+    let mut d = message(1, 1, &[(82, &[1, 3, b'a', b'b', b'c'])]);
+    d[24..28].copy_from_slice(&[10, 0, 0, 2]);
+    n.handle_dhcp(t(5000), &d);
+    let r = replies(&mut n);
+    assert_eq!(r[0].0, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 67));
+    assert_eq!(option(&r[0].2, 82), Some(vec![1, 3, b'a', b'b', b'c']));
+}
+
+#[test]
+fn release_and_decline() {
+    let mut n = node();
+    let a = dora(&mut n, 1, 5000);
+    let mut rel = message(7, 1, &[(54, &SERVER.octets())]);
+    rel[12..16].copy_from_slice(&a.octets());
+    n.handle_dhcp(t(6000), &rel);
+    assert!(replies(&mut n).is_empty());
+    assert_eq!(n.status(t(6000)).leases_active, 0);
+    let ev: Vec<_> = std::iter::from_fn(|| n.poll_event()).collect();
+    assert!(ev.iter().any(
+        |e| matches!(e, crate::node::Event::Lease(LeaseEvent::Released { ip, .. }) if *ip == a)
+    ));
+
+    let b = dora(&mut n, 2, 7000);
+    n.handle_dhcp(
+        t(8000),
+        &message(4, 2, &[(50, &b.octets()), (54, &SERVER.octets())]),
+    );
+    assert!(matches!(
+        n.dhcp().unwrap().leases.get(b).unwrap().state,
+        AddrState::Declined { .. }
+    ));
+    // The declined address is not offered again, not even to the client that had it.
+    n.handle_dhcp(t(8100), &message(1, 2, &[]));
+    assert_ne!(yiaddr(&replies(&mut n)[0].2), b);
+}
+
+#[test]
+fn inform_gets_options_without_lease_time() {
+    let mut n = node();
+    let mut inf = message(8, 1, &[(55, &[3, 51])]);
+    inf[12..16].copy_from_slice(&[10, 0, 5, 5]);
+    n.handle_dhcp(t(5000), &inf);
+    let r = replies(&mut n);
+    assert_eq!(r[0].1.msg_type, MessageType::Ack);
+    assert_eq!(yiaddr(&r[0].2), Ipv4Addr::UNSPECIFIED);
+    assert_eq!(option(&r[0].2, 51), None);
+    assert_eq!(option(&r[0].2, 3), Some(vec![10, 0, 0, 1]));
+    assert_eq!(r[0].0, SocketAddrV4::new(Ipv4Addr::new(10, 0, 5, 5), 68));
+}
+
+/// Feeds a peer's claim for `block` so the node knows the owner.
+fn peer_claims(n: &mut Node, block: u32, now: u64) {
+    let p = Packet {
+        node_id: NodeId([9; 8]),
+        swarm: range().swarm(),
+        message: Message::UpdateClaim(vec![ClaimEntry { block, timeout: 30 }]),
+    };
+    n.handle_datagram(t(now), Channel::Multicast, PEER, &p.encode().unwrap());
+}
+
+fn unicast(n: &mut Node) -> Vec<(Ipv6Addr, Packet)> {
+    std::iter::from_fn(|| n.poll_transmit())
+        .filter_map(|tx| match tx.dest {
+            Dest::Unicast(a) => Some((a, Packet::decode(&tx.payload).unwrap())),
+            Dest::Multicast => None,
+        })
+        .collect()
+}
+
+#[test]
+fn roaming_request_is_forwarded_and_answered_by_the_owners_verdict() {
+    let mut n = node();
+    let ours = n.blocks().owned().next().unwrap();
+    let theirs = (ours + 5) % 64;
+    peer_claims(&mut n, theirs, 4000);
+    let ip = range().address(theirs, 1);
+    let mut renew = message(3, 1, &[]);
+    renew[12..16].copy_from_slice(&ip.octets());
+    n.handle_dhcp(t(5000), &renew);
+    assert!(replies(&mut n).is_empty(), "no answer before the owner's");
+    let sent = unicast(&mut n);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, PEER);
+    let Message::RenewLease(p) = sent[0].1.message else {
+        panic!()
+    };
+    assert_eq!(p.address, ip.octets(), "network byte order");
+    // Owner acknowledges, with its lease time in the (C-ignored) lease field.
+    let mut ack = p;
+    ack.lease_seconds = 120;
+    let answer = Packet {
+        node_id: NodeId([9; 8]),
+        swarm: range().swarm(),
+        message: Message::LeaseAck(ack),
+    };
+    n.handle_datagram(t(5001), Channel::Unicast, PEER, &answer.encode().unwrap());
+    let r = replies(&mut n);
+    assert_eq!(r[0].1.msg_type, MessageType::Ack);
+    assert_eq!(yiaddr(&r[0].2), ip);
+    assert_eq!(option(&r[0].2, 51), Some(120u32.to_be_bytes().to_vec()));
+
+    // A NAK from the owner becomes a NAK; no answer at all becomes silence.
+    n.handle_dhcp(t(6000), &renew);
+    let Message::RenewLease(p) = unicast(&mut n)[0].1.message else {
+        panic!()
+    };
+    let nak = Packet {
+        node_id: NodeId([9; 8]),
+        swarm: range().swarm(),
+        message: Message::LeaseNak(p),
+    };
+    n.handle_datagram(t(6001), Channel::Unicast, PEER, &nak.encode().unwrap());
+    assert_eq!(replies(&mut n)[0].1.msg_type, MessageType::Nak);
+    n.handle_dhcp(t(7000), &renew);
+    let _ = unicast(&mut n);
+    n.handle_timeout(t(9500));
+    assert!(replies(&mut n).is_empty());
+    assert_eq!(n.dhcp().unwrap().counters.forward_timeouts, 1);
+}
+
+#[test]
+fn owner_checks_the_client_of_a_forwarded_renewal() {
+    let mut n = node();
+    let a = dora(&mut n, 1, 5000);
+    let mut chaddr = [0u8; 16];
+    chaddr[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    // The right client, address byte-reversed as a little-endian C node sends it.
+    let mut p = RenewPayload::new(a, 42, chaddr);
+    p.address.reverse();
+    let renew = Packet {
+        node_id: NodeId([9; 8]),
+        swarm: range().swarm(),
+        message: Message::RenewLease(p),
+    };
+    n.handle_datagram(t(6000), Channel::Unicast, PEER, &renew.encode().unwrap());
+    let sent = unicast(&mut n);
+    assert_eq!(sent[0].0, PEER);
+    let Message::LeaseAck(echo) = sent[0].1.message else {
+        panic!("{:?}", sent[0].1)
+    };
+    assert_eq!(echo.address, p.address, "echoed as received");
+    // Another client for the same address: refused (ddhcpd acks it: duplicate address).
+    chaddr[5] = 2;
+    let other = Packet {
+        node_id: NodeId([9; 8]),
+        swarm: range().swarm(),
+        message: Message::RenewLease(RenewPayload::new(a, 43, chaddr)),
+    };
+    n.handle_datagram(t(6100), Channel::Unicast, PEER, &other.encode().unwrap());
+    assert!(matches!(unicast(&mut n)[0].1.message, Message::LeaseNak(_)));
+    // Out of range in both byte orders: no answer.
+    let far = Packet {
+        node_id: NodeId([9; 8]),
+        swarm: range().swarm(),
+        message: Message::RenewLease(RenewPayload::new(Ipv4Addr::new(192, 168, 0, 1), 44, chaddr)),
+    };
+    n.handle_datagram(t(6200), Channel::Unicast, PEER, &far.encode().unwrap());
+    assert!(unicast(&mut n).is_empty());
+}
+
+#[test]
+fn learning_node_stays_silent_about_unknown_blocks() {
+    let cfg = NodeConfig {
+        range: range(),
+        claim: ClaimConfig {
+            tentative_timeout: Duration::from_secs(2),
+            block_timeout: Duration::from_secs(30),
+            spare_leases: 2,
+            needless_timeout: Duration::from_secs(300),
+            learning: true,
+        },
+        dhcp: Some(DhcpConfig {
+            options: vec![],
+            interface_addr: Some(SERVER),
+        }),
+    };
+    let mut n = Node::new(cfg, NodeId([5; 8]), t(0), 7);
+    n.handle_dhcp(t(100), &message(1, 1, &[]));
+    n.handle_dhcp(t(200), &message(3, 1, &[(50, &[10, 0, 128, 9])]));
+    assert!(replies(&mut n).is_empty());
+    // A known owner's address is still forwarded while learning.
+    peer_claims(&mut n, 2, 300);
+    n.handle_dhcp(
+        t(400),
+        &message(3, 1, &[(50, &range().address(2, 1).octets())]),
+    );
+    assert_eq!(unicast(&mut n).len(), 1);
+}
+
+#[test]
+fn reserved_addresses_are_never_offered() {
+    let cfg = DhcpConfig {
+        options: vec![DhcpOption {
+            code: 6,
+            payload: vec![10, 0, 128, 6],
+        }],
+        interface_addr: Some(Ipv4Addr::new(10, 0, 128, 1)),
+    };
+    let mut d = Dhcp::new(&cfg, range());
+    d.block_owned(0, t(0));
+    d.block_owned(1, t(0));
+    d.block_owned(63, t(0));
+    let mut handed = Vec::new();
+    while let Some(ip) = d.leases.pick_free() {
+        let key = ClientKey::new(None, 1, &ip.octets());
+        d.leases
+            .bind(ip, key, [0; 16], None, AddrState::Leased { until: t(1000) });
+        handed.push(ip);
+    }
+    // 12 addresses minus network, broadcast, the interface address and the DNS server.
+    assert_eq!(handed.len(), 8);
+    for r in ["10.0.128.0", "10.0.128.255", "10.0.128.1", "10.0.128.6"] {
+        assert!(!handed.contains(&r.parse().unwrap()), "{r} handed out");
+    }
+}
+
+#[test]
+fn burst_claims_several_blocks_in_one_inquire() {
+    let mut n = node();
+    // 40 new clients within one second.
+    for mac in 0..40u8 {
+        n.handle_dhcp(t(4000 + u64::from(mac)), &message(1, mac, &[]));
+    }
+    let _ = replies(&mut n);
+    n.handle_timeout(t(5000));
+    let inquiries: Vec<usize> = std::iter::from_fn(|| n.poll_transmit())
+        .filter_map(|tx| match Packet::decode(&tx.payload).unwrap().message {
+            Message::Inquire(b) => Some(b.len()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        inquiries.iter().any(|&len| len >= 5),
+        "expected several blocks in one Inquire, got {inquiries:?}"
+    );
+}
