@@ -195,14 +195,21 @@ static NEXT_NET: AtomicUsize = AtomicUsize::new(0);
 /// One private test network made by `network-test net-init`: `n` daemon hosts
 /// (namespaces `<prefix>d<i>`, interfaces `server0` and `client0` =
 /// 10.0.0.1/16) on a shared server bridge, each with its own client link
-/// and one client host (`<prefix>c<i>`, interface `eth0`).  Removed on drop.
+/// and `per_node` client hosts on it (interface `eth0`).  Removed on drop.
+///
+/// Client host `(i, k)` is "client k of daemon host i"; its network-test id is
+/// `i.k` and its name `i` (k = 0) or `i`x`k`, as in namespace `<prefix>c<name>`
+/// and lease file `lease-<name>`.  The methods without `_k` address client
+/// `(i, 0)`.
 pub struct TestNet {
     /// `NT_PREFIX` of this net; every namespace name starts with it.
     pub prefix: String,
     /// `NT_STATE_DIR` of this net (logs, sockets, lease files).
     pub state_dir: PathBuf,
-    /// Number of daemon hosts (and of client hosts).
+    /// Number of daemon hosts.
     pub n: usize,
+    /// Client hosts per daemon host (on its client link at the start).
+    pub per_node: usize,
     /// The daemon started on host i (its PID is the ddhcpd PID).
     pub daemons: Vec<Option<Child>>,
     pub ddhcpd: PathBuf,
@@ -210,13 +217,32 @@ pub struct TestNet {
 }
 
 impl TestNet {
-    /// Creates a net with `n` daemon hosts.  Panics if that fails.
+    /// Creates a net with `n` daemon hosts and one client host each.  Panics if
+    /// that fails.
     pub fn new(n: usize, ddhcpd: &Path, ddhcpctl: &Path) -> TestNet {
         Self::try_new(n, ddhcpd, ddhcpctl).unwrap_or_else(|e| panic!("TestNet::new({n}): {e}"))
     }
 
+    /// Creates a net with `n` daemon hosts and `per_node` client hosts on each
+    /// one's client link.  Panics if that fails.
+    pub fn with_clients(n: usize, per_node: usize, ddhcpd: &Path, ddhcpctl: &Path) -> TestNet {
+        Self::try_with_clients(n, per_node, ddhcpd, ddhcpctl)
+            .unwrap_or_else(|e| panic!("TestNet::with_clients({n}, {per_node}): {e}"))
+    }
+
     pub fn try_new(n: usize, ddhcpd: &Path, ddhcpctl: &Path) -> Result<TestNet, String> {
+        Self::try_with_clients(n, 1, ddhcpd, ddhcpctl)
+    }
+
+    pub fn try_with_clients(
+        n: usize,
+        per_node: usize,
+        ddhcpd: &Path,
+        ddhcpctl: &Path,
+    ) -> Result<TestNet, String> {
         prerequisites()?;
+        // Creating a client host takes a few tens of milliseconds.
+        let init_timeout = CMD_TIMEOUT + Duration::from_millis(200) * (n * per_node) as u32;
         let mut last_err = String::new();
         for _ in 0..5 {
             let k = NEXT_NET.fetch_add(1, Ordering::Relaxed);
@@ -226,13 +252,15 @@ impl TestNet {
                 prefix,
                 state_dir,
                 n,
+                per_node,
                 daemons: (0..n).map(|_| None).collect(),
                 ddhcpd: ddhcpd.to_path_buf(),
                 ddhcpctl: ddhcpctl.to_path_buf(),
             };
             let out = output_timeout(
-                net.script_cmd().args(["net-init", &n.to_string()]),
-                CMD_TIMEOUT,
+                net.script_cmd()
+                    .args(["net-init", &n.to_string(), &per_node.to_string()]),
+                init_timeout,
             )?;
             if out.status.success() {
                 return Ok(net);
@@ -240,7 +268,7 @@ impl TestNet {
             let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
             let exists = stderr.contains("already exists") || stderr.contains("not empty");
             last_err = format!(
-                "network-test net-init {n} (NT_PREFIX={}) failed ({}): {}{}",
+                "network-test net-init {n} {per_node} (NT_PREFIX={}) failed ({}): {}{}",
                 net.prefix,
                 out.status,
                 String::from_utf8_lossy(&out.stdout),
@@ -289,7 +317,37 @@ impl TestNet {
         format!("{}d{i}", self.prefix)
     }
     pub fn ns_client(&self, i: usize) -> String {
-        format!("{}c{i}", self.prefix)
+        self.ns_client_k(i, 0)
+    }
+    /// Namespace of client host (i, k).
+    pub fn ns_client_k(&self, i: usize, k: usize) -> String {
+        format!("{}c{}", self.prefix, self.client_name(i, k))
+    }
+    /// Name of client host (i, k) in namespace, port and file names: `i`, or
+    /// `i`x`k` for k > 0.
+    pub fn client_name(&self, i: usize, k: usize) -> String {
+        assert!(
+            i < self.n && k < self.per_node,
+            "client ({i}, {k}) out of range ({} x {})",
+            self.n,
+            self.per_node
+        );
+        if k == 0 {
+            i.to_string()
+        } else {
+            format!("{i}x{k}")
+        }
+    }
+    /// network-test client id of client host (i, k): `i.k`.
+    pub fn client_id(&self, i: usize, k: usize) -> String {
+        let _ = self.client_name(i, k); // range check
+        format!("{i}.{k}")
+    }
+    /// Every client host `(i, k)`, node by node.
+    pub fn clients(&self) -> Vec<(usize, usize)> {
+        (0..self.n)
+            .flat_map(|i| (0..self.per_node).map(move |k| (i, k)))
+            .collect()
     }
     /// Control socket path for daemon i: `$state/ctl<i>.sock`.
     pub fn sock(&self, i: usize) -> PathBuf {
@@ -478,47 +536,90 @@ impl TestNet {
 
     /// Starts a DHCP client ("udhcpc", "dhclient" or "dhcpcd") on client host i.
     pub fn clt_start(&self, i: usize, client: &str) {
-        self.clt_start_args(i, client, &[]);
+        self.clt_start_args_k(i, 0, client, &[]);
     }
 
     /// Like [`clt_start`](Self::clt_start), with extra arguments for the client
     /// (e.g. `&["-r", "10.0.128.9"]` for udhcpc).
     pub fn clt_start_args(&self, i: usize, client: &str, extra: &[&str]) {
-        let idx = i.to_string();
-        let mut args = vec!["clt-start", &idx, client];
+        self.clt_start_args_k(i, 0, client, extra);
+    }
+
+    /// Starts a DHCP client on client host (i, k).
+    pub fn clt_start_k(&self, i: usize, k: usize, client: &str) {
+        self.clt_start_args_k(i, k, client, &[]);
+    }
+
+    /// Like [`clt_start_k`](Self::clt_start_k), with extra client arguments.
+    pub fn clt_start_args_k(&self, i: usize, k: usize, client: &str, extra: &[&str]) {
+        let id = self.client_id(i, k);
+        let mut args = vec!["clt-start", &id, client];
         args.extend_from_slice(extra);
         self.nt(&args).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Releases (where the client supports it) and stops client i.
     pub fn clt_stop(&self, i: usize) {
-        self.nt(&["clt-stop", &i.to_string()])
+        self.clt_stop_k(i, 0);
+    }
+
+    /// Releases (where the client supports it) and stops client (i, k).
+    pub fn clt_stop_k(&self, i: usize, k: usize) {
+        self.nt(&["clt-stop", &self.client_id(i, k)])
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Stops client (i, k) without releasing its lease (`clt-stop -k`): a
+    /// dhclient or dhcpcd started again does INIT-REBOOT with it.
+    pub fn clt_stop_keep_k(&self, i: usize, k: usize) {
+        self.nt(&["clt-stop", "-k", &self.client_id(i, k)])
             .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Makes client i renew now (udhcpc and dhcpcd only).
     pub fn clt_renew(&self, i: usize) {
-        self.nt(&["clt-renew", &i.to_string()])
+        self.clt_renew_k(i, 0);
+    }
+
+    /// Makes client (i, k) renew now (udhcpc and dhcpcd only).
+    pub fn clt_renew_k(&self, i: usize, k: usize) {
+        self.nt(&["clt-renew", &self.client_id(i, k)])
             .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Moves client host `c`'s link to daemon host `i`'s client link.
     pub fn roam(&self, c: usize, i: usize) {
-        self.nt(&["roam", &c.to_string(), &i.to_string()])
+        self.roam_k(c, 0, i);
+    }
+
+    /// Moves client host (c, k)'s link to daemon host `i`'s client link.
+    pub fn roam_k(&self, c: usize, k: usize, i: usize) {
+        self.nt(&["roam", &self.client_id(c, k), &i.to_string()])
             .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The address client i holds (first word of `$state/lease-<i>`), if any.
     pub fn lease_of(&self, i: usize) -> Option<String> {
-        let text = fs::read_to_string(self.state_dir.join(format!("lease-{i}"))).ok()?;
+        self.lease_of_k(i, 0)
+    }
+
+    /// The address client (i, k) holds (first word of `$state/lease-<name>`).
+    pub fn lease_of_k(&self, i: usize, k: usize) -> Option<String> {
+        let name = self.client_name(i, k);
+        let text = fs::read_to_string(self.state_dir.join(format!("lease-{name}"))).ok()?;
         text.split_whitespace().next().map(str::to_owned)
     }
 
     /// Waits up to `timeout` for client i to hold a lease.
     pub fn wait_lease(&self, i: usize, timeout: Duration) -> Option<String> {
+        self.wait_lease_k(i, 0, timeout)
+    }
+
+    /// Waits up to `timeout` for client (i, k) to hold a lease.
+    pub fn wait_lease_k(&self, i: usize, k: usize, timeout: Duration) -> Option<String> {
         let mut lease = None;
         wait_until(timeout, || {
-            lease = self.lease_of(i);
+            lease = self.lease_of_k(i, k);
             lease.is_some()
         });
         lease
@@ -526,14 +627,52 @@ impl TestNet {
 
     /// History of client i's hook calls (`$state/lease-<i>.log`).
     pub fn lease_history(&self, i: usize) -> String {
-        fs::read_to_string(self.state_dir.join(format!("lease-{i}.log"))).unwrap_or_default()
+        self.lease_history_k(i, 0)
+    }
+
+    /// History of client (i, k)'s hook calls (`$state/lease-<name>.log`).
+    pub fn lease_history_k(&self, i: usize, k: usize) -> String {
+        let name = self.client_name(i, k);
+        fs::read_to_string(self.state_dir.join(format!("lease-{name}.log"))).unwrap_or_default()
     }
 
     /// Log of the DHCP client on host i (whichever was started last).
     pub fn client_log(&self, i: usize) -> String {
-        let dir = self.state_dir.join(format!("clt{i}"));
+        self.client_log_k(i, 0)
+    }
+
+    /// Log of the DHCP client on host (i, k) (whichever was started last).
+    pub fn client_log_k(&self, i: usize, k: usize) -> String {
+        let dir = self
+            .state_dir
+            .join(format!("clt{}", self.client_name(i, k)));
         let kind = fs::read_to_string(dir.join("kind")).unwrap_or_default();
         fs::read_to_string(dir.join(format!("{}.log", kind.trim()))).unwrap_or_default()
+    }
+
+    /// MAC address of `eth0` in client host (i, k), lower case (`aa:bb:…`).
+    pub fn client_mac_k(&self, i: usize, k: usize) -> String {
+        let out = self.exec_client_ns_k(i, k, &["cat", "/sys/class/net/eth0/address"]);
+        assert!(
+            out.status.success(),
+            "cannot read the MAC of client ({i}, {k}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_lowercase()
+    }
+
+    /// IPv4 addresses (without prefix length) configured on `eth0` of client
+    /// host (i, k).
+    pub fn client_addrs_k(&self, i: usize, k: usize) -> Vec<String> {
+        let out = self.exec_client_ns_k(i, k, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                w.find(|&x| x == "inet")?;
+                w.next()?.split('/').next().map(str::to_owned)
+            })
+            .collect()
     }
 
     // ------------------------------------------------- run in a namespace ---
@@ -553,12 +692,18 @@ impl TestNet {
     pub fn exec_client_ns(&self, i: usize, args: &[&str]) -> Output {
         Self::ns_exec(&self.ns_client(i), args)
     }
+    /// Runs a command inside client host (i, k).
+    pub fn exec_client_ns_k(&self, i: usize, k: usize, args: &[&str]) -> Output {
+        Self::ns_exec(&self.ns_client_k(i, k), args)
+    }
     /// Runs a command inside the hub namespace (bridges br-srv, br-clt<i>).
     pub fn exec_hub(&self, args: &[&str]) -> Output {
         Self::ns_exec(&self.ns_hub(), args)
     }
 
-    fn dump_logs(&self) {
+    /// Prints the tail of every daemon log and every client's hook history and
+    /// log to stderr (done by `Drop` when the test panics).
+    pub fn dump_logs(&self) {
         for i in 0..self.n {
             let log = self.daemon_log(i);
             if !log.is_empty() {
@@ -573,9 +718,23 @@ impl TestNet {
                     eprintln!("{l}");
                 }
             }
-            let hist = self.lease_history(i);
+        }
+        for (i, k) in self.clients() {
+            let hist = self.lease_history_k(i, k);
             if !hist.is_empty() {
-                eprintln!("----- client {i} lease history -----\n{hist}");
+                eprintln!("----- client {i}.{k} lease history -----\n{hist}");
+            }
+            let log = self.client_log_k(i, k);
+            if !log.is_empty() {
+                let lines: Vec<&str> = log.lines().collect();
+                let from = lines.len().saturating_sub(15);
+                eprintln!(
+                    "----- client {i}.{k} log (last {} lines) -----",
+                    lines.len() - from
+                );
+                for l in &lines[from..] {
+                    eprintln!("{l}");
+                }
             }
         }
     }

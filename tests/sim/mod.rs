@@ -21,6 +21,7 @@ use ddhcp::time::Instant;
 use ddhcp::wire::NodeId;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use std::net::Ipv4Addr;
 
 /// How the shared link treats each datagram, independently per receiver.
 #[derive(Clone, Copy, Debug)]
@@ -66,9 +67,18 @@ struct Delivery {
     at: Instant,
     seq: u64,
     to: usize,
-    from: Ipv6Addr,
-    channel: Channel,
+    kind: Kind,
     data: Rc<[u8]>,
+}
+
+/// What a queued datagram is.
+enum Kind {
+    /// Peer protocol, to node `to`.
+    Peer { from: Ipv6Addr, channel: Channel },
+    /// DHCP from a client to node `to`.
+    ToServer,
+    /// DHCP from a node to client `to`.
+    ToClient,
 }
 
 impl PartialEq for Delivery {
@@ -107,6 +117,10 @@ pub struct Sim {
     slots: Vec<Slot>,
     queue: BinaryHeap<Delivery>,
     seq: u64,
+    /// Simulated DHCP clients, each attached to one node's client link.
+    pub clients: Vec<Client>,
+    /// Moments two clients held the same address at once.
+    pub address_conflicts: Vec<String>,
     /// Current owners of each block, from the nodes' own events.
     owners: HashMap<u32, Vec<usize>>,
     open_overlaps: HashMap<u32, Instant>,
@@ -123,6 +137,8 @@ impl Sim {
             slots: Vec::new(),
             queue: BinaryHeap::new(),
             seq: 0,
+            clients: Vec::new(),
+            address_conflicts: Vec::new(),
             owners: HashMap::new(),
             open_overlaps: HashMap::new(),
             overlaps: Vec::new(),
@@ -217,15 +233,33 @@ impl Sim {
         self.slots.iter().map(|s| s.sent_bytes).sum()
     }
 
-    /// Processes the next thing that happens (a delivery or a node timer), if it is not
-    /// after `limit`. Returns false when nothing is due by then.
-    fn step(&mut self, limit: Instant) -> bool {
-        let next_timer = self
-            .slots
+    fn next_node_timer(&self) -> Option<(Instant, usize)> {
+        self.slots
             .iter()
             .enumerate()
             .filter_map(|(i, s)| s.node.as_ref().map(|n| (n.poll_timeout(), i)))
+            .min()
+    }
+
+    /// Processes the next thing that happens (a delivery or a node timer), if it is not
+    /// after `limit`. Returns false when nothing is due by then.
+    fn step(&mut self, limit: Instant) -> bool {
+        let next_client = self
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(c, cl)| (cl.next_action, c))
             .min();
+        if let Some((t, c)) = next_client
+            && t <= limit
+            && self.queue.peek().is_none_or(|d| t < d.at)
+            && self.next_node_timer().is_none_or(|(nt, _)| t < nt)
+        {
+            self.now = self.now.max(t);
+            self.client_timer(c);
+            return true;
+        }
+        let next_timer = self.next_node_timer();
         let next_delivery = self.queue.peek().map(|d| d.at);
         match (next_timer, next_delivery) {
             (Some((t, i)), d) if d.is_none_or(|d| t < d) => {
@@ -244,9 +278,20 @@ impl Sim {
                 }
                 let del = self.queue.pop().expect("peeked");
                 self.now = self.now.max(del.at);
-                if let Some(n) = self.slots[del.to].node.as_mut() {
-                    n.handle_datagram(self.now, del.channel, del.from, &del.data);
-                    self.drain(del.to);
+                match del.kind {
+                    Kind::Peer { from, channel } => {
+                        if let Some(n) = self.slots[del.to].node.as_mut() {
+                            n.handle_datagram(self.now, channel, from, &del.data);
+                            self.drain(del.to);
+                        }
+                    }
+                    Kind::ToServer => {
+                        if let Some(n) = self.slots[del.to].node.as_mut() {
+                            n.handle_dhcp(self.now, &del.data);
+                            self.drain(del.to);
+                        }
+                    }
+                    Kind::ToClient => self.client_receive(del.to, &del.data),
                 }
             }
             _ => return false,
@@ -298,6 +343,7 @@ impl Sim {
     fn drain(&mut self, i: usize) {
         let mut transmits = Vec::new();
         let mut events = Vec::new();
+        let mut dhcp = Vec::new();
         if let Some(n) = self.slots[i].node.as_mut() {
             while let Some(t) = n.poll_transmit() {
                 transmits.push(t);
@@ -305,7 +351,13 @@ impl Sim {
             while let Some(e) = n.poll_event() {
                 events.push(e);
             }
+            while let Some(d) = n.poll_dhcp_transmit() {
+                dhcp.push(d);
+            }
             self.slots[i].id = n.id();
+        }
+        for d in dhcp {
+            self.to_clients(i, d.payload);
         }
         for e in events {
             match e {
@@ -358,8 +410,7 @@ impl Sim {
                         at: self.now + Duration::from_millis(delay),
                         seq: self.seq,
                         to: j,
-                        from,
-                        channel,
+                        kind: Kind::Peer { from, channel },
                         data: data.clone(),
                     });
                 }
@@ -455,4 +506,250 @@ pub fn seeds(default: u64) -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
+}
+
+/// A simulated DHCP client: DISCOVER/OFFER/REQUEST/ACK, renewal at half the lease,
+/// INIT-REBOOT after roaming, back to INIT on NAK or expiry. Retransmits every 3 s.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub mac: [u8; 6],
+    /// Node whose client link it is on.
+    pub node: usize,
+    pub state: ClientState,
+    pub ip: Option<Ipv4Addr>,
+    pub until: Instant,
+    renew_at: Instant,
+    xid: u32,
+    offered: Option<(Ipv4Addr, Ipv4Addr)>,
+    pub next_action: Instant,
+    pub acks: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientState {
+    Init,
+    Selecting,
+    Requesting,
+    Bound,
+    Renewing,
+    Rebooting,
+}
+
+const RETRY: Duration = Duration::from_secs(3);
+
+fn dhcp_message(c: &Client, msg_type: u8, ciaddr: Ipv4Addr, opts: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let mut b = vec![0u8; 240];
+    b[0] = 1;
+    b[1] = 1;
+    b[2] = 6;
+    b[4..8].copy_from_slice(&c.xid.to_be_bytes());
+    b[12..16].copy_from_slice(&ciaddr.octets());
+    b[28..34].copy_from_slice(&c.mac);
+    b[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    b.extend_from_slice(&[53, 1, msg_type]);
+    for (code, data) in opts {
+        b.push(*code);
+        b.push(data.len() as u8);
+        b.extend_from_slice(data);
+    }
+    b.push(255);
+    b
+}
+
+fn reply_option(p: &[u8], code: u8) -> Option<&[u8]> {
+    let mut i = 240;
+    while i + 1 < p.len() && p[i] != 255 {
+        if p[i] == 0 {
+            i += 1;
+            continue;
+        }
+        let len = usize::from(p[i + 1]);
+        if p[i] == code {
+            return p.get(i + 2..i + 2 + len);
+        }
+        i += 2 + len;
+    }
+    None
+}
+
+impl Sim {
+    /// Adds a client on node `node`'s link; it starts at once.
+    pub fn add_client(&mut self, node: usize) -> usize {
+        let c = self.clients.len();
+        self.clients.push(Client {
+            mac: [0x02, 0xcc, 0, (c >> 16) as u8, (c >> 8) as u8, c as u8],
+            node,
+            state: ClientState::Init,
+            ip: None,
+            until: Instant::ZERO,
+            renew_at: Instant::ZERO,
+            xid: 0,
+            offered: None,
+            next_action: self.now,
+            acks: 0,
+        });
+        c
+    }
+
+    /// Moves a client to another node's link; a bound client reboots there (INIT-REBOOT).
+    pub fn roam(&mut self, c: usize, node: usize) {
+        let cl = &mut self.clients[c];
+        cl.node = node;
+        if cl.ip.is_some() {
+            cl.state = ClientState::Rebooting;
+            cl.next_action = self.now;
+        }
+    }
+
+    fn client_send(&mut self, c: usize, data: Vec<u8>) {
+        let node = self.clients[c].node;
+        if self.slots[node].node.is_none() || self.rng.random_bool(self.link.loss) {
+            return;
+        }
+        self.seq += 1;
+        self.queue.push(Delivery {
+            at: self.now + Duration::from_millis(1),
+            seq: self.seq,
+            to: node,
+            kind: Kind::ToServer,
+            data: data.into(),
+        });
+    }
+
+    /// Replies from node `i` reach the clients on its link with that hardware address.
+    fn to_clients(&mut self, i: usize, payload: Vec<u8>) {
+        if payload.len() < 240 {
+            return;
+        }
+        let data: Rc<[u8]> = payload.into();
+        for c in 0..self.clients.len() {
+            let cl = &self.clients[c];
+            if cl.node != i || data[28..34] != cl.mac || self.rng.random_bool(self.link.loss) {
+                continue;
+            }
+            self.seq += 1;
+            self.queue.push(Delivery {
+                at: self.now + Duration::from_millis(1),
+                seq: self.seq,
+                to: c,
+                kind: Kind::ToClient,
+                data: data.clone(),
+            });
+        }
+    }
+
+    fn client_timer(&mut self, c: usize) {
+        let now = self.now;
+        let cl = &mut self.clients[c];
+        if cl.ip.is_some() && now >= cl.until {
+            // Lease ran out without renewal.
+            cl.ip = None;
+            cl.state = ClientState::Init;
+        }
+        if matches!(cl.state, ClientState::Bound) && now >= cl.renew_at {
+            cl.state = ClientState::Renewing;
+        }
+        cl.xid = cl.xid.wrapping_add(1) | (c as u32) << 16;
+        cl.next_action = now + RETRY;
+        let cl = cl.clone();
+        let msg = match cl.state {
+            ClientState::Init | ClientState::Selecting | ClientState::Requesting => {
+                self.clients[c].state = ClientState::Selecting;
+                dhcp_message(&cl, 1, Ipv4Addr::UNSPECIFIED, &[])
+            }
+            ClientState::Renewing => {
+                dhcp_message(&cl, 3, cl.ip.expect("renewing has an address"), &[])
+            }
+            ClientState::Rebooting => dhcp_message(
+                &cl,
+                3,
+                Ipv4Addr::UNSPECIFIED,
+                &[(
+                    50,
+                    cl.ip.expect("rebooting has an address").octets().to_vec(),
+                )],
+            ),
+            ClientState::Bound => {
+                self.clients[c].next_action = cl.renew_at.min(cl.until);
+                return;
+            }
+        };
+        self.client_send(c, msg);
+    }
+
+    fn client_receive(&mut self, c: usize, data: &[u8]) {
+        let now = self.now;
+        let xid = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+        if xid != self.clients[c].xid {
+            return;
+        }
+        let yiaddr = Ipv4Addr::new(data[16], data[17], data[18], data[19]);
+        let Some(&[msg_type]) = reply_option(data, 53) else {
+            return;
+        };
+        let server = reply_option(data, 54)
+            .and_then(|s| <[u8; 4]>::try_from(s).ok())
+            .map(Ipv4Addr::from)
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let lease = reply_option(data, 51)
+            .and_then(|s| <[u8; 4]>::try_from(s).ok())
+            .map(u32::from_be_bytes)
+            .unwrap_or(0);
+        let state = self.clients[c].state;
+        match (msg_type, state) {
+            (2, ClientState::Selecting) => {
+                let cl = &mut self.clients[c];
+                cl.offered = Some((yiaddr, server));
+                cl.state = ClientState::Requesting;
+                let msg = dhcp_message(
+                    cl,
+                    3,
+                    Ipv4Addr::UNSPECIFIED,
+                    &[
+                        (50, yiaddr.octets().to_vec()),
+                        (54, server.octets().to_vec()),
+                    ],
+                );
+                self.client_send(c, msg);
+            }
+            (5, ClientState::Requesting | ClientState::Renewing | ClientState::Rebooting) => {
+                let cl = &mut self.clients[c];
+                cl.ip = Some(yiaddr);
+                cl.until = now + Duration::from_secs(u64::from(lease));
+                cl.renew_at = now + Duration::from_secs(u64::from(lease / 2));
+                cl.state = ClientState::Bound;
+                cl.next_action = cl.renew_at;
+                cl.acks += 1;
+                self.check_address(c);
+            }
+            (6, _) => {
+                let cl = &mut self.clients[c];
+                cl.ip = None;
+                cl.state = ClientState::Init;
+                cl.next_action = now + Duration::from_millis(100);
+            }
+            _ => {}
+        }
+    }
+
+    /// Records a conflict if another client holds the same address right now.
+    fn check_address(&mut self, c: usize) {
+        let Some(ip) = self.clients[c].ip else { return };
+        for (o, other) in self.clients.iter().enumerate() {
+            if o != c && other.ip == Some(ip) && other.until > self.now {
+                self.address_conflicts.push(format!(
+                    "t={:?}: clients {c} and {o} both hold {ip}",
+                    self.now
+                ));
+            }
+        }
+    }
+
+    /// Clients holding an address now.
+    pub fn bound_clients(&self) -> usize {
+        self.clients
+            .iter()
+            .filter(|c| c.ip.is_some() && c.until > self.now)
+            .count()
+    }
 }
