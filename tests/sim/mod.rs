@@ -357,7 +357,7 @@ impl Sim {
             self.slots[i].id = n.id();
         }
         for d in dhcp {
-            self.to_clients(i, d.payload);
+            self.deliver_to_clients(i, d.payload);
         }
         for e in events {
             match e {
@@ -617,7 +617,7 @@ impl Sim {
     }
 
     /// Replies from node `i` reach the clients on its link with that hardware address.
-    fn to_clients(&mut self, i: usize, payload: Vec<u8>) {
+    fn deliver_to_clients(&mut self, i: usize, payload: Vec<u8>) {
         if payload.len() < 240 {
             return;
         }
