@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 fn level(verbose: u8) -> &'static str {
     // ddhcpd's default is WARNING; each -v adds a level.
@@ -25,10 +26,7 @@ fn main() -> ExitCode {
     };
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("ddhcp={}", level(cfg.verbose))));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match &cfg.log_file {
+    let (writer, ansi) = match &cfg.log_file {
         Some(path) => {
             let file = match std::fs::OpenOptions::new()
                 .create(true)
@@ -44,13 +42,24 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
-                .init();
+            (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
         }
-        None => builder.with_writer(std::io::stderr).init(),
-    }
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(writer)
+        .with_filter_reloading();
+    let handle = builder.reload_handle();
+    builder.init();
+    let set_log_level: ddhcp::daemon::LogLevelSetter = Box::new(move |f: &str| {
+        let filter = EnvFilter::try_new(f).map_err(|e| format!("bad filter '{f}': {e}"))?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    });
     if cfg.daemonize {
         // Before the runtime exists: fork() and threads do not mix. stdio stays open so
         // logs still reach stderr's target (or --log-file), unlike ddhcpd's -d.
@@ -85,7 +94,7 @@ fn main() -> ExitCode {
                 _ = int.recv() => {}
             }
         };
-        ddhcp::daemon::run(cfg, shutdown).await
+        ddhcp::daemon::run(cfg, shutdown, Some(set_log_level)).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -98,10 +98,38 @@ struct Daemon {
     reopen_at: Option<tokio::time::Instant>,
     hook: Hook,
     send_errors: u64,
+    set_log_level: Option<LogLevelSetter>,
+}
+
+/// Changes the log filter at run time (`ddhcpctl log-level`); given by the binary, which owns
+/// the subscriber.
+pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send>;
+
+/// Turns a `log-level` argument into a tracing filter: ddhcpd's numbers (0 fatal … 4 debug),
+/// level names, or a full filter directive such as `ddhcp=debug,ddhcp::audit=info`.
+pub fn log_filter(level: &str) -> Result<String, String> {
+    let name = match level.trim().to_ascii_lowercase().as_str() {
+        "0" | "1" | "fatal" | "error" => "error",
+        "2" | "warning" | "warn" => "warn",
+        "3" | "info" => "info",
+        "4" | "debug" => "debug",
+        "5" | "trace" => "trace",
+        other if other.contains('=') => return Ok(other.to_string()),
+        other => {
+            return Err(format!(
+                "unknown log level '{other}' (use 0-5, error, warn, info, debug, trace or a filter like ddhcp=debug)"
+            ));
+        }
+    };
+    Ok(format!("ddhcp={name}"))
 }
 
 /// Runs the daemon until `shutdown` resolves.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+    set_log_level: Option<LogLevelSetter>,
+) -> Result<(), StartError> {
     let ifindex = iface::index(&cfg.server_iface).map_err(|e| {
         ConfigError::new(
             "-i",
@@ -184,6 +212,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         reopen_at: None,
         hook,
         send_errors: 0,
+        set_log_level,
     };
     d.main_loop(ctl_rx, shutdown).await;
     ctl_task.abort();
@@ -472,7 +501,18 @@ impl Daemon {
                 info!(secs, "lease time set");
                 Response::ok(json!({"ok": true}))
             }
-            Request::LogLevel { .. } => Response::err("log-level is not supported yet"),
+            Request::LogLevel { level } => {
+                let Some(set) = &self.set_log_level else {
+                    return Response::err("this daemon's logging cannot be changed at run time");
+                };
+                match log_filter(&level).and_then(|f| set(&f).map(|()| f)) {
+                    Ok(f) => {
+                        warn!(filter = %f, "log level changed");
+                        Response::ok(json!({"ok": true}))
+                    }
+                    Err(e) => Response::err(e),
+                }
+            }
         }
     }
 }
@@ -484,5 +524,22 @@ async fn recv(
     match sock {
         Some(s) => s.recv_from(buf).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn log_levels_like_ddhcpdctl_and_tracing() {
+        assert_eq!(log_filter("4").unwrap(), "ddhcp=debug");
+        assert_eq!(log_filter("2").unwrap(), "ddhcp=warn");
+        assert_eq!(log_filter("INFO").unwrap(), "ddhcp=info");
+        assert_eq!(
+            log_filter("ddhcp::audit=info").unwrap(),
+            "ddhcp::audit=info"
+        );
+        assert!(log_filter("loud").is_err());
     }
 }
