@@ -312,6 +312,11 @@ pub struct Blocks {
     pub invalid_entries: u64,
     /// Free addresses to hold beyond `-s` because clients are arriving fast (claim-ahead).
     extra_spare: u32,
+    /// Blocks whose owner's claim ran out without a release (the owner died or was cut
+    /// off), with when: its clients may still hold leases from them for a while.
+    lapsed: HashMap<u32, Instant>,
+    /// How long after a lapse such leases may still run (the lease time).
+    lapse_hold: Duration,
 }
 
 impl Blocks {
@@ -338,6 +343,8 @@ impl Blocks {
             events,
             invalid_entries: 0,
             extra_spare: 0,
+            lapsed: HashMap::new(),
+            lapse_hold: Duration::ZERO,
         }
     }
 
@@ -403,6 +410,19 @@ impl Blocks {
         self.ours.values().map(|o| size - o.used).sum()
     }
 
+    /// How long leases from a lapsed owner may outlive its claim: blocks are picked among
+    /// those that lapsed longer ago first, and [`Blocks::hold_until`] tells the lease layer
+    /// how long to keep the addresses of one that did not.
+    pub fn set_lapse_hold(&mut self, hold: Duration) {
+        self.lapse_hold = hold;
+    }
+
+    /// Until when the addresses of a block we just took may still be leased by clients of
+    /// a previous owner that vanished (`None`: no such risk).
+    pub fn hold_until(&self, block: u32) -> Option<Instant> {
+        self.lapsed.get(&block).map(|&at| at + self.lapse_hold)
+    }
+
     /// Asks for `n` more free addresses than `-s` while demand is high; see
     /// `docs/protocol.md` (claiming ahead).
     pub fn set_extra_spare(&mut self, n: u32) {
@@ -412,14 +432,25 @@ impl Blocks {
     /// Blocks still to claim (positive) or that could be given up (negative), with the C
     /// daemon's arithmetic so both settle on the same number of blocks.
     pub fn blocks_needed(&self) -> i64 {
-        let target = i64::from(self.cfg.spare_leases) + i64::from(self.extra_spare);
-        let leases_needed = target - i64::from(self.spare());
+        let spare = i64::from(self.spare());
         let size = i64::from(self.range.block_size());
-        let mut n = leases_needed / size;
-        if leases_needed % size > 0 {
-            n += 1;
+        let blocks_for = |leases_needed: i64| {
+            let mut n = leases_needed / size;
+            if leases_needed % size > 0 {
+                n += 1;
+            }
+            n
+        };
+        let base = blocks_for(i64::from(self.cfg.spare_leases) - spare);
+        let with_extra =
+            blocks_for(i64::from(self.cfg.spare_leases) + i64::from(self.extra_spare) - spare);
+        if with_extra <= 0 || with_extra == base {
+            return with_extra;
         }
-        n
+        // Claiming ahead never takes more than half of what is left, so a burst at one
+        // node cannot starve the others of a small range.
+        let ahead = (with_extra - base.max(0)).min(self.free.len() as i64 / 2);
+        base.max(0) + ahead
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -465,6 +496,8 @@ impl Blocks {
         if now >= self.next_refresh {
             self.refresh(now);
             self.peers.collect(now, self.cfg.block_timeout * 2);
+            let hold = self.lapse_hold;
+            self.lapsed.retain(|_, at| now.saturating_since(*at) < hold);
             self.next_refresh = now + self.cfg.refresh_interval();
         }
     }
@@ -672,6 +705,9 @@ impl Blocks {
             }
             if let State::Claimed { peer, .. } = self.states[b as usize] {
                 debug!(block = b, owner = %self.peers.get(peer).id, "claim expired, block free");
+                if !self.lapse_hold.is_zero() {
+                    self.lapsed.insert(b, now);
+                }
             }
             self.set_state(b, State::Free);
         }
@@ -713,7 +749,7 @@ impl Blocks {
                 if self.claiming.len() >= MAX_INQUIRE_ENTRIES {
                     break;
                 }
-                let Some(b) = self.free.pick(rng) else {
+                let Some(b) = self.pick_cold(now, rng) else {
                     warn!("no free block left in the range");
                     break;
                 };
@@ -773,6 +809,24 @@ impl Blocks {
             }
             Some(_) => {}
         }
+    }
+
+    /// A random free block, preferring one whose previous owner did not vanish within the
+    /// lease time (a few tries; a lapsed one only if nothing else turns up).
+    fn pick_cold(&self, now: Instant, rng: &mut impl Rng) -> Option<u32> {
+        let mut pick = None;
+        for _ in 0..8 {
+            let b = self.free.pick(rng)?;
+            let warm = self
+                .lapsed
+                .get(&b)
+                .is_some_and(|&at| now.saturating_since(at) < self.lapse_hold);
+            if !warm {
+                return Some(b);
+            }
+            pick = Some(b);
+        }
+        pick
     }
 
     fn refresh(&mut self, now: Instant) {

@@ -287,6 +287,7 @@ impl Node {
     /// the `-n` rule once the burst is over.
     fn sample_demand(&mut self, now: Instant) {
         let Some(d) = self.dhcp.as_mut() else { return };
+        self.blocks.set_lapse_hold(d.lease_horizon());
         let round = self.cfg.claim.round_interval();
         let elapsed = now.saturating_since(self.demand.since);
         if elapsed < round {
@@ -366,7 +367,7 @@ impl Node {
                 BlockEvent::Claimed(block) => {
                     self.counters.inc(Counter::BlocksClaimed);
                     if let Some(d) = self.dhcp.as_mut() {
-                        d.block_owned(block, now);
+                        d.block_owned(block, now, self.blocks.hold_until(block));
                         reserved_changed = true;
                     }
                     Event::BlockClaimed {

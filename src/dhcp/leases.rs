@@ -52,6 +52,11 @@ pub enum AddrState {
     },
     /// Never handed out (network, broadcast, server and router addresses).
     Reserved,
+    /// In a block whose previous owner vanished: its clients may still hold leases, so the
+    /// address goes only to a client that asks for it by name, until `until`.
+    Held {
+        until: Instant,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -82,7 +87,8 @@ impl Record {
         match self.state {
             AddrState::Offered { until }
             | AddrState::Leased { until }
-            | AddrState::Declined { until } => Some(until),
+            | AddrState::Declined { until }
+            | AddrState::Held { until } => Some(until),
             AddrState::Free | AddrState::Reserved => None,
         }
     }
@@ -94,6 +100,7 @@ pub enum Expired {
     Lease { ip: Ipv4Addr, chaddr: [u8; 16] },
     Offer { ip: Ipv4Addr },
     Quarantine { ip: Ipv4Addr },
+    Hold { ip: Ipv4Addr },
 }
 
 struct BlockLeases {
@@ -130,14 +137,31 @@ impl LeaseTable {
         }
     }
 
-    /// Starts serving a newly owned block; `reserved` addresses are never handed out.
-    pub fn add_block(&mut self, block: u32, now: Instant, reserved: &[Ipv4Addr]) {
+    /// Starts serving a newly owned block; `reserved` addresses are never handed out, and
+    /// with `hold` the others are held until then (see [`AddrState::Held`]).
+    pub fn add_block(
+        &mut self,
+        block: u32,
+        now: Instant,
+        reserved: &[Ipv4Addr],
+        hold: Option<Instant>,
+    ) {
         let size = self.range.block_size();
         let mut records = vec![Record::free(); size as usize];
+        if let Some(until) = hold.filter(|&u| u > now) {
+            for (off, r) in records.iter_mut().enumerate() {
+                r.state = AddrState::Held { until };
+                self.deadlines
+                    .insert((until, self.range.address(block, off as u32)));
+            }
+        }
         for &ip in reserved {
             if let Some((b, off)) = self.range.locate(ip)
                 && b == block
             {
+                if let AddrState::Held { until } = records[off as usize].state {
+                    self.deadlines.remove(&(until, ip));
+                }
                 records[off as usize].state = AddrState::Reserved;
             }
         }
@@ -375,6 +399,7 @@ impl LeaseTable {
                     chaddr: r.chaddr,
                 },
                 AddrState::Offered { .. } => Expired::Offer { ip },
+                AddrState::Held { .. } => Expired::Hold { ip },
                 _ => Expired::Quarantine { ip },
             });
             self.set_state(ip, AddrState::Free);
@@ -412,8 +437,8 @@ mod tests {
     #[test]
     fn allocation_prefers_oldest_block_and_unremembered_addresses() {
         let mut l = table();
-        l.add_block(5, t(0), &[Ipv4Addr::new(10, 0, 0, 20)]);
-        l.add_block(1, t(1), &[]);
+        l.add_block(5, t(0), &[Ipv4Addr::new(10, 0, 0, 20)], None);
+        l.add_block(1, t(1), &[], None);
         let a = l.pick_free().unwrap();
         assert_eq!(a, Ipv4Addr::new(10, 0, 0, 21));
         l.bind(
@@ -435,7 +460,7 @@ mod tests {
     #[test]
     fn a_client_holds_one_address() {
         let mut l = table();
-        l.add_block(0, t(0), &[]);
+        l.add_block(0, t(0), &[], None);
         let a = Ipv4Addr::new(10, 0, 0, 1);
         let b = Ipv4Addr::new(10, 0, 0, 2);
         l.bind(
@@ -459,7 +484,7 @@ mod tests {
     #[test]
     fn expiry_and_quarantine() {
         let mut l = table();
-        l.add_block(0, t(0), &[]);
+        l.add_block(0, t(0), &[], None);
         let a = Ipv4Addr::new(10, 0, 0, 1);
         l.bind(a, key(1), [7; 16], None, AddrState::Leased { until: t(10) });
         l.decline(Ipv4Addr::new(10, 0, 0, 2), t(0), Duration::from_secs(20));
@@ -482,7 +507,7 @@ mod tests {
     #[test]
     fn full_blocks_leave_the_free_index() {
         let mut l = table();
-        l.add_block(0, t(0), &[]);
+        l.add_block(0, t(0), &[], None);
         for i in 0..4 {
             let ip = l.pick_free().unwrap();
             l.bind(

@@ -173,11 +173,18 @@ impl Dhcp {
         self.store.ipv4(options::SERVER_ID).or(self.interface_addr)
     }
 
-    /// A block became ours: serve from it.
-    pub fn block_owned(&mut self, block: u32, now: Instant) {
+    /// A block became ours: serve from it. `hold`: its previous owner vanished and its
+    /// clients' leases may run until then.
+    pub fn block_owned(&mut self, block: u32, now: Instant, hold: Option<Instant>) {
         let mut reserved = self.store.reserved_addresses(&self.range);
         reserved.extend(self.interface_addr);
-        self.leases.add_block(block, now, &reserved);
+        self.leases.add_block(block, now, &reserved, hold);
+    }
+
+    /// How long leases may outlive their owner's claim: our lease time plus slack (we
+    /// assume the mesh uses one lease time, as Gluon configures it).
+    pub fn lease_horizon(&self) -> Duration {
+        self.lease_duration() + LEASE_SLACK
     }
 
     /// A block is no longer ours.
@@ -203,6 +210,7 @@ impl Dhcp {
                 }
                 Expired::Offer { ip } => debug!(%ip, "offer expired"),
                 Expired::Quarantine { ip } => debug!(%ip, "declined address usable again"),
+                Expired::Hold { ip } => debug!(%ip, "held address of a vanished owner released"),
             }
         }
         while let Some(&(d, xid, chaddr)) = self.pending_order.front() {
@@ -282,8 +290,9 @@ impl Dhcp {
                 ip
             });
         let Some(ip) = ip else {
+            // Not counted as demand: a starved client retransmits every few seconds and
+            // would inflate the rate without bound.
             self.counters.no_free_address += 1;
-            self.allocations += 1;
             debug!(mac = %req.mac_text(), "no free address to offer yet");
             return;
         };
@@ -335,8 +344,9 @@ impl Dhcp {
             let mine = r.client.as_ref() == Some(&key);
             let ok = match r.state {
                 // A free address (even one remembered for a client whose lease ran out)
-                // may be taken by whoever asks for it, e.g. in INIT-REBOOT.
-                AddrState::Free => true,
+                // may be taken by whoever asks for it, e.g. in INIT-REBOOT; a held one
+                // only this way (it is likely the vanished owner's client coming back).
+                AddrState::Free | AddrState::Held { .. } => true,
                 AddrState::Offered { .. } | AddrState::Leased { .. } => mine,
                 AddrState::Declined { .. } | AddrState::Reserved => false,
             };
@@ -431,7 +441,7 @@ impl Dhcp {
         let r = self.leases.get(ip).expect("owned");
         let same = r.chaddr == payload.chaddr;
         let ok = match r.state {
-            AddrState::Free => true,
+            AddrState::Free | AddrState::Held { .. } => true,
             AddrState::Offered { .. } | AddrState::Leased { .. } => same,
             AddrState::Declined { .. } | AddrState::Reserved => false,
         };

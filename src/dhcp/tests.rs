@@ -400,9 +400,9 @@ fn reserved_addresses_are_never_offered() {
         interface_addr: Some(Ipv4Addr::new(10, 0, 128, 1)),
     };
     let mut d = Dhcp::new(&cfg, range());
-    d.block_owned(0, t(0));
-    d.block_owned(1, t(0));
-    d.block_owned(63, t(0));
+    d.block_owned(0, t(0), None);
+    d.block_owned(1, t(0), None);
+    d.block_owned(63, t(0), None);
     let mut handed = Vec::new();
     while let Some(ip) = d.leases.pick_free() {
         let key = ClientKey::new(None, 1, &ip.octets());
