@@ -84,6 +84,9 @@ pub struct Args {
     /// Append logs to this file instead of stderr (useful with -d)
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+    /// Append one JSON line per allocation and release to this file
+    #[arg(long, value_name = "PATH")]
+    pub audit_log: Option<PathBuf>,
     /// Print version
     #[arg(short = 'V', long = "version", action = clap::ArgAction::Version)]
     pub version: Option<bool>,
@@ -146,6 +149,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub node_id: Option<NodeId>,
     pub log_file: Option<PathBuf>,
+    pub audit_log: Option<PathBuf>,
 }
 
 fn number<T: std::str::FromStr>(flag: &'static str, v: &str, what: &str) -> Result<T, ConfigError> {
@@ -343,6 +347,7 @@ impl Args {
             state_dir: self.state_dir.clone(),
             node_id,
             log_file: self.log_file.clone(),
+            audit_log: self.audit_log.clone(),
         })
     }
 }

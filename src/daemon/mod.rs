@@ -4,6 +4,7 @@
 //! the core's next deadline or shutdown; feed it in; flush what the core produced. Side
 //! tasks (control connections, the hook runner) talk to it through channels.
 
+pub mod audit;
 pub mod control;
 pub mod dhcp_socket;
 pub mod hook;
@@ -99,6 +100,7 @@ struct Daemon {
     hook: Hook,
     send_errors: u64,
     set_log_level: Option<LogLevelSetter>,
+    audit: audit::Audit,
 }
 
 /// Changes the log filter at run time (`ddhcpctl log-level`); given by the binary, which owns
@@ -174,6 +176,16 @@ pub async fn run(
     }
     let mac = iface::mac(&cfg.server_iface).unwrap_or_default();
     let id = node_id(&cfg, mac);
+    let audit = audit::Audit::open(cfg.audit_log.as_deref()).map_err(|e| {
+        ConfigError::new(
+            "--audit-log",
+            cfg.audit_log
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            format!("cannot open for appending: {e}"),
+        )
+    })?;
     let listener = control::bind(&cfg.control)?;
     let peers = PeerSockets::open(&cfg.server_iface, ifindex)?;
     let dhcp_sock = match &cfg.client_iface {
@@ -213,6 +225,7 @@ pub async fn run(
         hook,
         send_errors: 0,
         set_log_level,
+        audit,
     };
     d.main_loop(ctl_rx, shutdown).await;
     ctl_task.abort();
@@ -375,7 +388,7 @@ impl Daemon {
                 }
                 vec!["nodeid".into(), old.to_string(), new.to_string()]
             }
-            Event::Lease(l) => match l {
+            Event::Lease(l) => match self.audit_and(l) {
                 LeaseEvent::Leased { ip, mac, .. } => vec!["lease".into(), ip.to_string(), mac],
                 LeaseEvent::Released { ip, mac } => vec!["release".into(), ip.to_string(), mac],
                 LeaseEvent::Expired { ip, mac } => vec!["expire".into(), ip.to_string(), mac],
@@ -383,6 +396,12 @@ impl Daemon {
             },
         };
         self.hook.emit(args);
+    }
+
+    /// Writes the audit record of a lease event and hands the event on.
+    fn audit_and(&mut self, l: LeaseEvent) -> LeaseEvent {
+        self.audit.record(self.node.id(), &l);
+        l
     }
 
     fn answer(&mut self, req: Request) -> Response {
@@ -435,6 +454,10 @@ impl Daemon {
                 counters.insert("hook.timeouts".into(), h.timeouts.load(Relaxed).into());
                 counters.insert("hook.dropped".into(), h.dropped.load(Relaxed).into());
                 counters.insert("mcast.send_errors".into(), self.send_errors.into());
+                counters.insert(
+                    "audit.write_errors".into(),
+                    self.audit.write_errors().into(),
+                );
                 Response::ok(json!({ "counters": counters }))
             }
             Request::Leases => {

@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::time::Duration;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::blocks::Blocks;
 use crate::config::DhcpOption;
@@ -205,7 +205,7 @@ impl Dhcp {
             match e {
                 Expired::Lease { ip, chaddr } => {
                     let mac = packet::mac_text(&chaddr, 6);
-                    info!(target: "ddhcp::audit", %ip, %mac, kind = "expire", "lease expired");
+                    debug!(%ip, %mac, "lease expired");
                     self.events.push_back(LeaseEvent::Expired { ip, mac });
                 }
                 Expired::Offer { ip } => debug!(%ip, "offer expired"),
@@ -480,7 +480,7 @@ impl Dhcp {
             if self.leases.get(ip).and_then(|r| r.client.as_ref()) == Some(&key) {
                 self.leases.release(ip);
                 let mac = req.mac_text();
-                info!(target: "ddhcp::audit", %ip, %mac, kind = "release", "lease released");
+                debug!(%ip, %mac, "lease released");
                 self.events.push_back(LeaseEvent::Released { ip, mac });
             } else {
                 debug!(%ip, "RELEASE from a client that does not hold the address");
@@ -503,8 +503,7 @@ impl Dhcp {
         if self.leases.owns(ip) && self.leases.get(ip).and_then(|r| r.client.as_ref()) == Some(&key)
         {
             let mac = req.mac_text();
-            warn!(target: "ddhcp::audit", %ip, %mac, kind = "decline",
-                  "client declined the address (in use by somebody else); quarantined");
+            warn!(%ip, %mac, "client declined the address (in use by somebody else); quarantined");
             self.leases.decline(ip, now, DECLINE_HOLD);
             self.events.push_back(LeaseEvent::Declined { ip, mac });
         }
@@ -518,8 +517,7 @@ impl Dhcp {
         self.reply(req, MessageType::Ack, ip, lease);
         let mac = req.mac_text();
         let seconds = lease.as_secs() as u32;
-        info!(target: "ddhcp::audit", %ip, %mac, hostname = req.hostname.as_deref().unwrap_or(""),
-              seconds, forwarded, kind = "lease", "lease");
+        debug!(%ip, %mac, seconds, forwarded, "ACK");
         self.events.push_back(LeaseEvent::Leased {
             ip,
             mac,
