@@ -97,10 +97,10 @@ enum State {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BlockStateName {
-    Tentative,
-    Claiming,
-    Ours,
-    Claimed,
+    Tentative = 0,
+    Claiming = 1,
+    Ours = 2,
+    Claimed = 3,
 }
 
 impl BlockStateName {

@@ -87,6 +87,9 @@ pub struct Args {
     /// Append one JSON line per allocation and release to this file
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<String>,
     /// Print version
     #[arg(short = 'V', long = "version", action = clap::ArgAction::Version)]
     pub version: Option<bool>,
@@ -150,6 +153,7 @@ pub struct Config {
     pub node_id: Option<NodeId>,
     pub log_file: Option<PathBuf>,
     pub audit_log: Option<PathBuf>,
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 fn number<T: std::str::FromStr>(flag: &'static str, v: &str, what: &str) -> Result<T, ConfigError> {
@@ -348,6 +352,19 @@ impl Args {
             node_id,
             log_file: self.log_file.clone(),
             audit_log: self.audit_log.clone(),
+            metrics: self
+                .metrics
+                .as_deref()
+                .map(|m| {
+                    m.parse().map_err(|_| {
+                        ConfigError::new(
+                            "--metrics",
+                            m,
+                            "expected ADDR:PORT, e.g. 127.0.0.1:9430 or [::1]:9430",
+                        )
+                    })
+                })
+                .transpose()?,
         })
     }
 }
@@ -431,6 +448,11 @@ mod tests {
             ("-N 10.0.0.0/24 -o 3:4:1.2.3.256", "-o", "0-255"),
             ("-N 10.0.0.0/24 -s 1000", "-s", "more spare"),
             ("-N 10.0.0.0/24 --node-id xyz", "--node-id", "16 hex"),
+            (
+                "-N 10.0.0.0/24 --metrics localhost",
+                "--metrics",
+                "ADDR:PORT",
+            ),
         ];
         for (args, flag, why) in cases {
             let e = parse(&format!("{base} {args}")).unwrap_err();

@@ -26,11 +26,21 @@ pub enum Request {
     Blocks,
     Leases,
     Options,
-    SetOption { option: String },
-    RemoveOption { code: u8 },
-    LeaseTime { secs: u32 },
-    LogLevel { level: String },
+    SetOption {
+        option: String,
+    },
+    RemoveOption {
+        code: u8,
+    },
+    LeaseTime {
+        secs: u32,
+    },
+    LogLevel {
+        level: String,
+    },
     Stats,
+    /// Prometheus text exposition (what `--metrics` serves), as `{"text": "…"}`.
+    Metrics,
 }
 
 impl Request {

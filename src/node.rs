@@ -89,12 +89,12 @@ pub struct Status {
     pub peers: usize,
 }
 
-/// How fast new clients arrive, to claim blocks before they are needed.
+/// How fast new clients arrive, to claim blocks before they are needed: new addresses
+/// handed out per claim round, over the last claim time.
 #[derive(Debug, Default)]
 struct Demand {
     since: Instant,
-    /// New clients per second: rises at once, halves every sample without demand.
-    rate: f64,
+    rounds: VecDeque<u64>,
 }
 
 pub struct Node {
@@ -119,7 +119,7 @@ impl Node {
             dhcp,
             demand: Demand {
                 since: now,
-                rate: 0.0,
+                rounds: VecDeque::new(),
             },
             cfg,
             id,
@@ -280,29 +280,30 @@ impl Node {
         self.dhcp.as_mut()
     }
 
-    /// Claiming ahead: when clients arrive faster than `-s` covers, hold enough extra free
-    /// addresses for the time one claim takes (1.5·t, plus a round of waiting), with 50 %
-    /// margin, so a burst does not stall for a claim round per block. The rate jumps up at
-    /// once and halves every round without new clients; surplus blocks are given up by
-    /// the `-n` rule once the burst is over.
+    /// Claiming ahead: a claim takes H = 1.5·t plus up to two rounds of waiting. If the
+    /// clients that arrived during the last H would, arriving again, eat more than `-s`
+    /// free addresses during the next H, hold 1.5 times that many free instead, so a burst
+    /// does not stall for a claim round per block. Surplus blocks are given up by the `-n`
+    /// rule once the burst is over.
     fn sample_demand(&mut self, now: Instant) {
         let Some(d) = self.dhcp.as_mut() else { return };
         self.blocks.set_lapse_hold(d.lease_horizon());
         let round = self.cfg.claim.round_interval();
-        let elapsed = now.saturating_since(self.demand.since);
-        if elapsed < round {
+        if now.saturating_since(self.demand.since) < round {
             return;
         }
-        let current = d.allocations as f64 / elapsed.as_secs_f64();
-        d.allocations = 0;
         self.demand.since = now;
-        self.demand.rate = current.max(self.demand.rate / 2.0);
-        let horizon = (self.cfg.claim.tentative_timeout * 3 / 2 + round * 2).as_secs_f64();
-        let cap = self.cfg.range.block_size() * crate::wire::MAX_INQUIRE_ENTRIES as u32;
-        let extra = (self.demand.rate * horizon * 1.5)
-            .ceil()
-            .min(f64::from(cap)) as u32;
-        self.blocks.set_extra_spare(extra);
+        let horizon = self.cfg.claim.tentative_timeout * 3 / 2 + round * 2;
+        let window = (horizon.as_millis() / round.as_millis().max(1)).max(1) as usize;
+        self.demand.rounds.push_back(d.take_demand());
+        while self.demand.rounds.len() > window {
+            self.demand.rounds.pop_front();
+        }
+        let recent: u64 = self.demand.rounds.iter().sum();
+        let cap = u64::from(self.cfg.range.block_size()) * crate::wire::MAX_INQUIRE_ENTRIES as u64;
+        let want = (recent * 3).div_ceil(2).min(cap) as u32;
+        self.blocks
+            .set_extra_spare(want.saturating_sub(self.cfg.claim.spare_leases));
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {

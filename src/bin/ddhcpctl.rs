@@ -15,7 +15,7 @@ use serde_json::Value;
     name = "ddhcpctl",
     version,
     about = "Control a running ddhcpd",
-    after_help = "Commands: status, blocks, leases, options, set-option CODE:LEN:P…, remove-option CODE, lease-time SECS, log-level LEVEL, stats",
+    after_help = "Commands: status, blocks, leases, options, set-option CODE:LEN:P…, remove-option CODE, lease-time SECS, log-level LEVEL, stats, metrics",
     disable_version_flag = true
 )]
 struct Args {
@@ -95,6 +95,7 @@ fn request(a: &Args) -> Result<Request, String> {
         Some("leases") => Request::Leases,
         Some("options") => Request::Options,
         Some("stats") => Request::Stats,
+        Some("metrics") => Request::Metrics,
         Some("set-option") => Request::SetOption {
             option: arg("CODE:LEN:P1.P2…")?,
         },
@@ -251,6 +252,7 @@ fn render(req: &Request, v: &Value) {
                 }
             }
         }
+        Request::Metrics => print!("{}", v["text"].as_str().unwrap_or_default()),
         _ => println!("ok"),
     }
 }

@@ -9,6 +9,7 @@ pub mod control;
 pub mod dhcp_socket;
 pub mod hook;
 pub mod iface;
+pub mod metrics;
 pub mod peer;
 
 use std::future::Future;
@@ -212,6 +213,16 @@ pub async fn run(
         None => Hook::none(),
     };
     let (ctl_tx, ctl_rx) = mpsc::channel(64);
+    let metrics_task = match cfg.metrics {
+        Some(addr) => {
+            let l = metrics::bind(addr).await.map_err(|e| {
+                ConfigError::new("--metrics", addr.to_string(), format!("cannot listen: {e}"))
+            })?;
+            info!(%addr, "serving metrics");
+            Some(tokio::spawn(metrics::serve(l, ctl_tx.clone())))
+        }
+        None => None,
+    };
     let ctl_task = tokio::spawn(control::serve(listener, ctl_tx));
     let control_path = cfg.control.clone();
     let mut d = Daemon {
@@ -229,6 +240,9 @@ pub async fn run(
     };
     d.main_loop(ctl_rx, shutdown).await;
     ctl_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     let _ = std::fs::remove_file(&control_path);
     info!("ddhcpd stopped");
     Ok(())
@@ -398,6 +412,180 @@ impl Daemon {
         self.hook.emit(args);
     }
 
+    fn metrics_text(&self, now: Instant) -> String {
+        use crate::stats::Counter as C;
+        let c = self.node.counters();
+        let g = |x: C| c.get(x);
+        let mut m = metrics::Scrape::new();
+        m.counters(
+            "peer_packets_received",
+            "Peer messages received, by type",
+            "type",
+            &[
+                ("updateclaim", g(C::McastRecvUpdateClaim)),
+                ("inquire", g(C::McastRecvInquire)),
+                ("renewlease", g(C::DirectRecvRenewLease)),
+                ("leaseack", g(C::DirectRecvLeaseAck)),
+                ("leasenak", g(C::DirectRecvLeaseNak)),
+            ],
+        );
+        m.counters(
+            "peer_packets_sent",
+            "Peer messages sent, by type",
+            "type",
+            &[
+                ("updateclaim", g(C::McastSendUpdateClaim)),
+                ("inquire", g(C::McastSendInquire)),
+                ("renewlease", g(C::DirectSendRenewLease)),
+                ("leaseack", g(C::DirectSendLeaseAck)),
+                ("leasenak", g(C::DirectSendLeaseNak)),
+            ],
+        );
+        m.counters(
+            "peer_bytes",
+            "Peer protocol bytes, by direction",
+            "direction",
+            &[
+                ("in", g(C::McastRecvByte) + g(C::DirectRecvByte)),
+                ("out", g(C::McastSendByte) + g(C::DirectSendByte)),
+            ],
+        );
+        let d = self
+            .node
+            .dhcp()
+            .map(|d| d.counters.clone())
+            .unwrap_or_default();
+        let names = [
+            "", "discover", "offer", "request", "decline", "ack", "nak", "release", "inform",
+        ];
+        let by_type = |v: &[u64; 9]| -> Vec<(&str, u64)> {
+            names.iter().zip(v).skip(1).map(|(n, c)| (*n, *c)).collect()
+        };
+        m.counters(
+            "dhcp_packets_received",
+            "DHCP messages received, by type",
+            "type",
+            &by_type(&d.recv),
+        );
+        m.counters(
+            "dhcp_packets_sent",
+            "DHCP messages sent, by type",
+            "type",
+            &by_type(&d.sent),
+        );
+        m.counters(
+            "drops",
+            "Datagrams or entries dropped, by reason",
+            "reason",
+            &[
+                ("peer_malformed", g(C::DropMalformed)),
+                ("peer_foreign_swarm", g(C::DropForeignSwarm)),
+                ("peer_wrong_socket", g(C::DropWrongSocket)),
+                ("peer_invalid_block_entry", g(C::DropInvalidBlock)),
+                ("peer_unhandled", g(C::DropUnhandled)),
+                ("dhcp_malformed", d.malformed),
+                ("dhcp_other_server", d.ignored_other_server),
+                ("dhcp_no_free_address", d.no_free_address),
+                ("dhcp_unknown_block_while_learning", d.silent_unknown_block),
+                ("dhcp_forward_queue_full", d.forward_dropped),
+            ],
+        );
+        m.counters(
+            "roaming_forwards",
+            "Requests forwarded to a block's owner, by outcome",
+            "outcome",
+            &[
+                ("sent", d.forwarded),
+                ("ack", d.forward_acked),
+                ("nak", d.forward_naked),
+                ("timeout", d.forward_timeouts),
+            ],
+        );
+        m.counters(
+            "roaming_renewals",
+            "Forwarded renewals answered as owner, by outcome",
+            "outcome",
+            &[("ack", d.renew_acked), ("nak", d.renew_naked)],
+        );
+        m.counter(
+            "claim_rounds",
+            "Inquire rounds sent",
+            g(C::McastSendInquire),
+        );
+        m.counters(
+            "block_events",
+            "Blocks claimed, given up, or lost to a greater id (conflicts)",
+            "event",
+            &[
+                ("claimed", g(C::BlocksClaimed)),
+                ("dropped", g(C::BlocksDropped)),
+                ("lost", g(C::BlocksLost)),
+            ],
+        );
+        m.counter(
+            "duplicate_node_id",
+            "Messages seen with our own node id",
+            g(C::DuplicateNodeId),
+        );
+        let mut states = [0i64; 4];
+        for v in self.node.blocks_view(now) {
+            states[v.state as usize] += 1;
+        }
+        let owned_total = self.node.blocks().range().num_blocks() as i64;
+        m.gauges(
+            "blocks",
+            "Blocks by state",
+            "state",
+            &[
+                ("tentative", states[0]),
+                ("claiming", states[1]),
+                ("ours", states[2]),
+                ("claimed", states[3]),
+                ("free", owned_total - states.iter().sum::<i64>()),
+            ],
+        );
+        let (mut offered, mut leased) = (0i64, 0i64);
+        if let Some(dh) = self.node.dhcp() {
+            for l in dh.lease_list(now) {
+                match l.2 {
+                    "offered" => offered += 1,
+                    _ => leased += 1,
+                }
+            }
+        }
+        m.gauges(
+            "leases",
+            "Addresses by state",
+            "state",
+            &[("offered", offered), ("leased", leased)],
+        );
+        let st = self.node.status(now);
+        m.gauge(
+            "peers",
+            "Peers heard within two block timeouts",
+            st.peers as i64,
+        );
+        m.gauge(
+            "learning",
+            "1 during the learning phase",
+            i64::from(st.learning),
+        );
+        use std::sync::atomic::Ordering::Relaxed;
+        let h = &self.hook.stats;
+        m.counter("hook_runs", "Hook runs started", h.runs.load(Relaxed));
+        m.counters(
+            "hook_failures",
+            "Hook runs that failed, timed out, or were dropped (queue full)",
+            "kind",
+            &[
+                ("failed", h.failures.load(Relaxed)),
+                ("timeout", h.timeouts.load(Relaxed)),
+                ("dropped", h.dropped.load(Relaxed)),
+            ],
+        );
+        m.render()
+    }
+
     /// Writes the audit record of a lease event and hands the event on.
     fn audit_and(&mut self, l: LeaseEvent) -> LeaseEvent {
         self.audit.record(self.node.id(), &l);
@@ -524,6 +712,7 @@ impl Daemon {
                 info!(secs, "lease time set");
                 Response::ok(json!({"ok": true}))
             }
+            Request::Metrics => Response::ok(json!({ "text": self.metrics_text(now) })),
             Request::LogLevel { level } => {
                 let Some(set) = &self.set_log_level else {
                     return Response::err("this daemon's logging cannot be changed at run time");

@@ -119,7 +119,9 @@ pub struct Dhcp {
     events: VecDeque<LeaseEvent>,
     pub counters: DhcpCounters,
     /// New clients since the demand was last sampled (for claiming ahead).
-    pub allocations: u64,
+    allocations: u64,
+    /// Clients we had no address for since the last sample, counted once each.
+    starved: std::collections::HashSet<ClientKey>,
 }
 
 /// Where a reply goes (RFC 2131 §4.1).
@@ -152,7 +154,14 @@ impl Dhcp {
             events: VecDeque::new(),
             counters: DhcpCounters::default(),
             allocations: 0,
+            starved: std::collections::HashSet::new(),
         }
+    }
+
+    /// New clients (served or starved) since the last call, for claiming ahead.
+    pub fn take_demand(&mut self) -> u64 {
+        self.starved.clear();
+        std::mem::take(&mut self.allocations)
     }
 
     pub fn poll_transmit(&mut self) -> Option<DhcpTransmit> {
@@ -290,9 +299,12 @@ impl Dhcp {
                 ip
             });
         let Some(ip) = ip else {
-            // Not counted as demand: a starved client retransmits every few seconds and
-            // would inflate the rate without bound.
+            // Demand too, but once per client per sample: a starved client retransmits
+            // every few seconds and would otherwise inflate the figure without bound.
             self.counters.no_free_address += 1;
+            if self.starved.len() < MAX_PENDING && self.starved.insert(key) {
+                self.allocations += 1;
+            }
             debug!(mac = %req.mac_text(), "no free address to offer yet");
             return;
         };
