@@ -87,6 +87,9 @@ pub struct Args {
     /// Append one JSON line per allocation and release to this file
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<PathBuf>,
+    /// Group allowed to use the control socket (mode 0660 instead of 0600)
+    #[arg(long, value_name = "GROUP")]
+    pub control_group: Option<String>,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<String>,
@@ -154,6 +157,7 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     pub audit_log: Option<PathBuf>,
     pub metrics: Option<std::net::SocketAddr>,
+    pub control_group: Option<String>,
 }
 
 fn number<T: std::str::FromStr>(flag: &'static str, v: &str, what: &str) -> Result<T, ConfigError> {
@@ -352,6 +356,7 @@ impl Args {
             node_id,
             log_file: self.log_file.clone(),
             audit_log: self.audit_log.clone(),
+            control_group: self.control_group.clone(),
             metrics: self
                 .metrics
                 .as_deref()

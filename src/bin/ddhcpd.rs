@@ -15,6 +15,70 @@ fn level(verbose: u8) -> &'static str {
     }
 }
 
+/// Writes each log event as one syslog message (facility daemon).
+struct Syslog;
+
+impl Syslog {
+    fn open() -> Self {
+        // SAFETY: the identity is a static C string that lives for the whole program.
+        unsafe { libc::openlog(c"ddhcpd".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+        Syslog
+    }
+}
+
+/// One event's text, sent on drop (the formatter may write an event in pieces).
+struct SyslogLine {
+    buf: Vec<u8>,
+    priority: libc::c_int,
+}
+
+impl std::io::Write for SyslogLine {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SyslogLine {
+    fn drop(&mut self) {
+        let text: Vec<u8> = self.buf.iter().copied().filter(|&b| b != 0).collect();
+        let text = String::from_utf8_lossy(&text);
+        if let Ok(c) = std::ffi::CString::new(text.trim_end()) {
+            // SAFETY: both strings are valid and NUL-terminated; "%s" keeps the message
+            // from being read as a format.
+            unsafe { libc::syslog(self.priority, c"%s".as_ptr(), c.as_ptr()) };
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Syslog {
+    type Writer = SyslogLine;
+
+    fn make_writer(&'a self) -> SyslogLine {
+        SyslogLine {
+            buf: Vec::new(),
+            priority: libc::LOG_INFO,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> SyslogLine {
+        let priority = match *meta.level() {
+            tracing::Level::ERROR => libc::LOG_ERR,
+            tracing::Level::WARN => libc::LOG_WARNING,
+            tracing::Level::INFO => libc::LOG_INFO,
+            _ => libc::LOG_DEBUG,
+        };
+        SyslogLine {
+            buf: Vec::new(),
+            priority,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cfg = match ddhcp::config::from_args(std::env::args_os()) {
         Ok(Some(cfg)) => cfg,
@@ -44,6 +108,9 @@ fn main() -> ExitCode {
             };
             (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
         }
+        // Detached without a log file: stderr goes to /dev/null, so log to syslog
+        // (ddhcpd's -d loses every message).
+        None if cfg.daemonize => (BoxMakeWriter::new(Syslog::open()), false),
         None => (
             BoxMakeWriter::new(std::io::stderr),
             std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -61,10 +128,10 @@ fn main() -> ExitCode {
         handle.reload(filter).map_err(|e| e.to_string())
     });
     if cfg.daemonize {
-        // Before the runtime exists: fork() and threads do not mix. stdio stays open so
-        // logs still reach stderr's target (or --log-file), unlike ddhcpd's -d.
+        // Before the runtime exists: fork() and threads do not mix. Logs go to --log-file
+        // or syslog, so stdio can be closed.
         // SAFETY: no other threads exist yet.
-        if unsafe { libc::daemon(0, 1) } != 0 {
+        if unsafe { libc::daemon(0, 0) } != 0 {
             eprintln!("ddhcpd: cannot detach: {}", std::io::Error::last_os_error());
             return ExitCode::FAILURE;
         }

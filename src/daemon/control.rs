@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 use crate::control::{MAX_REQUEST, REQUEST_TIMEOUT, Request, Response};
 
 /// Connections served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 16;
+const MAX_CONNECTIONS: usize = 64;
 
 /// A request travelling to the main loop, with the way back.
 pub struct Pending {
@@ -35,11 +35,13 @@ pub enum BindError {
     NotASocket(PathBuf),
     #[error("cannot create control socket {0}: {1}")]
     Io(PathBuf, io::Error),
+    #[error("invalid value '{0}' for --control-group: no such group")]
+    NoGroup(String),
 }
 
 /// Binds the socket at `path`, replacing a stale one from a crashed run but never a live
-/// daemon's. The socket is made accessible to its owner only.
-pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+/// daemon's. The socket is made accessible to its owner only, or also to `group`.
+pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, BindError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(BindError::NotASocket(path.into()));
@@ -55,9 +57,32 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
         std::fs::create_dir_all(dir).map_err(|e| BindError::Io(path.into(), e))?;
     }
     let listener = UnixListener::bind(path).map_err(|e| BindError::Io(path.into(), e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    let mode = match group {
+        Some(g) => {
+            let gid = group_id(g).ok_or_else(|| BindError::NoGroup(g.to_string()))?;
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .map_err(|e| BindError::Io(path.into(), e))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| BindError::Io(path.into(), e))?;
     Ok(listener)
+}
+
+/// Looks a group up by name or number.
+fn group_id(name: &str) -> Option<u32> {
+    if let Ok(n) = name.parse() {
+        return Some(n);
+    }
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getgrnam returns a pointer into static storage or null; we read one field
+    // at once, before any other call could overwrite it.
+    unsafe {
+        let g = libc::getgrnam(c.as_ptr());
+        (!g.is_null()).then(|| (*g).gr_gid)
+    }
 }
 
 /// Accepts connections until the listener fails; requests go to `to_main`.

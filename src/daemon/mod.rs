@@ -187,7 +187,7 @@ pub async fn run(
             format!("cannot open for appending: {e}"),
         )
     })?;
-    let listener = control::bind(&cfg.control)?;
+    let listener = control::bind(&cfg.control, cfg.control_group.as_deref())?;
     let peers = PeerSockets::open(&cfg.server_iface, ifindex)?;
     let dhcp_sock = match &cfg.client_iface {
         Some(c) => Some(dhcp_socket::open(c).map_err(|e| {

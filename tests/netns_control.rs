@@ -1,0 +1,187 @@
+//! The control socket of a real daemon under abuse: clients that connect and send nothing,
+//! send 10 MB, or send garbage never stop other clients or the daemon. Also the socket's
+//! life cycle: mode 0600, a stale file replaced, a second daemon on the same path refused.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::netns::{TestNet, require_netns};
+
+fn start(net: &mut TestNet) {
+    let sock = net.sock(0).to_str().unwrap().to_string();
+    let state = net.state_dir(0).to_str().unwrap().to_string();
+    net.start_daemon(
+        0,
+        &[
+            "-i",
+            "server0",
+            "-c",
+            "client0",
+            "-N",
+            "10.0.128.0/24",
+            "-L",
+            "-t",
+            "2",
+            "-b",
+            "2",
+            "-C",
+            &sock,
+            "--state-dir",
+            &state,
+        ],
+    );
+}
+
+fn status_within(net: &TestNet, limit: Duration) {
+    let t = Instant::now();
+    let v = net.ctl_json(0, &["status"]).expect("status answered");
+    assert_eq!(v["learning"], false);
+    assert!(t.elapsed() < limit, "status took {:?}", t.elapsed());
+}
+
+#[test]
+fn control_socket_survives_abuse() {
+    if !require_netns("control_socket_survives_abuse") {
+        return;
+    }
+    let mut net = TestNet::new(
+        1,
+        Path::new(env!("CARGO_BIN_EXE_ddhcpd")),
+        Path::new(env!("CARGO_BIN_EXE_ddhcpctl")),
+    );
+    start(&mut net);
+    net.wait_ctl_json(0, &["status"], Duration::from_secs(5))
+        .expect("daemon up");
+    let sock = net.sock(0);
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // Twenty clients connect and say nothing.
+    let idle: Vec<UnixStream> = (0..20)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    status_within(&net, Duration::from_secs(1));
+
+    // One sends 10 MB without a newline: refused after 4 KiB, connection closed.
+    let mut big = UnixStream::connect(&sock).unwrap();
+    big.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    while sent < 10 << 20 {
+        match big.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break, // the daemon closed on us: good
+        }
+    }
+    let mut answer = String::new();
+    big.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = big.read_to_string(&mut answer);
+    assert!(
+        sent < 10 << 20 || answer.contains("larger than"),
+        "{answer}"
+    );
+    status_within(&net, Duration::from_secs(1));
+
+    // Garbage of every kind gets an error answer, never a crash.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..300 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let len = (seed % 600) as usize;
+        let mut bytes: Vec<u8> = (0..len)
+            .map(|k| (seed >> (k % 56)) as u8 ^ k as u8)
+            .collect();
+        if i % 3 == 0 {
+            bytes = format!("{{\"cmd\":\"{}\"}}", String::from_utf8_lossy(&bytes)).into_bytes();
+        }
+        bytes.push(b'\n');
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let _ = s.write_all(&bytes);
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        if !reply.is_empty() {
+            let v: serde_json::Value = serde_json::from_str(&reply).expect("answers are JSON");
+            assert!(v["ok"].is_boolean());
+        }
+    }
+    status_within(&net, Duration::from_secs(1));
+    drop(idle);
+    assert!(net.daemon_running(0), "daemon died");
+    let stats = net.ctl_json(0, &["stats"]).unwrap();
+    assert!(stats["counters"].is_object());
+
+    // A second daemon on the same socket path is refused with exit code 2.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ddhcpd"))
+        .args(["-i", "lo", "-S", "-N", "10.0.128.0/24", "-C"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by a running daemon"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // After kill -9 the stale socket file stays; a new daemon replaces it.
+    net.kill_daemon(0, "KILL");
+    assert!(net.wait_daemon(0, Duration::from_secs(2)).is_some());
+    assert!(sock.exists());
+    start(&mut net);
+    net.wait_ctl_json(0, &["status"], Duration::from_secs(5))
+        .expect("restarted over a stale socket");
+}
+
+/// Flag errors: exit code 2 and exactly one line naming flag, value and reason.
+#[test]
+fn bad_flags_exit_2_with_one_line() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["-i", "lo", "-S", "-N", "10.0.0.0/24", "-b", "8"], "-b"),
+        (&["-i", "lo", "-S", "-N", "10.0.0.1/24"], "-N"),
+        (
+            &["-i", "no-such-if0", "-S", "-N", "10.0.0.0/24"],
+            "no-such-if0",
+        ),
+        (
+            &["-i", "lo", "-c", "no-such-if1", "-N", "10.0.0.0/24"],
+            "no-such-if1",
+        ),
+        (&["-i", "lo", "-S", "-N", "10.0.0.0/24", "-t", "0"], "-t"),
+        (
+            &["-i", "lo", "-S", "-N", "10.0.0.0/24", "-o", "3:4:1.2"],
+            "-o",
+        ),
+        (
+            &["-i", "lo", "-S", "-N", "10.0.0.0/24", "--bogus"],
+            "--bogus",
+        ),
+        (
+            &[
+                "-i",
+                "lo",
+                "-S",
+                "-N",
+                "10.0.0.0/24",
+                "-H",
+                "/nonexistent/hook",
+            ],
+            "-H",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ddhcpd"))
+            .args(*args)
+            .args(["-C", "/nonexistent-dir-for-test/ctl.sock"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
