@@ -15,16 +15,27 @@
 # Environment:
 #   BENCH_SECS        seconds per step (default 10)
 #   BENCH_RATES       rates to try, 4-way exchanges per second, ascending
-#                     (default "1000 2000 4000 6000 8000 12000 16000 24000 32000 48000")
+#                     (default "1000 2000 4000 6000 8000 10000 12000 16000 24000 32000 48000")
 #   BENCH_SERVERS     which series to run, in order (default "ddhcpd kea kea-mt");
 #                     kea = single-threaded Kea, kea-mt = Kea with 2 threads
 #   BENCH_ALLOW_FAIL  1: exit 0 even if a server gave no usable step
 #                     (e.g. ddhcpd without a DHCP service yet)
 #   BENCH_DROP_PCT    drop threshold in percent (default 1)
 #   BENCH_CLIENTS     perfdhcp -R, number of distinct clients (default 4294967295)
-#   BENCH_MIN_BLOCKS  blocks ddhcpd must own before it is driven (default 150)
-#   BENCH_BLOCK_WAIT  seconds to wait for those blocks (default 60)
+#   BENCH_DDHCPD_SPARE  ddhcpd -s, free addresses it claims ahead (default
+#                     20000, i.e. ~157 blocks of 128); "auto": 110 % of the
+#                     leases a step needs (rate x BENCH_SECS), so ddhcpd never
+#                     has to claim blocks while it is being driven
+#   BENCH_MIN_BLOCKS  blocks ddhcpd must own before it is driven (default
+#                     150 with -s 20000; 95 % of spare/128 otherwise)
+#   BENCH_BLOCK_WAIT  seconds to wait for those blocks (default 60, longer
+#                     for big "auto" spares)
 #   BENCH_KEA_SOCKET  Kea dhcp-socket-type, udp or raw (default udp)
+#   BENCH_QUIET_WAIT  before each step, wait up to this many seconds for the
+#                     machine to be quiet (default 0: do not wait); for shared
+#                     machines where others compile or run tests
+#   BENCH_QUIET_PCT   "quiet" = machine CPU busy below this, in % where
+#                     100 % = one core (default 50)
 #   BENCH_STATE_DIR   where configs, logs and perfdhcp outputs go (kept;
 #                     default /tmp/ddhcp-bench-<date>)
 #   BENCH_KEEP_LEASES 1: keep Kea's lease files (can be tens of MB per step)
@@ -43,15 +54,19 @@ DDHCPD=${DDHCPD:-$ROOT/target/release/ddhcpd}
 DDHCPCTL=${DDHCPCTL:-$ROOT/target/release/ddhcpctl}
 
 SECS=${BENCH_SECS:-10}
-RATES=${BENCH_RATES:-"1000 2000 4000 6000 8000 12000 16000 24000 32000 48000"}
+RATES=${BENCH_RATES:-"1000 2000 4000 6000 8000 10000 12000 16000 24000 32000 48000"}
 SERVERS=${BENCH_SERVERS:-"ddhcpd kea kea-mt"}
 ALLOW_FAIL=${BENCH_ALLOW_FAIL:-0}
 DROP_LIMIT=${BENCH_DROP_PCT:-1}
 CLIENTS=${BENCH_CLIENTS:-4294967295}
-MIN_BLOCKS=${BENCH_MIN_BLOCKS:-150}
-BLOCK_WAIT=${BENCH_BLOCK_WAIT:-60}
+DD_SPARE=${BENCH_DDHCPD_SPARE:-20000}
+DD_BLOCK=128 # -b 7
+MIN_BLOCKS_ENV=${BENCH_MIN_BLOCKS:-}
+BLOCK_WAIT_ENV=${BENCH_BLOCK_WAIT:-}
 KEA_SOCKET=${BENCH_KEA_SOCKET:-udp}
 KEEP_LEASES=${BENCH_KEEP_LEASES:-0}
+QUIET_WAIT=${BENCH_QUIET_WAIT:-0}
+QUIET_PCT=${BENCH_QUIET_PCT:-50}
 STAMP=$(date +%Y%m%d-%H%M%S)
 STATE=${BENCH_STATE_DIR:-/tmp/ddhcp-bench-$STAMP}
 
@@ -78,6 +93,11 @@ for r in $RATES; do
 done
 [[ -n ${RATES// /} ]] || die "BENCH_RATES is empty"
 [[ $CLIENTS =~ ^[1-9][0-9]*$ ]] || die "BENCH_CLIENTS must be a positive integer"
+[[ $DD_SPARE == auto || $DD_SPARE =~ ^[1-9][0-9]*$ ]] || die "BENCH_DDHCPD_SPARE must be a positive integer or auto"
+[[ -z $MIN_BLOCKS_ENV || $MIN_BLOCKS_ENV =~ ^[0-9]+$ ]] || die "BENCH_MIN_BLOCKS must be an integer"
+[[ -z $BLOCK_WAIT_ENV || $BLOCK_WAIT_ENV =~ ^[1-9][0-9]*$ ]] || die "BENCH_BLOCK_WAIT must be a positive integer"
+[[ $QUIET_WAIT =~ ^[0-9]+$ ]] || die "BENCH_QUIET_WAIT must be a number of seconds"
+[[ $QUIET_PCT =~ ^[0-9]+$ ]] || die "BENCH_QUIET_PCT must be an integer percentage"
 [[ $DROP_LIMIT =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "BENCH_DROP_PCT must be a number"
 [[ $KEA_SOCKET == udp || $KEA_SOCKET == raw ]] || die "BENCH_KEA_SOCKET must be udp or raw"
 for s in $SERVERS; do
@@ -186,6 +206,32 @@ sys_ticks() {
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
+# Machine CPU busy over the next SECS seconds, in % (100 % = one core).
+busy_pct() { # SECS
+	local b0 t0 b1 t1
+	read -r b0 t0 < <(sys_ticks)
+	sleep "$1"
+	read -r b1 t1 < <(sys_ticks)
+	awk -v b0="$b0" -v b1="$b1" -v t0="$t0" -v t1="$t1" -v n="$NCPU" \
+		'BEGIN { printf "%.0f", (t1 > t0 ? (b1 - b0) / (t1 - t0) * 100 * n : 0) }'
+}
+
+# With BENCH_QUIET_WAIT: waits until the machine is quiet (or gives up).
+wait_quiet() {
+	((QUIET_WAIT > 0)) || return 0
+	local start=$SECONDS b
+	while :; do
+		b=$(busy_pct 2)
+		((b < QUIET_PCT)) && return 0
+		if ((SECONDS - start >= QUIET_WAIT)); then
+			log "  machine still $b % busy (of $((NCPU * 100)) %) after $QUIET_WAIT s; going on"
+			return 0
+		fi
+		log "  machine $b % busy (of $((NCPU * 100)) %), waiting for it to calm down"
+		sleep 3
+	done
+}
+
 now() { echo "$EPOCHREALTIME"; }
 
 # ---------------------------------------------------------------- servers ---
@@ -229,9 +275,28 @@ write_kea_conf() { # DIR MT(0|1)
 EOF
 }
 
-# Starts the server of series $1 with its files in $2; sets SERVER_PID.
-start_server() { # SERIES DIR
-	local series=$1 d=$2 mt=0 t comm want
+# ddhcpd's claim-ahead for a step at RATE: sets SPARE, MIN_BLOCKS, BLOCK_WAIT.
+ddhcpd_sizing() { # RATE
+	if [[ $DD_SPARE == auto ]]; then
+		SPARE=$(($1 * SECS * 11 / 10))
+		((SPARE >= 20000)) || SPARE=20000
+	else
+		SPARE=$DD_SPARE
+	fi
+	if [[ -n $MIN_BLOCKS_ENV ]]; then
+		MIN_BLOCKS=$MIN_BLOCKS_ENV
+	elif ((SPARE == 20000)); then
+		MIN_BLOCKS=150
+	else
+		MIN_BLOCKS=$((SPARE * 95 / 100 / DD_BLOCK))
+	fi
+	# claim-ahead claims roughly 60 blocks a second here; leave a margin
+	BLOCK_WAIT=${BLOCK_WAIT_ENV:-$((MIN_BLOCKS / 20 > 60 ? MIN_BLOCKS / 20 : 60))}
+}
+
+# Starts the server of series $1 for rate $3 with its files in $2; sets SERVER_PID.
+start_server() { # SERIES DIR RATE
+	local series=$1 d=$2 rate=$3 mt=0 t comm want
 	case $series in
 	kea | kea-mt)
 		[[ $series == kea-mt ]] && mt=1
@@ -242,7 +307,8 @@ start_server() { # SERIES DIR
 		want=kea-dhcp4
 		;;
 	ddhcpd)
-		"$NT" srv-start 0 "$DDHCPD" -i server0 -c client0 -N 10.64.0.0/10 -b 7 -t 2 -B 30 -L -s 20000 \
+		ddhcpd_sizing "$rate"
+		"$NT" srv-start 0 "$DDHCPD" -i server0 -c client0 -N 10.64.0.0/10 -b 7 -t 2 -B 30 -L -s "$SPARE" \
 			-C "$d/ctl.sock" --state-dir "$d/state" </dev/null >"$d/ddhcpd.log" 2>&1 &
 		SERVER_PID=$!
 		want=ddhcpd
@@ -339,6 +405,21 @@ stop_server() { # DIR
 	fi
 }
 
+# ddhcpd after a step: saves status and stats; notes the claim-ahead picture
+# (blocks before -> after, leases handed out, leases the step needed).
+ddhcpd_after() { # DIR RATE
+	local d=$1 rate=$2 b0 b1 l1
+	"$DDHCPCTL" -C "$d/ctl.sock" --json status >"$d/status-after.json" 2>/dev/null || true
+	"$DDHCPCTL" -C "$d/ctl.sock" --json stats >"$d/stats-after.json" 2>/dev/null || true
+	b0=$(sed -n 's/.*"blocks_owned":\([0-9]*\).*/\1/p' "$d/status-before.json" 2>/dev/null)
+	b1=$(sed -n 's/.*"blocks_owned":\([0-9]*\).*/\1/p' "$d/status-after.json" 2>/dev/null)
+	l1=$(sed -n 's/.*"leases_active":\([0-9]*\).*/\1/p' "$d/status-after.json" 2>/dev/null)
+	R_NOTE="${R_NOTE:+$R_NOTE; }-s $SPARE, blocks ${b0:-?}->${b1:-?}, leases ${l1:-?}"
+	if ((rate * SECS > ${b0:-0} * DD_BLOCK)); then
+		R_NOTE="$R_NOTE, step needs $((rate * SECS)) > $((${b0:-0} * DD_BLOCK)) pre-claimed"
+	fi
+}
+
 # --------------------------------------------------------------- perfdhcp ---
 
 # % of wall time from two nanosecond counts taken at times T0 and T1.
@@ -382,8 +463,9 @@ run_step() { # SERIES RATE
 	local series=$1 rate=$2 d="$STATE/$1/r$2" perf t0 pt0 st0 pw0 sw0 sb0 stt0 t1 pt1 st1 pw1 sw1 sb1 stt1
 	mkdir -p "$d"
 	R_NOTE=""
+	wait_quiet
 	log "$series @ $rate/s: starting server"
-	if ! start_server "$series" "$d" || ! wait_ready "$series" "$d"; then
+	if ! start_server "$series" "$d" "$rate" || ! wait_ready "$series" "$d"; then
 		R_DO_SENT=0 R_DO_RCVD=0 R_RA_SENT=0 R_RA_RCVD=0 R_DROP=100 R_OK=0
 		R_SRV_CPU=n/a R_PERF_CPU=n/a R_SYS=n/a R_OTHER=n/a R_OFFERED=0 R_GEN_LIMITED=0
 		R_SRV_WAIT=n/a R_PERF_WAIT=n/a
@@ -410,7 +492,10 @@ run_step() { # SERIES RATE
 	pw0=$(proc_wait "$perf")
 	sw0=$(proc_wait "$SERVER_PID")
 	read -r sb0 stt0 < <(sys_ticks)
-	sleep "$((SECS - 1))"
+	# (sleep in the background: wait returns at once on SIGTERM/SIGINT)
+	sleep "$((SECS - 1))" &
+	STARTED+=("$!")
+	wait "$!" || true
 	t1=$(now)
 	pt1=$(proc_ticks "$perf")
 	st1=$(proc_ticks "$SERVER_PID")
@@ -427,7 +512,13 @@ run_step() { # SERIES RATE
 		R_NOTE="perfdhcp hung"
 	fi
 	pid_alive "$SERVER_PID" || R_NOTE="${R_NOTE:+$R_NOTE; }server died during the step"
+	if [[ $series == ddhcpd ]]; then
+		ddhcpd_after "$d" "$rate"
+	fi
 	stop_server "$d"
+	if [[ -f $d/lease-file-lines ]]; then
+		R_NOTE="${R_NOTE:+$R_NOTE; }lease file $(<"$d/lease-file-lines") lines"
+	fi
 
 	read -r R_DO_SENT R_DO_RCVD R_RA_SENT R_RA_RCVD _ < <(parse_perfdhcp "$d/perfdhcp.out")
 	R_PERF_CPU=$(cpu_pct "$pt0" "$pt1" "$t0" "$t1")
@@ -439,15 +530,15 @@ run_step() { # SERIES RATE
 	# everything else: other processes on the machine, softirq/kernel work not
 	# charged to either process
 	R_OTHER=$(awk -v m="$R_SYS" -v a="$R_SRV_CPU" -v b="$R_PERF_CPU" \
-		'BEGIN { if (m ~ /^[0-9]/ && a ~ /^[0-9]/ && b ~ /^[0-9]/) { o = m - a - b; printf "%.0f", o < 0 ? 0 : o } else print "n/a" }')
+		'BEGIN { if (m ~ /^[0-9]/ && a ~ /^[0-9]/ && b ~ /^[0-9]/) { o = m - a - b; printf "%.0f", (o < 0 ? 0 : o) } else print "n/a" }')
 	R_OFFERED=$(awk -v s="$R_DO_SENT" -v p="$SECS" 'BEGIN { printf "%.0f", s / p }')
 	# 4-way drops: DISCOVERs sent that did not end in an ACK.
 	R_DROP=$(awk -v s="$R_DO_SENT" -v r="$R_RA_RCVD" \
 		'BEGIN { if (s > 0) printf "%.3f", (s - r) / s * 100; else print "100" }')
 	# perfdhcp could not send at the requested rate (>5 % short)
-	R_GEN_LIMITED=$(awk -v s="$R_DO_SENT" -v r="$rate" -v p="$SECS" 'BEGIN { print (s < 0.95 * r * p) ? 1 : 0 }')
+	R_GEN_LIMITED=$(awk -v s="$R_DO_SENT" -v r="$rate" -v p="$SECS" 'BEGIN { print ((s < 0.95 * r * p) ? 1 : 0) }')
 	R_OK=$(awk -v d="$R_DROP" -v l="$DROP_LIMIT" -v s="$R_DO_SENT" -v g="$R_GEN_LIMITED" \
-		'BEGIN { print (s > 0 && d < l && !g) ? 1 : 0 }')
+		'BEGIN { print ((s > 0 && d < l && !g) ? 1 : 0) }')
 	if ((R_GEN_LIMITED)); then
 		R_NOTE="${R_NOTE:+$R_NOTE; }perfdhcp sent only $R_OFFERED/s"
 	fi
@@ -496,12 +587,8 @@ run_series() { # SERIES
 	fi
 }
 
-read -r IDLE_B0 IDLE_T0 < <(sys_ticks)
-sleep 2
-read -r IDLE_B1 IDLE_T1 < <(sys_ticks)
-BUSY_BEFORE=$(awk -v b0="$IDLE_B0" -v b1="$IDLE_B1" -v t0="$IDLE_T0" -v t1="$IDLE_T1" -v n="$NCPU" \
-	'BEGIN { printf "%.0f", (b1 - b0) / (t1 - t0) * 100 * n }')
-if ((BUSY_BEFORE > 20)); then
+BUSY_BEFORE=$(busy_pct 2)
+if ((BUSY_BEFORE > 40)); then
 	log "warning: the machine is already $BUSY_BEFORE % busy (of $((NCPU * 100)) %) before the benchmark; results will be low and noisy"
 fi
 {
@@ -515,7 +602,8 @@ fi
 	echo "- $SECS s per step, rates: $RATES; drops = (DISCOVERs sent - ACKs received) / DISCOVERs sent;" \
 		"a step is good if drops < $DROP_LIMIT % and perfdhcp sent >= 95 % of the rate"
 	echo "- perfdhcp: relay mode (giaddr 10.0.0.2), -R $CLIENTS distinct clients, -d $DROP_TIME s drop time," \
-		"-W $EXIT_WAIT_US us exit wait; Kea socket type $KEA_SOCKET"
+		"-W $EXIT_WAIT_US us exit wait; Kea socket type $KEA_SOCKET;" \
+		"quiet wait before each step: up to ${QUIET_WAIT} s for machine CPU < $QUIET_PCT %; ddhcpd -s $DD_SPARE"
 	echo "- CPU %: utime+stime over the sending period (100 % = one core; multi-threaded processes can exceed 100);" \
 		"machine = all CPUs busy, of $((NCPU * 100)) %; other = machine - server - perfdhcp (other processes, softirq);" \
 		"runq wait = % of the time the threads of the process were runnable but waiting for a CPU (/proc/PID/task/*/schedstat)"

@@ -295,7 +295,7 @@ impl Node {
         self.demand.since = now;
         let horizon = self.cfg.claim.tentative_timeout * 3 / 2 + round * 2;
         let window = (horizon.as_millis() / round.as_millis().max(1)).max(1) as usize;
-        self.demand.rounds.push_back(d.take_demand());
+        self.demand.rounds.push_back(d.take_demand(now, horizon));
         while self.demand.rounds.len() > window {
             self.demand.rounds.pop_front();
         }

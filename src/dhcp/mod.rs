@@ -120,8 +120,9 @@ pub struct Dhcp {
     pub counters: DhcpCounters,
     /// New clients since the demand was last sampled (for claiming ahead).
     allocations: u64,
-    /// Clients we had no address for since the last sample, counted once each.
-    starved: std::collections::HashSet<ClientKey>,
+    /// Clients we had no address for, with when they were first counted: each counts once
+    /// per demand window, however often it retransmits.
+    starved: HashMap<ClientKey, Instant>,
 }
 
 /// Where a reply goes (RFC 2131 §4.1).
@@ -154,13 +155,15 @@ impl Dhcp {
             events: VecDeque::new(),
             counters: DhcpCounters::default(),
             allocations: 0,
-            starved: std::collections::HashSet::new(),
+            starved: HashMap::new(),
         }
     }
 
-    /// New clients (served or starved) since the last call, for claiming ahead.
-    pub fn take_demand(&mut self) -> u64 {
-        self.starved.clear();
+    /// New clients (served, or starved and not counted within `window`) since the last
+    /// call, for claiming ahead.
+    pub fn take_demand(&mut self, now: Instant, window: Duration) -> u64 {
+        self.starved
+            .retain(|_, at| now.saturating_since(*at) < window);
         std::mem::take(&mut self.allocations)
     }
 
@@ -293,7 +296,8 @@ impl Dhcp {
             })
             .or_else(|| {
                 let ip = self.leases.pick_free();
-                if ip.is_some() {
+                // A client counted while starved is not counted again when served.
+                if ip.is_some() && !self.starved.contains_key(&key) {
                     self.allocations += 1;
                 }
                 ip
@@ -302,7 +306,8 @@ impl Dhcp {
             // Demand too, but once per client per sample: a starved client retransmits
             // every few seconds and would otherwise inflate the figure without bound.
             self.counters.no_free_address += 1;
-            if self.starved.len() < MAX_PENDING && self.starved.insert(key) {
+            if self.starved.len() < MAX_PENDING && !self.starved.contains_key(&key) {
+                self.starved.insert(key, now);
                 self.allocations += 1;
             }
             debug!(mac = %req.mac_text(), "no free address to offer yet");
