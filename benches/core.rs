@@ -1,0 +1,134 @@
+//! Micro-benchmarks of the sans-IO core: the cost of one DHCP 4-way exchange (DISCOVER →
+//! OFFER, REQUEST → ACK) inside `Node`, and of decoding and handling a peer claim. They
+//! bound what the daemon can do per core, apart from the socket path.
+//!
+//! `cargo bench --bench core`
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ddhcp::blocks::ClaimConfig;
+use ddhcp::dhcp::DhcpConfig;
+use ddhcp::node::{Channel, Node, NodeConfig};
+use ddhcp::range::ManagedRange;
+use ddhcp::time::Instant;
+use ddhcp::wire::{ClaimEntry, Message, NodeId, Packet};
+
+fn message(msg_type: u8, mac: u32, opts: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut b = vec![0u8; 240];
+    b[0] = 1;
+    b[1] = 1;
+    b[2] = 6;
+    b[4..8].copy_from_slice(&mac.to_be_bytes());
+    b[28..34].copy_from_slice(&[
+        2,
+        0,
+        (mac >> 24) as u8,
+        (mac >> 16) as u8,
+        (mac >> 8) as u8,
+        mac as u8,
+    ]);
+    b[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    b.extend_from_slice(&[53, 1, msg_type]);
+    for (c, d) in opts {
+        b.push(*c);
+        b.push(d.len() as u8);
+        b.extend_from_slice(d);
+    }
+    b.push(255);
+    b
+}
+
+/// A node owning many blocks of 128 addresses (as the perfdhcp benchmark configures it).
+fn busy_node() -> Node {
+    let range = ManagedRange::new(Ipv4Addr::new(10, 64, 0, 0), 10, 7).unwrap();
+    let cfg = NodeConfig {
+        range,
+        claim: ClaimConfig {
+            tentative_timeout: Duration::from_secs(2),
+            block_timeout: Duration::from_secs(30),
+            spare_leases: 1_000_000,
+            needless_timeout: Duration::from_secs(300),
+            learning: false,
+        },
+        dhcp: Some(DhcpConfig {
+            options: vec![],
+            interface_addr: Some(Ipv4Addr::new(10, 0, 0, 1)),
+        }),
+    };
+    let mut n = Node::new(cfg, NodeId([5; 8]), Instant::ZERO, 1);
+    // Enough rounds to own ~1500 blocks of 128 (192k addresses).
+    for s in 0..=20 {
+        n.handle_timeout(Instant::from_millis(s * 1000));
+    }
+    while n.poll_transmit().is_some() {}
+    n
+}
+
+fn dhcp_exchange(c: &mut Criterion) {
+    let mut g = c.benchmark_group("dhcp");
+    g.throughput(Throughput::Elements(1));
+    let mut node = busy_node();
+    assert!(
+        node.blocks().owned_count() > 1200,
+        "{}",
+        node.blocks().owned_count()
+    );
+    let prl: &[u8] = &[1, 3, 6, 15, 28, 51, 54];
+    let mut mac = 0u32;
+    let mut now = 25_000u64;
+    // 150k distinct clients: the first pass allocates, later passes are returning clients.
+    g.bench_function("4-way exchange, 150k clients", |b| {
+        b.iter(|| {
+            mac = mac.wrapping_add(1) % 150_000;
+            now += 1;
+            node.handle_dhcp(Instant::from_millis(now), &message(1, mac, &[(55, prl)]));
+            let offer = node.poll_dhcp_transmit().expect("offer");
+            let ip = [
+                offer.payload[16],
+                offer.payload[17],
+                offer.payload[18],
+                offer.payload[19],
+            ];
+            node.handle_dhcp(
+                Instant::from_millis(now),
+                &message(3, mac, &[(50, &ip), (54, &[10, 0, 0, 1]), (55, prl)]),
+            );
+            node.poll_dhcp_transmit().expect("ack")
+        })
+    });
+    g.finish();
+}
+
+fn peer_claim(c: &mut Criterion) {
+    let mut node = busy_node();
+    let range = node.config().range;
+    let entries: Vec<ClaimEntry> = (0..173)
+        .map(|i| ClaimEntry {
+            block: 5000 + i,
+            timeout: 30,
+        })
+        .collect();
+    let bytes = Packet {
+        node_id: NodeId([9; 8]),
+        swarm: range.swarm(),
+        message: Message::UpdateClaim(entries),
+    }
+    .encode()
+    .unwrap();
+    let from = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 9);
+    let mut g = c.benchmark_group("peer");
+    g.throughput(Throughput::Elements(173));
+    let mut now = 10_000u64;
+    g.bench_function("UpdateClaim with 173 entries", |b| {
+        b.iter(|| {
+            now += 1;
+            node.handle_datagram(Instant::from_millis(now), Channel::Multicast, from, &bytes);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, dhcp_exchange, peer_claim);
+criterion_main!(benches);
