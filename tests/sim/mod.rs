@@ -233,6 +233,18 @@ impl Sim {
         self.slots.iter().map(|s| s.sent_bytes).sum()
     }
 
+    /// When the next thing of any kind happens.
+    fn next_event(&self) -> Option<Instant> {
+        [
+            self.next_node_timer().map(|(t, _)| t),
+            self.queue.peek().map(|d| d.at),
+            self.clients.iter().map(|c| c.next_action).min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
     fn next_node_timer(&self) -> Option<(Instant, usize)> {
         self.slots
             .iter()
@@ -319,7 +331,12 @@ impl Sim {
         // large swarms; every 100 ms of virtual time is precise enough for the figures.
         let mut checked: Option<Instant> = None;
         loop {
-            if checked.is_none_or(|c| self.now.saturating_since(c) >= PRED_INTERVAL) {
+            // Also check before every quiet stretch, so a state reached just after a check
+            // is seen when it is reached, not at the next event.
+            let quiet_next = self
+                .next_event()
+                .is_none_or(|t| t.saturating_since(self.now) >= PRED_INTERVAL);
+            if quiet_next || checked.is_none_or(|c| self.now.saturating_since(c) >= PRED_INTERVAL) {
                 if done(self) {
                     return Some(self.now);
                 }
