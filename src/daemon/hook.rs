@@ -63,8 +63,10 @@ impl Hook {
     pub fn emit(&self, args: Vec<String>) {
         let Some(tx) = &self.tx else { return };
         if tx.try_send(args).is_err() {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            warn!("hook queue full, event dropped");
+            let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                warn!(dropped = n, "hook queue full, events dropped");
+            }
         }
     }
 }

@@ -91,11 +91,17 @@ impl Scrape {
 }
 
 const MAX_HEAD: usize = 8192;
+/// Scrapes served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 16;
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves scrapes until the listener fails; the text comes from the main loop.
 pub async fn serve(listener: TcpListener, to_main: mpsc::Sender<Pending>) {
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
@@ -109,6 +115,7 @@ pub async fn serve(listener: TcpListener, to_main: mpsc::Sender<Pending>) {
             if let Err(e) = tokio::time::timeout(IO_TIMEOUT * 2, scrape(stream, to_main)).await {
                 debug!(%peer, error = %e, "metrics connection timed out");
             }
+            drop(permit);
         });
     }
 }
@@ -152,8 +159,15 @@ async fn scrape(mut stream: TcpStream, to_main: mpsc::Sender<Pending>) {
         (Some("GET"), Some(_)) => ("404 Not Found", "try /metrics\n".to_string()),
         _ => ("400 Bad Request", "bad request\n".to_string()),
     };
+    // prometheus-client writes OpenMetrics (info metrics, `# EOF`); declaring the classic
+    // text format would make Prometheus reject the scrape.
+    let content_type = if status.starts_with("200") {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;

@@ -667,11 +667,11 @@ impl Daemon {
                     return Response::err("no DHCP service (-S)");
                 };
                 let opts: Vec<_> = d
-                    .store
+                    .store()
                     .iter()
                     .map(|o| json!({"code": o.code, "len": o.payload.len(), "payload": o.payload}))
                     .collect();
-                Response::ok(json!({ "options": opts, "lease_time": d.store.lease_time() }))
+                Response::ok(json!({ "options": opts, "lease_time": d.store().lease_time() }))
             }
             Request::SetOption { option } => {
                 let Some(d) = self.node.dhcp_mut() else {
@@ -685,14 +685,14 @@ impl Daemon {
                     return Response::err(e);
                 }
                 info!(code = o.code, "option set");
-                d.store.set(o);
+                d.set_option(o);
                 Response::ok(json!({"ok": true}))
             }
             Request::RemoveOption { code } => {
                 let Some(d) = self.node.dhcp_mut() else {
                     return Response::err("no DHCP service (-S)");
                 };
-                if !d.store.remove(code) {
+                if !d.remove_option(code) {
                     return Response::err(format!("option {code} is not set"));
                 }
                 info!(code, "option removed");
@@ -705,7 +705,7 @@ impl Daemon {
                 if secs == 0 {
                     return Response::err("a lease time of 0 seconds makes no sense");
                 }
-                d.store.set(crate::config::DhcpOption {
+                d.set_option(crate::config::DhcpOption {
                     code: crate::dhcp::options::LEASE_TIME,
                     payload: secs.to_be_bytes().to_vec(),
                 });

@@ -6,7 +6,7 @@
 //! recently before ones with a remembered owner. Declined addresses are quarantined.
 //! Deadlines live in an ordered set, so expiry never scans the table.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -122,6 +122,9 @@ pub struct LeaseTable {
     active: usize,
     /// Blocks whose usage changed since the last call of [`LeaseTable::take_changed`].
     changed: BTreeMap<u32, u32>,
+    /// Addresses never handed out; one still bound when it became reserved is reserved
+    /// as soon as its client lets go of it.
+    reserved: HashSet<Ipv4Addr>,
 }
 
 impl LeaseTable {
@@ -134,18 +137,37 @@ impl LeaseTable {
             deadlines: BTreeSet::new(),
             active: 0,
             changed: BTreeMap::new(),
+            reserved: HashSet::new(),
         }
     }
 
-    /// Starts serving a newly owned block; `reserved` addresses are never handed out, and
+    /// Replaces the set of reserved addresses (options changed at run time). Free and held
+    /// addresses of owned blocks follow at once; bound ones when they are released or
+    /// expire. Returns the addresses that are still bound to a client.
+    pub fn set_reserved(&mut self, addrs: impl IntoIterator<Item = Ipv4Addr>) -> Vec<Ipv4Addr> {
+        let new: HashSet<Ipv4Addr> = addrs.into_iter().collect();
+        let old = std::mem::replace(&mut self.reserved, new);
+        for &ip in old.difference(&self.reserved.clone()) {
+            if self.get(ip).is_some_and(|r| r.state == AddrState::Reserved) {
+                self.set_state(ip, AddrState::Free);
+            }
+        }
+        let mut busy = Vec::new();
+        for ip in self.reserved.clone() {
+            match self.get(ip).map(|r| r.state) {
+                Some(AddrState::Free | AddrState::Held { .. }) => {
+                    self.set_state(ip, AddrState::Reserved)
+                }
+                Some(AddrState::Offered { .. } | AddrState::Leased { .. }) => busy.push(ip),
+                _ => {}
+            }
+        }
+        busy
+    }
+
+    /// Starts serving a newly owned block; reserved addresses are never handed out, and
     /// with `hold` the others are held until then (see [`AddrState::Held`]).
-    pub fn add_block(
-        &mut self,
-        block: u32,
-        now: Instant,
-        reserved: &[Ipv4Addr],
-        hold: Option<Instant>,
-    ) {
+    pub fn add_block(&mut self, block: u32, now: Instant, hold: Option<Instant>) {
         let size = self.range.block_size();
         let mut records = vec![Record::free(); size as usize];
         if let Some(until) = hold.filter(|&u| u > now) {
@@ -155,7 +177,7 @@ impl LeaseTable {
                     .insert((until, self.range.address(block, off as u32)));
             }
         }
-        for &ip in reserved {
+        for &ip in &self.reserved {
             if let Some((b, off)) = self.range.locate(ip)
                 && b == block
             {
@@ -337,6 +359,11 @@ impl LeaseTable {
         if let Some(d) = r.deadline() {
             self.deadlines.remove(&(d, ip));
         }
+        let state = if state == AddrState::Free && self.reserved.contains(&ip) {
+            AddrState::Reserved
+        } else {
+            state
+        };
         r.state = state;
         if let Some(d) = r.deadline() {
             self.deadlines.insert((d, ip));
@@ -437,8 +464,9 @@ mod tests {
     #[test]
     fn allocation_prefers_oldest_block_and_unremembered_addresses() {
         let mut l = table();
-        l.add_block(5, t(0), &[Ipv4Addr::new(10, 0, 0, 20)], None);
-        l.add_block(1, t(1), &[], None);
+        l.set_reserved([Ipv4Addr::new(10, 0, 0, 20)]);
+        l.add_block(5, t(0), None);
+        l.add_block(1, t(1), None);
         let a = l.pick_free().unwrap();
         assert_eq!(a, Ipv4Addr::new(10, 0, 0, 21));
         l.bind(
@@ -460,7 +488,7 @@ mod tests {
     #[test]
     fn a_client_holds_one_address() {
         let mut l = table();
-        l.add_block(0, t(0), &[], None);
+        l.add_block(0, t(0), None);
         let a = Ipv4Addr::new(10, 0, 0, 1);
         let b = Ipv4Addr::new(10, 0, 0, 2);
         l.bind(
@@ -484,7 +512,7 @@ mod tests {
     #[test]
     fn expiry_and_quarantine() {
         let mut l = table();
-        l.add_block(0, t(0), &[], None);
+        l.add_block(0, t(0), None);
         let a = Ipv4Addr::new(10, 0, 0, 1);
         l.bind(a, key(1), [7; 16], None, AddrState::Leased { until: t(10) });
         l.decline(Ipv4Addr::new(10, 0, 0, 2), t(0), Duration::from_secs(20));
@@ -505,9 +533,34 @@ mod tests {
     }
 
     #[test]
+    fn reservations_change_at_run_time() {
+        let mut l = table();
+        l.add_block(0, t(0), None);
+        let a = Ipv4Addr::new(10, 0, 0, 1);
+        let b = Ipv4Addr::new(10, 0, 0, 2);
+        l.bind(
+            a,
+            key(1),
+            [0; 16],
+            None,
+            AddrState::Leased { until: t(100) },
+        );
+        assert_eq!(l.set_reserved([a, b]), vec![a]);
+        assert_eq!(l.get(b).unwrap().state, AddrState::Reserved);
+        assert_eq!(l.get(a).unwrap().state, AddrState::Leased { until: t(100) });
+        // The bound one becomes reserved once released.
+        l.release(a);
+        assert_eq!(l.get(a).unwrap().state, AddrState::Reserved);
+        l.set_reserved([]);
+        assert_eq!(l.get(a).unwrap().state, AddrState::Free);
+        assert_eq!(l.get(b).unwrap().state, AddrState::Free);
+        assert_eq!(l.take_changed().get(&0), Some(&0));
+    }
+
+    #[test]
     fn full_blocks_leave_the_free_index() {
         let mut l = table();
-        l.add_block(0, t(0), &[], None);
+        l.add_block(0, t(0), None);
         for i in 0..4 {
             let ip = l.pick_free().unwrap();
             l.bind(

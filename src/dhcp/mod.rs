@@ -109,7 +109,7 @@ pub struct DhcpCounters {
 /// The DHCP service of one node.
 pub struct Dhcp {
     range: ManagedRange,
-    pub store: OptionStore,
+    store: OptionStore,
     interface_addr: Option<Ipv4Addr>,
     pub leases: LeaseTable,
     pending: HashMap<(u32, [u8; 16]), Pending>,
@@ -143,7 +143,7 @@ fn destination(req: &Request, msg_type: MessageType) -> SocketAddrV4 {
 
 impl Dhcp {
     pub fn new(cfg: &DhcpConfig, range: ManagedRange) -> Self {
-        Dhcp {
+        let mut d = Dhcp {
             range,
             store: OptionStore::new(&cfg.options, &range, cfg.interface_addr),
             interface_addr: cfg.interface_addr,
@@ -156,7 +156,13 @@ impl Dhcp {
             counters: DhcpCounters::default(),
             allocations: 0,
             starved: HashMap::new(),
-        }
+        };
+        d.refresh_reservations();
+        d
+    }
+
+    pub fn store(&self) -> &OptionStore {
+        &self.store
     }
 
     /// New clients (served, or starved and not counted within `window`) since the last
@@ -188,9 +194,30 @@ impl Dhcp {
     /// A block became ours: serve from it. `hold`: its previous owner vanished and its
     /// clients' leases may run until then.
     pub fn block_owned(&mut self, block: u32, now: Instant, hold: Option<Instant>) {
+        self.leases.add_block(block, now, hold);
+    }
+
+    /// Sets an option at run time (already validated); reserved addresses follow it.
+    pub fn set_option(&mut self, o: crate::config::DhcpOption) {
+        self.store.set(o);
+        self.refresh_reservations();
+    }
+
+    /// Removes an option at run time; false if it was not set.
+    pub fn remove_option(&mut self, code: u8) -> bool {
+        let removed = self.store.remove(code);
+        self.refresh_reservations();
+        removed
+    }
+
+    /// Reserves the addresses the options name (and our own), in blocks we own now and
+    /// later.
+    fn refresh_reservations(&mut self) {
         let mut reserved = self.store.reserved_addresses(&self.range);
         reserved.extend(self.interface_addr);
-        self.leases.add_block(block, now, &reserved, hold);
+        for ip in self.leases.set_reserved(reserved) {
+            warn!(%ip, "address named in an option is leased to a client; reserved once it is free");
+        }
     }
 
     /// How long leases may outlive their owner's claim: our lease time plus slack (we

@@ -412,6 +412,17 @@ fn reserved_addresses_are_never_offered() {
     }
     // 12 addresses minus network, broadcast, the interface address and the DNS server.
     assert_eq!(handed.len(), 8);
+    // A router set at run time inside an owned block is never leased from then on.
+    let router = handed[0];
+    d.set_option(DhcpOption {
+        code: 3,
+        payload: router.octets().to_vec(),
+    });
+    d.leases.release(router);
+    assert_eq!(d.leases.get(router).unwrap().state, AddrState::Reserved);
+    assert_eq!(d.leases.pick_free(), None);
+    d.remove_option(3);
+    assert_eq!(d.leases.pick_free(), Some(router));
     for r in ["10.0.128.0", "10.0.128.255", "10.0.128.1", "10.0.128.6"] {
         assert!(!handed.contains(&r.parse().unwrap()), "{r} handed out");
     }

@@ -625,6 +625,19 @@ impl TestNet {
         lease
     }
 
+    /// What client (i, k)'s hook recorded about its lease (`$state/lease-<name>.env`:
+    /// `ip`, `subnet`, `router`, `lease`, `server`, `client`, `dns`); empty while it holds
+    /// no lease.
+    pub fn lease_env_k(&self, i: usize, k: usize) -> std::collections::BTreeMap<String, String> {
+        let name = self.client_name(i, k);
+        fs::read_to_string(self.state_dir.join(format!("lease-{name}.env")))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     /// History of client i's hook calls (`$state/lease-<i>.log`).
     pub fn lease_history(&self, i: usize) -> String {
         self.lease_history_k(i, 0)
