@@ -258,6 +258,11 @@ impl Daemon {
         let mut mbuf = vec![0u8; 2048];
         let mut ubuf = vec![0u8; 2048];
         let mut dbuf = vec![0u8; 4096];
+        // One timer, moved only when the core's deadline moves: under load most wake-ups
+        // are packets, and re-registering a timer for each would cost more than the packet.
+        let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(sleep);
+        let mut armed = None;
         loop {
             self.flush().await;
             let deadline = self.clock.tokio(self.node.poll_timeout());
@@ -265,13 +270,18 @@ impl Daemon {
                 Some(r) => deadline.min(r),
                 None => deadline,
             };
+            if armed != Some(deadline) {
+                sleep.as_mut().reset(deadline);
+                armed = Some(deadline);
+            }
             let (m, u) = match &self.peers {
                 Some(p) => (Some(&p.multicast), Some(&p.unicast)),
                 None => (None, None),
             };
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = &mut sleep => {
+                    armed = None;
                     self.node.handle_timeout(self.clock.now());
                     self.maybe_reopen();
                 }
@@ -374,7 +384,13 @@ impl Daemon {
             let Some(sock) = &self.dhcp_sock else {
                 continue;
             };
-            if let Err(e) = sock.send_to(&t.payload, t.to).await {
+            let sent = match sock.try_send_to(&t.payload, t.to.into()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    sock.send_to(&t.payload, t.to).await.map(|_| ())
+                }
+                r => r.map(|_| ()),
+            };
+            if let Err(e) = sent {
                 debug!(to = %t.to, error = %e, "DHCP reply not sent");
             }
         }
