@@ -318,8 +318,13 @@ impl Args {
         let options = self
             .options
             .iter()
-            .map(|o| parse_option("-o", o))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|o| {
+                let parsed = parse_option("-o", o)?;
+                crate::dhcp::options::OptionStore::validate(&parsed)
+                    .map_err(|why| ConfigError::new("-o", o, why))?;
+                Ok(parsed)
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         let node_id = self
             .node_id
             .as_deref()

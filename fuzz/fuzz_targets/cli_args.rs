@@ -1,0 +1,123 @@
+//! The command line: clap parsing plus `Args::validate`, `parse_option` and `parse_range`
+//! must never panic, whatever the arguments. A configuration that validates must be usable:
+//! a node built from it as the daemon does (DHCP service with the `-o` options when there is
+//! a client interface; ranges of at most 4096 blocks, to keep runs fast) runs its timers for
+//! a while and answers a DISCOVER and a REQUEST without panicking.
+//!
+//! The input, read as lossy UTF-8, is split on NUL if it contains one (so arguments may hold
+//! spaces), else on whitespace, and passed after "ddhcpd".
+#![no_main]
+
+use clap::Parser;
+use ddhcp::config::{Args, parse_option, parse_range};
+use ddhcp::dhcp::DhcpConfig;
+use ddhcp::node::{Node, NodeConfig};
+use ddhcp::time::Instant;
+use ddhcp::wire::{NodeId, Packet};
+use libfuzzer_sys::fuzz_target;
+use std::net::Ipv4Addr;
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let argv: Vec<&str> = if text.contains('\0') {
+        text.split('\0').collect()
+    } else {
+        text.split_whitespace().collect()
+    };
+
+    let _ = parse_option("-o", &text);
+    for a in &argv {
+        let _ = parse_option("-o", a);
+    }
+    for w in argv.windows(2) {
+        if let Ok(r) = parse_range(w[0], w[1]) {
+            check_range(&r);
+        }
+    }
+    if let Some((a, b)) = text.split_once('\0').or_else(|| text.split_once(' '))
+        && let Ok(r) = parse_range(a, b)
+    {
+        check_range(&r);
+    }
+
+    let args = match Args::try_parse_from(std::iter::once("ddhcpd").chain(argv.iter().copied())) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = ddhcp::config::one_line_clap_error(&e);
+            return;
+        }
+    };
+    let Ok(cfg) = args.validate() else { return };
+    check_range(&cfg.range);
+    for o in &cfg.options {
+        assert!(o.code != 0 && o.code != 255);
+        // Start-up options pass the same checks as `set-option`.
+        assert!(ddhcp::dhcp::options::OptionStore::validate(o).is_ok(), "{o:?}");
+    }
+    if cfg.range.num_blocks() > 4096 {
+        return;
+    }
+    let node_cfg = NodeConfig {
+        range: cfg.range,
+        claim: cfg.claim.clone(),
+        dhcp: cfg.client_iface.as_ref().map(|_| DhcpConfig {
+            options: cfg.options.clone(),
+            interface_addr: Some(Ipv4Addr::new(192, 0, 2, 1)),
+        }),
+    };
+    let id = cfg.node_id.unwrap_or(NodeId([1, 2, 3, 4, 5, 6, 7, 8]));
+    let mut node = Node::new(node_cfg, id, Instant::ZERO, 7);
+    let mut now = Instant::ZERO;
+    for i in 0..64 {
+        if i == 32 || i == 33 {
+            node.handle_dhcp(now, &client_message(if i == 32 { 1 } else { 3 }));
+        }
+        let t = node.poll_timeout();
+        assert!(t >= now, "poll_timeout went backwards");
+        now = t;
+        node.handle_timeout(now);
+        while let Some(t) = node.poll_transmit() {
+            let p = Packet::decode(&t.payload).expect("node sent an undecodable datagram");
+            assert_eq!(p.swarm, cfg.range.swarm());
+        }
+        while node.poll_dhcp_transmit().is_some() {}
+        while node.poll_event().is_some() {}
+        let _ = node.status(now);
+        let _ = node.blocks_view(now);
+    }
+});
+
+fn check_range(r: &ddhcp::range::ManagedRange) {
+    let n = r.num_blocks();
+    assert!(n >= 1);
+    let _ = r.swarm();
+    let _ = (r.netmask(), r.broadcast());
+    for b in [0, n / 2, n - 1] {
+        let first = r.block_first(b);
+        assert_eq!(
+            r.locate(first),
+            Some((b, 0)),
+            "locate(block_first({b})) in {r:?}"
+        );
+        let last = r.address(b, r.block_size() - 1);
+        assert_eq!(r.locate(last), Some((b, r.block_size() - 1)));
+    }
+}
+
+/// A DHCP client message of type `t` (1 DISCOVER, 3 REQUEST) asking for many options.
+fn client_message(t: u8) -> Vec<u8> {
+    let mut b = vec![0u8; 240];
+    b[0] = 1;
+    b[1] = 1;
+    b[2] = 6;
+    b[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+    b[28..34].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    b[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    b.extend_from_slice(&[53, 1, t]);
+    b.push(55);
+    b.push(254);
+    b.extend(1..=254u8);
+    b.extend_from_slice(&[57, 2, 2, 64]); // max message size 576
+    b.push(255);
+    b
+}
