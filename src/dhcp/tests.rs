@@ -21,16 +21,16 @@ fn t(ms: u64) -> Instant {
     Instant::from_millis(ms)
 }
 
-/// A node that owns one block (after three 1-second rounds).
-fn node() -> Node {
-    let cfg = NodeConfig {
+/// Short timers, a router option, and the learning phase as asked.
+fn config(learning: bool) -> NodeConfig {
+    NodeConfig {
         range: range(),
         claim: ClaimConfig {
             tentative_timeout: Duration::from_secs(2),
             block_timeout: Duration::from_secs(30),
             spare_leases: 2,
             needless_timeout: Duration::from_secs(300),
-            learning: false,
+            learning,
         },
         dhcp: Some(DhcpConfig {
             options: vec![DhcpOption {
@@ -39,8 +39,12 @@ fn node() -> Node {
             }],
             interface_addr: Some(SERVER),
         }),
-    };
-    let mut n = Node::new(cfg, NodeId([5; 8]), t(0), 7);
+    }
+}
+
+/// A node that owns one block (after three 1-second rounds).
+fn node() -> Node {
+    let mut n = Node::new(config(false), NodeId([5; 8]), t(0), 7);
     for s in 0..=3 {
         n.handle_timeout(t(s * 1000));
     }
@@ -363,20 +367,7 @@ fn owner_checks_the_client_of_a_forwarded_renewal() {
 
 #[test]
 fn learning_node_stays_silent_about_unknown_blocks() {
-    let cfg = NodeConfig {
-        range: range(),
-        claim: ClaimConfig {
-            tentative_timeout: Duration::from_secs(2),
-            block_timeout: Duration::from_secs(30),
-            spare_leases: 2,
-            needless_timeout: Duration::from_secs(300),
-            learning: true,
-        },
-        dhcp: Some(DhcpConfig {
-            options: vec![],
-            interface_addr: Some(SERVER),
-        }),
-    };
+    let cfg = config(true);
     let mut n = Node::new(cfg, NodeId([5; 8]), t(0), 7);
     n.handle_dhcp(t(100), &message(1, 1, &[]));
     n.handle_dhcp(t(200), &message(3, 1, &[(50, &[10, 0, 128, 9])]));
