@@ -6,44 +6,19 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::daemon::{new_net, start_node_without};
 use common::netns::{TestNet, require_netns, wait_until};
 use serde_json::Value;
 
 const N: usize = 5;
 const TTL: u64 = 10;
 
+/// Blocks of 4 with a `-B` of [`TTL`], logging at info level, no subnet mask option.
 fn start(net: &mut TestNet, i: usize) {
-    let sock = net.sock(i).to_str().unwrap().to_string();
-    let state = net.state_dir(i).to_str().unwrap().to_string();
     let ttl = TTL.to_string();
-    net.start_daemon(
-        i,
-        &[
-            "-i",
-            "server0",
-            "-c",
-            "client0",
-            "-N",
-            "10.0.128.0/24",
-            "-L",
-            "-t",
-            "2",
-            "-b",
-            "2",
-            "-s",
-            "4",
-            "-B",
-            &ttl,
-            "-C",
-            &sock,
-            "--state-dir",
-            &state,
-            "-v",
-        ],
-    );
+    start_node_without(net, i, &["-o"], &["-B", &ttl, "-v"]);
 }
 
 /// `(node_id, blocks)` of every running node in `nodes`.
@@ -103,11 +78,7 @@ fn five_daemons_converge_survive_a_kill_and_reclaim() {
     if !require_netns("five_daemons_converge_survive_a_kill_and_reclaim") {
         return;
     }
-    let mut net = TestNet::new(
-        N,
-        Path::new(env!("CARGO_BIN_EXE_ddhcpd")),
-        Path::new(env!("CARGO_BIN_EXE_ddhcpctl")),
-    );
+    let mut net = new_net(N, 1);
     let all: Vec<usize> = (0..N).collect();
     let started = Instant::now();
     for i in 0..N {

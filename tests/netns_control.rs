@@ -7,34 +7,15 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::daemon::{ddhcpd, new_net, start_node_without};
 use common::netns::{TestNet, require_netns};
 
+/// One daemon on the test range in blocks of 4 with short claim timers; ddhcpd's own
+/// spare blocks, block timeout and log level, no options.
 fn start(net: &mut TestNet) {
-    let sock = net.sock(0).to_str().unwrap().to_string();
-    let state = net.state_dir(0).to_str().unwrap().to_string();
-    net.start_daemon(
-        0,
-        &[
-            "-i",
-            "server0",
-            "-c",
-            "client0",
-            "-N",
-            "10.0.128.0/24",
-            "-L",
-            "-t",
-            "2",
-            "-b",
-            "2",
-            "-C",
-            &sock,
-            "--state-dir",
-            &state,
-        ],
-    );
+    start_node_without(net, 0, &["-s", "-B", "-v", "-o"], &[]);
 }
 
 fn status_within(net: &TestNet, limit: Duration) {
@@ -49,11 +30,7 @@ fn control_socket_survives_abuse() {
     if !require_netns("control_socket_survives_abuse") {
         return;
     }
-    let mut net = TestNet::new(
-        1,
-        Path::new(env!("CARGO_BIN_EXE_ddhcpd")),
-        Path::new(env!("CARGO_BIN_EXE_ddhcpctl")),
-    );
+    let mut net = new_net(1, 1);
     start(&mut net);
     net.wait_ctl_json(0, &["status"], Duration::from_secs(5))
         .expect("daemon up");
@@ -118,7 +95,7 @@ fn control_socket_survives_abuse() {
     assert!(stats["counters"].is_object());
 
     // A second daemon on the same socket path is refused with exit code 2.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ddhcpd"))
+    let out = std::process::Command::new(ddhcpd())
         .args(["-i", "lo", "-S", "-N", "10.0.128.0/24", "-C"])
         .arg(&sock)
         .output()
@@ -174,7 +151,7 @@ fn bad_flags_exit_2_with_one_line() {
         ),
     ];
     for (args, needle) in cases {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ddhcpd"))
+        let out = std::process::Command::new(ddhcpd())
             .args(*args)
             .args(["-C", "/nonexistent-dir-for-test/ctl.sock"])
             .output()

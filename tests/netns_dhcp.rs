@@ -12,67 +12,19 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::daemon::{
+    assert_all_alive, counter, ctl_json_ok, must_lease, new_net, poll_serving, serial, start_node,
+};
 use common::netns::{TestNet, require_netns, wait_until};
 
-/// How long a client may take to get its first lease.
-const LEASE_WAIT: Duration = Duration::from_secs(20);
-
-/// One test at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn new_net(n: usize, per_node: usize) -> TestNet {
-    TestNet::with_clients(
-        n,
-        per_node,
-        Path::new(env!("CARGO_BIN_EXE_ddhcpd")),
-        Path::new(env!("CARGO_BIN_EXE_ddhcpctl")),
-    )
-}
-
-/// Starts ddhcpd on daemon host i: 10.0.128.0/24 in blocks of 4, short timers, no
-/// learning phase, a /16 subnet mask (so 10.0.0.1 on client0 is on-link for the clients)
-/// and 10.0.0.1 as router. `spare` is `-s`.
+/// Starts ddhcpd on daemon host i with 10.0.0.1 as router and `-s spare` (see
+/// [`start_node`] for the rest).
 fn start_daemon(net: &mut TestNet, i: usize, spare: u32) {
-    let sock = net.sock(i).to_str().unwrap().to_string();
-    let state = net.state_dir(i).to_str().unwrap().to_string();
     let spare = spare.to_string();
-    net.start_daemon(
-        i,
-        &[
-            "-i",
-            "server0",
-            "-c",
-            "client0",
-            "-N",
-            "10.0.128.0/24",
-            "-L",
-            "-t",
-            "2",
-            "-b",
-            "2",
-            "-s",
-            &spare,
-            "-B",
-            "10",
-            "-C",
-            &sock,
-            "--state-dir",
-            &state,
-            "-vv",
-            "-o",
-            "1:4:255.255.0.0",
-            "-o",
-            "3:4:10.0.0.1",
-        ],
-    );
+    start_node(net, i, &["-s", &spare, "-o", "3:4:10.0.0.1"]);
 }
 
 /// Starts every daemon and waits until each one serves: out of learning, owning a block.
@@ -81,22 +33,14 @@ fn start_daemons(net: &mut TestNet, spare: u32) {
         start_daemon(net, i, spare);
     }
     for i in 0..net.n {
-        let mut last = Err(String::from("not asked"));
-        let ok = wait_until(Duration::from_secs(20), || {
-            last = net.ctl_json(i, &["status"]);
-            last.as_ref().is_ok_and(|s| {
-                s["learning"] == false && s["blocks_owned"].as_u64().is_some_and(|b| b >= 1)
-            })
-        });
+        let (ok, last) = poll_serving(net, i, 1);
         assert!(ok, "daemon {i} does not serve after 20 s: {last:?}");
     }
 }
 
 /// `(ip, mac, state)` of every entry of daemon i's `leases`.
 fn leases(net: &TestNet, i: usize) -> Vec<(String, String, String)> {
-    let v = net
-        .ctl_json(i, &["leases"])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let v = ctl_json_ok(net, i, &["leases"]);
     v["leases"]
         .as_array()
         .unwrap_or_else(|| panic!("node {i}: no leases array in {v}"))
@@ -123,19 +67,8 @@ fn leased_by(net: &TestNet, ip: &str) -> Vec<(usize, String)> {
         .collect()
 }
 
-fn counter(net: &TestNet, i: usize, name: &str) -> u64 {
-    let v = net
-        .ctl_json(i, &["stats"])
-        .unwrap_or_else(|e| panic!("{e}"));
-    v["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("node {i}: no counter {name} in {v}"))
-}
-
 fn leases_active(net: &TestNet, i: usize) -> u64 {
-    let v = net
-        .ctl_json(i, &["status"])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let v = ctl_json_ok(net, i, &["status"]);
     v["leases_active"]
         .as_u64()
         .unwrap_or_else(|| panic!("node {i}: no leases_active in {v}"))
@@ -144,16 +77,6 @@ fn leases_active(net: &TestNet, i: usize) -> u64 {
 fn in_range(ip: &str) -> bool {
     ip.parse::<Ipv4Addr>()
         .is_ok_and(|a| a.octets()[..3] == [10, 0, 128])
-}
-
-/// Waits for a lease of client (i, k), with its client log in the panic message.
-fn must_lease(net: &TestNet, i: usize, k: usize) -> String {
-    net.wait_lease_k(i, k, LEASE_WAIT).unwrap_or_else(|| {
-        panic!(
-            "client {i}.{k} got no lease within {LEASE_WAIT:?}; its log:\n{}",
-            net.client_log_k(i, k)
-        )
-    })
 }
 
 /// Pings 10.0.0.1 (the node's client0) from client (i, k); a few tries for ARP.
@@ -197,20 +120,6 @@ fn check_lease(net: &TestNet, i: usize, k: usize, owner: usize) -> String {
     ip
 }
 
-fn assert_no_panic(net: &mut TestNet) {
-    for i in 0..net.n {
-        assert!(
-            net.daemon_running(i),
-            "daemon {i} exited: {:?}",
-            net.daemon_exit(i)
-        );
-        assert!(
-            !net.daemon_log(i).contains("panicked"),
-            "daemon {i} logged a panic"
-        );
-    }
-}
-
 #[test]
 fn udhcpc_dhclient_dhcpcd_get_leases() {
     if !require_netns("udhcpc_dhclient_dhcpcd_get_leases") {
@@ -239,7 +148,7 @@ fn udhcpc_dhclient_dhcpcd_get_leases() {
             assert!(all.insert(ip.clone()), "{ip} handed out twice");
         }
     }
-    assert_no_panic(&mut net);
+    assert_all_alive(&mut net);
     eprintln!("udhcpc_dhclient_dhcpcd_get_leases took {:?}", t0.elapsed());
 }
 
@@ -347,7 +256,7 @@ fn roaming_client_keeps_its_address() {
         panic!("client 0.1 cannot ping 10.0.0.1 (node 1) after roaming: {e}");
     }
     eprintln!("dhclient roamed to node 1 and kept {ip_dh}");
-    assert_no_panic(&mut net);
+    assert_all_alive(&mut net);
     eprintln!("roaming_client_keeps_its_address took {:?}", t0.elapsed());
 }
 
@@ -393,7 +302,7 @@ fn release_frees_the_address() {
         eprintln!("{kind} released {ip}; leases_active now {active}");
     }
     assert_eq!(active, 0);
-    assert_no_panic(&mut net);
+    assert_all_alive(&mut net);
     eprintln!("release_frees_the_address took {:?}", t0.elapsed());
 }
 
@@ -489,7 +398,7 @@ fn sixty_clients_two_nodes_no_duplicates() {
             st["blocks_owned"], st["leases_active"]
         );
     }
-    assert_no_panic(&mut net);
+    assert_all_alive(&mut net);
     eprintln!(
         "sixty_clients_two_nodes_no_duplicates took {:?}",
         t0.elapsed()

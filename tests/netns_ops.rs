@@ -20,118 +20,24 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::daemon::{
+    assert_alive, ctl_json_ok, must_lease, new_net, serial, start_node, wait_serving,
+};
 use common::netns::{TestNet, output_timeout, require_netns, wait_until};
 use serde_json::Value;
 
-/// How long a client may take to get its first lease before a test gives up on it.
-const LEASE_WAIT: Duration = Duration::from_secs(20);
 /// How long a client may take to get its first lease while a bad hook is installed (from
 /// just before `clt-start`, which itself waits half a second).
 const FAST_LEASE: Duration = Duration::from_secs(10);
-
-/// One test at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn new_net(n: usize, per_node: usize) -> TestNet {
-    TestNet::with_clients(
-        n,
-        per_node,
-        Path::new(env!("CARGO_BIN_EXE_ddhcpd")),
-        Path::new(env!("CARGO_BIN_EXE_ddhcpctl")),
-    )
-}
-
-/// Starts ddhcpd on daemon host i: short timers, no learning phase, a /16 subnet mask (so
-/// 10.0.0.1 on client0 is on-link for the clients), plus `extra`. `-N 10.0.128.0/24`,
-/// `-b 2`, `-s 4` and `-vv` are added unless `extra` gives those flags itself.
-fn start_node(net: &mut TestNet, i: usize, extra: &[&str]) {
-    let sock = net.sock(i).to_str().unwrap().to_string();
-    let state = net.state_dir(i).to_str().unwrap().to_string();
-    let mut args: Vec<&str> = vec![
-        "-i",
-        "server0",
-        "-c",
-        "client0",
-        "-L",
-        "-t",
-        "2",
-        "-B",
-        "10",
-        "-C",
-        &sock,
-        "--state-dir",
-        &state,
-        "-o",
-        "1:4:255.255.0.0",
-    ];
-    for (flag, default) in [("-N", "10.0.128.0/24"), ("-b", "2"), ("-s", "4")] {
-        if !extra.contains(&flag) {
-            args.extend([flag, default]);
-        }
-    }
-    if !extra
-        .iter()
-        .any(|a| a.len() >= 2 && a.starts_with("-v") && a[1..].bytes().all(|b| b == b'v'))
-    {
-        args.push("-vv");
-    }
-    args.extend_from_slice(extra);
-    net.start_daemon(i, &args);
-}
-
-/// Waits until daemon i serves: out of learning, owning at least `blocks` blocks.
-fn wait_serving(net: &mut TestNet, i: usize, blocks: u64) {
-    let mut last = Err(String::from("not asked"));
-    let ok = wait_until(Duration::from_secs(20), || {
-        last = net.ctl_json(i, &["status"]);
-        last.as_ref().is_ok_and(|s| {
-            s["learning"] == false && s["blocks_owned"].as_u64().is_some_and(|b| b >= blocks)
-        })
-    });
-    if !ok {
-        net.dump_logs();
-        panic!(
-            "daemon {i} does not serve (>= {blocks} blocks) after 20 s: {last:?}; running: {}",
-            net.daemon_running(i)
-        );
-    }
-    // The PID the harness gives us is the daemon's own (srv-start and `ip netns exec`
-    // exec); the zombie checks below rely on it.
-    let pid = net.daemon_pid(i).unwrap();
-    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    assert_eq!(
-        comm.trim(),
-        "ddhcpd",
-        "pid {pid} of daemon {i} is not ddhcpd"
-    );
-}
 
 fn ctl_ok(net: &TestNet, i: usize, args: &[&str]) -> String {
     net.ctl(i, args).unwrap_or_else(|e| {
         net.dump_logs();
         panic!("{e}")
-    })
-}
-
-fn ctl_json_ok(net: &TestNet, i: usize, args: &[&str]) -> Value {
-    net.ctl_json(i, args).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Waits for a lease of client (i, k), with its client log in the panic message.
-fn must_lease(net: &TestNet, i: usize, k: usize) -> String {
-    net.wait_lease_k(i, k, LEASE_WAIT).unwrap_or_else(|| {
-        net.dump_logs();
-        panic!(
-            "client {i}.{k} got no lease within {LEASE_WAIT:?}; its log:\n{}",
-            net.client_log_k(i, k)
-        )
     })
 }
 
@@ -369,18 +275,6 @@ fn block_contains(spec: &str, ip: &str) -> bool {
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     let ip = u32::from(ip.parse::<Ipv4Addr>().unwrap());
     ip & mask == first
-}
-
-fn assert_alive(net: &mut TestNet, i: usize) {
-    assert!(
-        net.daemon_running(i),
-        "daemon {i} exited: {:?}",
-        net.daemon_exit(i)
-    );
-    assert!(
-        !net.daemon_log(i).contains("panicked"),
-        "daemon {i} logged a panic"
-    );
 }
 
 fn is_rfc3339_utc(t: &str) -> bool {
