@@ -34,6 +34,10 @@ use crate::wire::{ClaimEntry, MAX_CLAIM_ENTRIES, MAX_INQUIRE_ENTRIES, NodeId};
 /// Inquire rounds a block goes through before we own it (as in ddhcpd).
 pub const INQUIRE_ROUNDS: u8 = 3;
 
+/// Blocks we inquire at once. One Inquire lists at most 255; a round sends as many Inquire
+/// packets as needed, so a burst of clients is not limited to 255 blocks per claim time.
+pub const MAX_CLAIMING: usize = 4 * MAX_INQUIRE_ENTRIES;
+
 /// An owned block is re-announced to an Inquire or a weaker claim at most this often, so a
 /// flood of forged Inquires cannot turn us into a multicast amplifier.
 pub const REASSERT_COOLDOWN: Duration = Duration::from_millis(500);
@@ -745,8 +749,8 @@ impl Blocks {
         let needed = self.blocks_needed();
         if needed > 0 {
             let missing = needed - self.claiming.len() as i64;
-            for _ in 0..missing.min(MAX_INQUIRE_ENTRIES as i64) {
-                if self.claiming.len() >= MAX_INQUIRE_ENTRIES {
+            for _ in 0..missing.min(MAX_CLAIMING as i64) {
+                if self.claiming.len() >= MAX_CLAIMING {
                     break;
                 }
                 let Some(b) = self.pick_cold(now, rng) else {
@@ -768,9 +772,10 @@ impl Blocks {
                     *rounds += 1;
                 }
             }
-            debug!(blocks = ?self.claiming, "inquire");
-            self.outputs
-                .push_back(Output::Inquire(self.claiming.clone()));
+            debug!(blocks = self.claiming.len(), "inquire");
+            for chunk in self.claiming.chunks(MAX_INQUIRE_ENTRIES) {
+                self.outputs.push_back(Output::Inquire(chunk.to_vec()));
+            }
         }
 
         if needed < 0 {
@@ -1129,6 +1134,26 @@ mod tests {
         b.cfg.spare_leases = 0;
         run_until(&mut b, secs(100), &mut rng);
         assert_eq!(b.owned_count(), 2);
+    }
+
+    #[test]
+    fn large_demand_is_inquired_in_several_packets_per_round() {
+        let range = ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 16, 2).unwrap();
+        let mut c = cfg(false);
+        c.spare_leases = 4 * 600;
+        let mut b = Blocks::new(c, range, Instant::ZERO);
+        let mut rng = StdRng::seed_from_u64(10);
+        b.handle_timeout(secs(0), &mut rng);
+        let sizes: Vec<usize> = drain(&mut b)
+            .into_iter()
+            .map(|o| match o {
+                Output::Inquire(v) => v.len(),
+                Output::Claim(_) => 0,
+            })
+            .collect();
+        assert_eq!(sizes, vec![255, 255, 90]);
+        run_until(&mut b, secs(6), &mut rng);
+        assert_eq!(b.owned_count(), 600);
     }
 
     #[test]

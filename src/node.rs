@@ -300,7 +300,7 @@ impl Node {
             self.demand.rounds.pop_front();
         }
         let recent: u64 = self.demand.rounds.iter().sum();
-        let cap = u64::from(self.cfg.range.block_size()) * crate::wire::MAX_INQUIRE_ENTRIES as u64;
+        let cap = u64::from(self.cfg.range.block_size()) * crate::blocks::MAX_CLAIMING as u64;
         let want = (recent * 3).div_ceil(2).min(cap) as u32;
         self.blocks
             .set_extra_spare(want.saturating_sub(self.cfg.claim.spare_leases));
