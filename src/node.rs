@@ -280,11 +280,11 @@ impl Node {
         self.dhcp.as_mut()
     }
 
-    /// Claiming ahead: a claim takes H = 1.5·t plus up to two rounds of waiting. If the
-    /// clients that arrived during the last H would, arriving again, eat more than `-s`
-    /// free addresses during the next H, hold 1.5 times that many free instead, so a burst
-    /// does not stall for a claim round per block. Surplus blocks are given up by the `-n`
-    /// rule once the burst is over.
+    /// Claiming ahead: a claim takes H = 1.5·t plus up to two rounds of waiting. If new
+    /// clients arriving at the rate of the busiest round of the last H would eat more than
+    /// `-s` free addresses during the next H, hold 1.5 times that many free instead, so a
+    /// burst does not stall for a claim round per block. Surplus blocks are given up by the
+    /// `-n` rule once the burst is over.
     fn sample_demand(&mut self, now: Instant) {
         let Some(d) = self.dhcp.as_mut() else { return };
         self.blocks.set_lapse_hold(d.lease_horizon());
@@ -299,9 +299,13 @@ impl Node {
         while self.demand.rounds.len() > window {
             self.demand.rounds.pop_front();
         }
-        let recent: u64 = self.demand.rounds.iter().sum();
+        // Clients expected over the next H at the rate of the busiest recent round: a
+        // burst counts from its first round (a mean would dilute it with the quiet rounds
+        // before it), and the estimate decays only once the window has passed.
+        let busiest = self.demand.rounds.iter().copied().max().unwrap_or(0);
+        let expected = busiest * window as u64;
         let cap = u64::from(self.cfg.range.block_size()) * crate::blocks::MAX_CLAIMING as u64;
-        let want = (recent * 3).div_ceil(2).min(cap) as u32;
+        let want = (expected * 3).div_ceil(2).min(cap) as u32;
         self.blocks
             .set_extra_spare(want.saturating_sub(self.cfg.claim.spare_leases));
     }
