@@ -16,16 +16,18 @@
 #   BENCH_SECS        seconds per step (default 10)
 #   BENCH_RATES       rates to try, 4-way exchanges per second, ascending
 #                     (default "1000 2000 4000 6000 8000 10000 12000 16000 24000 32000 48000")
-#   BENCH_SERVERS     which series to run, in order (default "ddhcpd kea kea-mt");
-#                     kea = single-threaded Kea, kea-mt = Kea with 2 threads
+#   BENCH_SERVERS     which series to run, in order (default
+#                     "ddhcpd ddhcpd-auto kea kea-mt"): ddhcpd = -s BENCH_DDHCPD_SPARE,
+#                     ddhcpd-auto = -s sized to the whole step (110 % of rate x
+#                     BENCH_SECS, so it never claims while driven), kea =
+#                     single-threaded Kea, kea-mt = Kea with 2 threads
 #   BENCH_ALLOW_FAIL  1: exit 0 even if a server gave no usable step
 #                     (e.g. ddhcpd without a DHCP service yet)
 #   BENCH_DROP_PCT    drop threshold in percent (default 1)
 #   BENCH_CLIENTS     perfdhcp -R, number of distinct clients (default 4294967295)
-#   BENCH_DDHCPD_SPARE  ddhcpd -s, free addresses it claims ahead (default
-#                     20000, i.e. ~157 blocks of 128); "auto": 110 % of the
-#                     leases a step needs (rate x BENCH_SECS), so ddhcpd never
-#                     has to claim blocks while it is being driven
+#   BENCH_DDHCPD_SPARE  ddhcpd -s of the "ddhcpd" series, free addresses it
+#                     claims ahead (default 20000, i.e. ~157 blocks of 128;
+#                     "auto" as for ddhcpd-auto)
 #   BENCH_MIN_BLOCKS  blocks ddhcpd must own before it is driven (default
 #                     150 with -s 20000; 95 % of spare/128 otherwise)
 #   BENCH_BLOCK_WAIT  seconds to wait for those blocks (default 60, longer
@@ -55,7 +57,7 @@ DDHCPCTL=${DDHCPCTL:-$ROOT/target/release/ddhcpctl}
 
 SECS=${BENCH_SECS:-10}
 RATES=${BENCH_RATES:-"1000 2000 4000 6000 8000 10000 12000 16000 24000 32000 48000"}
-SERVERS=${BENCH_SERVERS:-"ddhcpd kea kea-mt"}
+SERVERS=${BENCH_SERVERS:-"ddhcpd ddhcpd-auto kea kea-mt"}
 ALLOW_FAIL=${BENCH_ALLOW_FAIL:-0}
 DROP_LIMIT=${BENCH_DROP_PCT:-1}
 CLIENTS=${BENCH_CLIENTS:-4294967295}
@@ -102,8 +104,8 @@ done
 [[ $KEA_SOCKET == udp || $KEA_SOCKET == raw ]] || die "BENCH_KEA_SOCKET must be udp or raw"
 for s in $SERVERS; do
 	case $s in
-	ddhcpd | kea | kea-mt) ;;
-	*) die "BENCH_SERVERS: unknown server '$s' (ddhcpd, kea, kea-mt)" ;;
+	ddhcpd | ddhcpd-auto | kea | kea-mt) ;;
+	*) die "BENCH_SERVERS: unknown server '$s' (ddhcpd, ddhcpd-auto, kea, kea-mt)" ;;
 	esac
 done
 [[ -x $NT ]] || die "$NT not found"
@@ -276,9 +278,9 @@ EOF
 }
 
 # ddhcpd's claim-ahead for a step at RATE: sets SPARE, MIN_BLOCKS, BLOCK_WAIT.
-ddhcpd_sizing() { # RATE
-	if [[ $DD_SPARE == auto ]]; then
-		SPARE=$(($1 * SECS * 11 / 10))
+ddhcpd_sizing() { # SERIES RATE
+	if [[ $DD_SPARE == auto || $1 == ddhcpd-auto ]]; then
+		SPARE=$(($2 * SECS * 11 / 10))
 		((SPARE >= 20000)) || SPARE=20000
 	else
 		SPARE=$DD_SPARE
@@ -290,7 +292,7 @@ ddhcpd_sizing() { # RATE
 	else
 		MIN_BLOCKS=$((SPARE * 95 / 100 / DD_BLOCK))
 	fi
-	# claim-ahead claims roughly 60 blocks a second here; leave a margin
+	# claim-ahead gets about 85 blocks a second here (255 per ~3 s round); margin
 	BLOCK_WAIT=${BLOCK_WAIT_ENV:-$((MIN_BLOCKS / 20 > 60 ? MIN_BLOCKS / 20 : 60))}
 }
 
@@ -306,8 +308,8 @@ start_server() { # SERIES DIR RATE
 		SERVER_PID=$!
 		want=kea-dhcp4
 		;;
-	ddhcpd)
-		ddhcpd_sizing "$rate"
+	ddhcpd | ddhcpd-auto)
+		ddhcpd_sizing "$series" "$rate"
 		"$NT" srv-start 0 "$DDHCPD" -i server0 -c client0 -N 10.64.0.0/10 -b 7 -t 2 -B 30 -L -s "$SPARE" \
 			-C "$d/ctl.sock" --state-dir "$d/state" </dev/null >"$d/ddhcpd.log" 2>&1 &
 		SERVER_PID=$!
@@ -381,7 +383,7 @@ timeout_wait() { # PID SECS
 
 wait_ready() { # SERIES DIR
 	local series=$1 d=$2 t
-	if [[ $series == ddhcpd ]]; then
+	if [[ $series == ddhcpd* ]]; then
 		wait_blocks "$d" || return 1
 	fi
 	for ((t = 0; t < 5; t++)); do
@@ -456,7 +458,7 @@ parse_perfdhcp() { # FILE
 
 # Results of the last step (set by run_step).
 R_DO_SENT=0 R_DO_RCVD=0 R_RA_SENT=0 R_RA_RCVD=0 R_DROP=100 R_SRV_CPU=n/a R_PERF_CPU=n/a
-R_SYS=n/a R_OTHER=n/a R_OFFERED=0 R_OK=0 R_GEN_LIMITED=0 R_NOTE="" R_SRV_WAIT=n/a R_PERF_WAIT=n/a
+R_SYS=n/a R_OTHER=n/a R_OFFERED=0 R_OK=0 R_GEN_LIMITED=0 R_NOTE="" R_SRV_WAIT=n/a R_PERF_WAIT=n/a R_US=n/a
 
 # Runs one step of series $1 at rate $2; fills R_*; appends to the step table.
 run_step() { # SERIES RATE
@@ -468,11 +470,13 @@ run_step() { # SERIES RATE
 	if ! start_server "$series" "$d" "$rate" || ! wait_ready "$series" "$d"; then
 		R_DO_SENT=0 R_DO_RCVD=0 R_RA_SENT=0 R_RA_RCVD=0 R_DROP=100 R_OK=0
 		R_SRV_CPU=n/a R_PERF_CPU=n/a R_SYS=n/a R_OTHER=n/a R_OFFERED=0 R_GEN_LIMITED=0
-		R_SRV_WAIT=n/a R_PERF_WAIT=n/a
+		R_SRV_WAIT=n/a R_PERF_WAIT=n/a R_US=n/a
 		R_NOTE="server did not start (see $d)"
 		log "  $series did not start or died; last lines of its output:"
 		tail -n 5 "$d"/*.log "$d"/*.out 2>/dev/null >&2 || true
 		stop_server "$d"
+		printf '| %s | %s | - | - | - | - | - | - | - | - | - | %s | %s |\n' \
+			"$series" "$rate" "$(loadavg)" "$R_NOTE" >>"$STATE/steps.md"
 		return 0
 	fi
 	cp /proc/loadavg "$d/loadavg-before"
@@ -512,7 +516,7 @@ run_step() { # SERIES RATE
 		R_NOTE="perfdhcp hung"
 	fi
 	pid_alive "$SERVER_PID" || R_NOTE="${R_NOTE:+$R_NOTE; }server died during the step"
-	if [[ $series == ddhcpd ]]; then
+	if [[ $series == ddhcpd* ]]; then
 		ddhcpd_after "$d" "$rate"
 	fi
 	stop_server "$d"
@@ -532,6 +536,9 @@ run_step() { # SERIES RATE
 	R_OTHER=$(awk -v m="$R_SYS" -v a="$R_SRV_CPU" -v b="$R_PERF_CPU" \
 		'BEGIN { if (m ~ /^[0-9]/ && a ~ /^[0-9]/ && b ~ /^[0-9]/) { o = m - a - b; printf "%.0f", (o < 0 ? 0 : o) } else print "n/a" }')
 	R_OFFERED=$(awk -v s="$R_DO_SENT" -v p="$SECS" 'BEGIN { printf "%.0f", s / p }')
+	# server CPU time per completed exchange, microseconds
+	R_US=$(awk -v a="$st0" -v b="$st1" -v t0="$t0" -v t1="$t1" -v hz="$HZ" -v n="$R_RA_RCVD" -v p="$SECS" \
+		'BEGIN { if (a != "" && b != "" && n > 0) printf "%.0f", (b - a) / hz / (t1 - t0) / (n / p) * 1e6; else print "n/a" }')
 	# 4-way drops: DISCOVERs sent that did not end in an ACK.
 	R_DROP=$(awk -v s="$R_DO_SENT" -v r="$R_RA_RCVD" \
 		'BEGIN { if (s > 0) printf "%.3f", (s - r) / s * 100; else print "100" }')
@@ -546,32 +553,49 @@ run_step() { # SERIES RATE
 		R_NOTE="${R_NOTE:+$R_NOTE; }0 answers"
 	fi
 
+	# for a bad step: a guess at what limited it
+	if ((!R_OK && R_DO_SENT > 0 && R_DO_RCVD > 0)); then
+		local hint
+		hint=$(awk -v g="$R_GEN_LIMITED" -v c="$R_SRV_CPU" -v w="$R_SRV_WAIT" -v m="$R_SYS" -v n="$NCPU" \
+			-v dd="$([[ $series == ddhcpd* && $R_NOTE == *pre-claimed* ]] && echo 1 || echo 0)" \
+			-v dod="$((R_DO_SENT - R_DO_RCVD))" -v rad="$((R_RA_SENT - R_RA_RCVD))" 'BEGIN {
+				h = ""
+				if (g) h = h ", perfdhcp could not send the rate"
+				if (dd && dod > 10 * rad) h = h ", ddhcpd had no free address (claim-ahead behind)"
+				if (c ~ /^[0-9]/ && c >= 90) h = h ", server CPU (" c " %)"
+				else if ((m ~ /^[0-9]/ && m >= n * 90) || (w ~ /^[0-9]/ && w >= 30)) h = h ", machine CPU saturated (machine " m " %, server waited " w " % for a CPU)"
+				print (h == "" ? "limit: not CPU (see the logs)" : "limit: " substr(h, 3))
+			}')
+		R_NOTE="${R_NOTE:+$R_NOTE; }$hint"
+	fi
+
 	local do_pct ra_pct
 	do_pct=$(awk -v s="$R_DO_SENT" -v r="$R_DO_RCVD" 'BEGIN { if (s > 0) printf "%.2f", (s - r) / s * 100; else print "-" }')
 	ra_pct=$(awk -v s="$R_RA_SENT" -v r="$R_RA_RCVD" 'BEGIN { if (s > 0) printf "%.2f", (s - r) / s * 100; else print "-" }')
-	printf '| %s | %s | %s | %s/%s (%s %%) | %s/%s (%s %%) | %s %% | %s | %s | %s | %s | %s | %s |\n' \
+	printf '| %s | %s | %s | %s/%s (%s %%) | %s/%s (%s %%) | %s %% | %s | %s | %s | %s | %s | %s | %s |\n' \
 		"$series" "$rate" "$R_OFFERED" "$R_DO_RCVD" "$R_DO_SENT" "$do_pct" "$R_RA_RCVD" "$R_RA_SENT" "$ra_pct" \
-		"$R_DROP" "$R_SRV_CPU ($R_SRV_WAIT)" "$R_PERF_CPU ($R_PERF_WAIT)" "$R_OTHER" "$R_SYS" "$(cut -d' ' -f1-3 "$d/loadavg-after")" \
+		"$R_DROP" "$R_SRV_CPU ($R_SRV_WAIT)" "$R_US" "$R_PERF_CPU ($R_PERF_WAIT)" "$R_OTHER" "$R_SYS" \
+		"$(cut -d' ' -f1-3 "$d/loadavg-after")" \
 		"${R_NOTE:-}" >>"$STATE/steps.md"
 	log "  DISCOVER-OFFER $R_DO_RCVD/$R_DO_SENT, REQUEST-ACK $R_RA_RCVD/$R_RA_SENT, 4-way drops $R_DROP %," \
-		"server CPU $R_SRV_CPU % (waiting for a CPU $R_SRV_WAIT %), perfdhcp CPU $R_PERF_CPU % (waiting $R_PERF_WAIT %), other $R_OTHER %, machine $R_SYS % (of $((NCPU * 100)) %)${R_NOTE:+ [$R_NOTE]}"
+		"server CPU $R_SRV_CPU % (waiting for a CPU $R_SRV_WAIT %; $R_US us/exchange), perfdhcp CPU $R_PERF_CPU % (waiting $R_PERF_WAIT %), other $R_OTHER %, machine $R_SYS % (of $((NCPU * 100)) %)${R_NOTE:+ [$R_NOTE]}"
 }
 
 # ------------------------------------------------------------------- main ---
 
-declare -A BEST BEST_DROP BEST_SRV BEST_PERF NEXT FAIL
+declare -A BEST BEST_DROP BEST_SRV BEST_PERF BEST_US NEXT FAIL
 run_series() { # SERIES
 	local s=$1 first=1 rate
 	BEST[$s]="" NEXT[$s]="" FAIL[$s]=""
 	for rate in $RATES; do
 		run_step "$s" "$rate"
 		if ((R_OK)); then
-			BEST[$s]=$rate BEST_DROP[$s]=$R_DROP
+			BEST[$s]=$rate BEST_DROP[$s]=$R_DROP BEST_US[$s]=$R_US
 			BEST_SRV[$s]="$R_SRV_CPU (runq wait $R_SRV_WAIT)" BEST_PERF[$s]="$R_PERF_CPU (runq wait $R_PERF_WAIT)"
 		else
 			if ((first)) && ((R_RA_RCVD == 0)); then
 				if [[ $R_NOTE == "server did not start"* ]]; then
-					FAIL[$s]="$s: did not start ($R_NOTE)"
+					FAIL[$s]="$s: $R_NOTE"
 				else
 					FAIL[$s]="$s: 0 answers at $rate/s"
 				fi
@@ -591,26 +615,33 @@ BUSY_BEFORE=$(busy_pct 2)
 if ((BUSY_BEFORE > 40)); then
 	log "warning: the machine is already $BUSY_BEFORE % busy (of $((NCPU * 100)) %) before the benchmark; results will be low and noisy"
 fi
+ddhcpd_version() {
+	local v
+	v=$("$DDHCPD" --version 2>/dev/null | head -n1 | awk '{print $NF}') || true
+	echo "${v:-n/a}"
+}
+
 {
 	echo "# perfdhcp benchmark $STAMP"
 	echo
 	echo "- host: $(uname -n), $(uname -sr), $NCPU CPU(s): $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
 	echo "- load average at start: $(loadavg); CPU busy before start (2 s): $BUSY_BEFORE % of $((NCPU * 100)) %"
 	echo "- perfdhcp $(perfdhcp -v 2>&1 | head -n1 | awk '{print $NF}'), kea-dhcp4 $(kea-dhcp4 -v 2>/dev/null || echo n/a)," \
-		"ddhcpd $("$DDHCPD" --version 2>/dev/null | awk '{print $NF}' || echo n/a)" \
+		"ddhcpd $(ddhcpd_version)" \
 		"(project $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown))"
 	echo "- $SECS s per step, rates: $RATES; drops = (DISCOVERs sent - ACKs received) / DISCOVERs sent;" \
 		"a step is good if drops < $DROP_LIMIT % and perfdhcp sent >= 95 % of the rate"
 	echo "- perfdhcp: relay mode (giaddr 10.0.0.2), -R $CLIENTS distinct clients, -d $DROP_TIME s drop time," \
 		"-W $EXIT_WAIT_US us exit wait; Kea socket type $KEA_SOCKET;" \
-		"quiet wait before each step: up to ${QUIET_WAIT} s for machine CPU < $QUIET_PCT %; ddhcpd -s $DD_SPARE"
+		"quiet wait before each step: up to ${QUIET_WAIT} s for machine CPU < $QUIET_PCT %; ddhcpd -s $DD_SPARE, ddhcpd-auto -s 110 % of rate x seconds"
 	echo "- CPU %: utime+stime over the sending period (100 % = one core; multi-threaded processes can exceed 100);" \
 		"machine = all CPUs busy, of $((NCPU * 100)) %; other = machine - server - perfdhcp (other processes, softirq);" \
-		"runq wait = % of the time the threads of the process were runnable but waiting for a CPU (/proc/PID/task/*/schedstat)"
+		"runq wait = % of the time the threads of the process were runnable but waiting for a CPU (/proc/PID/task/*/schedstat);" \
+		"µs/exchange = server CPU time per completed exchange (ACK received)"
 } >"$STATE/header.md"
 {
-	echo "| server | rate/s | sent/s | DISCOVER-OFFER rcvd/sent (drops) | REQUEST-ACK rcvd/sent (drops) | 4-way drops | server CPU % (runq wait %) | perfdhcp CPU % (runq wait %) | other CPU % | machine CPU % | load avg | note |"
-	echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+	echo "| server | rate/s | sent/s | DISCOVER-OFFER rcvd/sent (drops) | REQUEST-ACK rcvd/sent (drops) | 4-way drops | server CPU % (runq wait %) | server CPU µs/exchange | perfdhcp CPU % (runq wait %) | other CPU % | machine CPU % | load avg | note |"
+	echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 } >"$STATE/steps.md"
 
 log "state dir $STATE (kept), namespaces ${P}*"
@@ -631,8 +662,8 @@ for ((i = 0; i < 30; i++)); do
 done
 
 for s in $SERVERS; do
-	if [[ $s == ddhcpd ]] && ! [[ -x $DDHCPD && -x $DDHCPCTL ]]; then
-		FAIL[$s]="ddhcpd: binary missing ($DDHCPD)"
+	if [[ $s == ddhcpd* ]] && ! [[ -x $DDHCPD && -x $DDHCPCTL ]]; then
+		FAIL[$s]="$s: binary missing ($DDHCPD)"
 		BEST[$s]="" NEXT[$s]=""
 		continue
 	fi
@@ -678,12 +709,17 @@ ratio_line() { # SERIES_A SERIES_B
 	for s in $SERVERS; do
 		[[ -n ${FAIL[$s]:-} ]] && echo "- ${FAIL[$s]}"
 	done
-	if [[ " $SERVERS " == *" ddhcpd "* && " $SERVERS " == *" kea "* ]]; then
-		ratio_line ddhcpd kea
-	fi
-	if [[ " $SERVERS " == *" ddhcpd "* && " $SERVERS " == *" kea-mt "* ]]; then
-		ratio_line ddhcpd kea-mt
-	fi
+	for a in ddhcpd ddhcpd-auto; do
+		for b in kea kea-mt; do
+			if [[ " $SERVERS " == *" $a "* && " $SERVERS " == *" $b "* ]]; then
+				ratio_line "$a" "$b"
+			fi
+		done
+	done
+	echo
+	for s in $SERVERS; do
+		[[ -n ${BEST[$s]:-} ]] && echo "- $s: ${BEST_US[$s]} µs of server CPU per exchange at ${BEST[$s]}/s"
+	done
 	echo
 	echo "- load average at end: $(loadavg)"
 	echo "- full outputs: $STATE/<server>/r<rate>/ (perfdhcp.out, server log, config)"
