@@ -17,15 +17,14 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::daemon::{
-    assert_alive, ctl_json_ok, must_lease, new_net, serial, start_node, wait_serving,
+    assert_alive, ctl_json_ok, logging_hook, must_lease, new_net, serial, start_node, wait_serving,
+    write_script,
 };
 use common::netns::{TestNet, output_timeout, require_netns, wait_until};
 use serde_json::Value;
@@ -88,24 +87,6 @@ fn env_get<'a>(env: &'a BTreeMap<String, String>, key: &str) -> &'a str {
 }
 
 /// Writes an executable `#!/bin/sh` script `name` into the net's state dir.
-fn write_script(net: &TestNet, name: &str, body: &str) -> PathBuf {
-    let path = net.state_dir.join(name);
-    fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
-/// A hook that appends its arguments as one line to `log` (then runs `then`).
-fn logging_hook(net: &TestNet, name: &str, log: &Path, then: &str) -> PathBuf {
-    let log = log.to_str().unwrap();
-    assert!(!log.contains('\''));
-    write_script(
-        net,
-        name,
-        &format!("printf '%s\\n' \"$*\" >> '{log}'\n{then}\n"),
-    )
-}
-
 /// `hook.runs`, `hook.failures`, `hook.timeouts`, `hook.dropped` of daemon i.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct HookStats {

@@ -3,7 +3,9 @@
 //! flags, and small checks on a running daemon.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -184,4 +186,23 @@ pub fn assert_all_alive(net: &mut TestNet) {
     for i in 0..net.n {
         assert_alive(net, i);
     }
+}
+
+/// Writes an executable shell script into the net's state dir.
+pub fn write_script(net: &TestNet, name: &str, body: &str) -> PathBuf {
+    let path = net.state_dir.join(name);
+    fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A hook that appends its arguments as one line to `log` (then runs `then`).
+pub fn logging_hook(net: &TestNet, name: &str, log: &Path, then: &str) -> PathBuf {
+    let log = log.to_str().unwrap();
+    assert!(!log.contains('\''));
+    write_script(
+        net,
+        name,
+        &format!("printf '%s\\n' \"$*\" >> '{log}'\n{then}\n"),
+    )
 }
