@@ -80,7 +80,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Syslog {
 }
 
 fn main() -> ExitCode {
-    let cfg = match ddhcp::config::from_args(std::env::args_os()) {
+    let mut cfg = match ddhcp::config::from_args(std::env::args_os()) {
         Ok(Some(cfg)) => cfg,
         Ok(None) => return ExitCode::SUCCESS,
         Err(line) => {
@@ -128,6 +128,18 @@ fn main() -> ExitCode {
         handle.reload(filter).map_err(|e| e.to_string())
     });
     if cfg.daemonize {
+        // daemon(3) changes to "/": relative paths must be resolved first.
+        if let Ok(cwd) = std::env::current_dir() {
+            let abs = |p: &mut std::path::PathBuf| {
+                if p.is_relative() {
+                    *p = cwd.join(&*p);
+                }
+            };
+            abs(&mut cfg.control);
+            abs(&mut cfg.state_dir);
+            cfg.hook.as_mut().map(abs);
+            cfg.audit_log.as_mut().map(abs);
+        }
         // Before the runtime exists: fork() and threads do not mix. Logs go to --log-file
         // or syslog, so stdio can be closed.
         // SAFETY: no other threads exist yet.
@@ -166,6 +178,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // After -d stderr is closed: the log target (file or syslog) gets it too.
+            tracing::error!("cannot start: {e}");
             eprintln!("ddhcpd: {e}");
             match e {
                 ddhcp::daemon::StartError::Config(_) | ddhcp::daemon::StartError::Control(_) => {
