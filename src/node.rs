@@ -338,11 +338,7 @@ impl Node {
     /// Turns what the block protocol produced into datagrams and events.
     fn drain_blocks(&mut self, now: Instant) {
         let mut forwards = Vec::new();
-        let mut reserved_changed = false;
         if let Some(d) = self.dhcp.as_mut() {
-            for (block, used) in d.leases.take_changed() {
-                self.blocks.set_usage(block, used);
-            }
             while let Some(f) = d.poll_forward() {
                 forwards.push(f);
             }
@@ -373,7 +369,6 @@ impl Node {
                     self.counters.inc(Counter::BlocksClaimed);
                     if let Some(d) = self.dhcp.as_mut() {
                         d.block_owned(block, now, self.blocks.hold_until(block));
-                        reserved_changed = true;
                     }
                     Event::BlockClaimed {
                         block,
@@ -404,7 +399,8 @@ impl Node {
             };
             self.events.push_back(ev);
         }
-        if reserved_changed && let Some(d) = self.dhcp.as_mut() {
+        // Usage changed by DHCP traffic and by blocks just owned (their reserved addresses).
+        if let Some(d) = self.dhcp.as_mut() {
             for (block, used) in d.leases.take_changed() {
                 self.blocks.set_usage(block, used);
             }

@@ -146,14 +146,16 @@ impl LeaseTable {
     /// expire. Returns the addresses that are still bound to a client.
     pub fn set_reserved(&mut self, addrs: impl IntoIterator<Item = Ipv4Addr>) -> Vec<Ipv4Addr> {
         let new: HashSet<Ipv4Addr> = addrs.into_iter().collect();
-        let old = std::mem::replace(&mut self.reserved, new);
-        for &ip in old.difference(&self.reserved.clone()) {
+        let released: Vec<Ipv4Addr> = self.reserved.difference(&new).copied().collect();
+        let wanted: Vec<Ipv4Addr> = new.iter().copied().collect();
+        self.reserved = new;
+        for ip in released {
             if self.get(ip).is_some_and(|r| r.state == AddrState::Reserved) {
                 self.set_state(ip, AddrState::Free);
             }
         }
         let mut busy = Vec::new();
-        for ip in self.reserved.clone() {
+        for ip in wanted {
             match self.get(ip).map(|r| r.state) {
                 Some(AddrState::Free | AddrState::Held { .. }) => {
                     self.set_state(ip, AddrState::Reserved)
