@@ -90,6 +90,7 @@ fn main() -> ExitCode {
     };
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("ddhcp={}", level(cfg.verbose))));
+    let logs_to_stderr = cfg.log_file.is_none() && !cfg.daemonize;
     let (writer, ansi) = match &cfg.log_file {
         Some(path) => {
             let file = match std::fs::OpenOptions::new()
@@ -178,8 +179,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // After -d stderr is closed: the log target (file or syslog) gets it too.
-            tracing::error!("cannot start: {e}");
+            // With a log file or after -d the log target gets it too; on stderr once is
+            // enough (operators and scripts expect exactly one line).
+            if !logs_to_stderr {
+                tracing::error!("cannot start: {e}");
+            }
             eprintln!("ddhcpd: {e}");
             match e {
                 ddhcp::daemon::StartError::Config(_) | ddhcp::daemon::StartError::Control(_) => {
