@@ -71,7 +71,7 @@ impl ClaimConfig {
     }
 
     /// The TTL field of our claims, in whole seconds.
-    fn ttl(&self) -> u16 {
+    pub fn ttl(&self) -> u16 {
         u16::try_from(self.block_timeout.as_secs()).unwrap_or(u16::MAX)
     }
 }
@@ -321,6 +321,11 @@ pub struct Blocks {
     lapsed: HashMap<u32, Instant>,
     /// How long after a lapse such leases may still run (the lease time).
     lapse_hold: Duration,
+    /// Blocks we owned before a restart whose claims lapsed while we were down: our
+    /// clients still hold leases there, so they are claimed first, whatever the demand.
+    wanted: BTreeSet<u32>,
+    /// When all our blocks were last announced, until the store has been told.
+    refreshed: Option<Instant>,
 }
 
 impl Blocks {
@@ -349,7 +354,50 @@ impl Blocks {
             extra_spare: 0,
             lapsed: HashMap::new(),
             lapse_hold: Duration::ZERO,
+            wanted: BTreeSet::new(),
+            refreshed: None,
         }
+    }
+
+    /// Takes back the blocks we owned before a restart. Those whose claims are still valid
+    /// in the peers' view (`owned`, with the time we got each) are ours again at once and
+    /// announced now, learning phase or not; if another node took one meanwhile, the usual
+    /// tie-break settles it. Those whose claims lapsed (`lapsed`) are claimed again before
+    /// any other block once claiming is allowed.
+    pub fn restore(&mut self, now: Instant, owned: &[(u32, Instant)], lapsed: &[u32]) {
+        for &(b, since) in owned {
+            if self.states.get(b as usize) != Some(&State::Free) {
+                continue;
+            }
+            self.set_state(b, State::Ours);
+            self.ours.insert(
+                b,
+                OwnedBlock {
+                    since,
+                    last_announced: now,
+                    needless_since: None,
+                    used: 0,
+                },
+            );
+        }
+        self.wanted.extend(
+            lapsed
+                .iter()
+                .copied()
+                .filter(|&b| b < self.range.num_blocks() && !self.ours.contains_key(&b)),
+        );
+        self.refresh(now);
+        self.next_refresh = now + self.cfg.refresh_interval();
+    }
+
+    /// Whether a block we owned before a restart is still to be claimed back.
+    pub fn is_wanted(&self, block: u32) -> bool {
+        self.wanted.contains(&block)
+    }
+
+    /// The time of the last announcement of all our blocks, once.
+    pub fn take_refreshed(&mut self) -> Option<Instant> {
+        self.refreshed.take()
     }
 
     pub fn config(&self) -> &ClaimConfig {
@@ -480,6 +528,14 @@ impl Blocks {
     /// Runs every timer that is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant, rng: &mut impl Rng) {
         self.expire(now);
+        // Before the learning check: blocks restored after a restart are ours during it.
+        if now >= self.next_refresh {
+            self.refresh(now);
+            self.peers.collect(now, self.cfg.block_timeout * 2);
+            let hold = self.lapse_hold;
+            self.lapsed.retain(|_, at| now.saturating_since(*at) < hold);
+            self.next_refresh = now + self.cfg.refresh_interval();
+        }
         if let Some(until) = self.learning_until {
             if now < until {
                 return;
@@ -496,13 +552,6 @@ impl Blocks {
             if self.next_round == now {
                 self.next_round = now + interval;
             }
-        }
-        if now >= self.next_refresh {
-            self.refresh(now);
-            self.peers.collect(now, self.cfg.block_timeout * 2);
-            let hold = self.lapse_hold;
-            self.lapsed.retain(|_, at| now.saturating_since(*at) < hold);
-            self.next_refresh = now + self.cfg.refresh_interval();
         }
     }
 
@@ -667,8 +716,7 @@ impl Blocks {
 
     /// Announces every owned block at once, e.g. after our node id changed.
     pub fn announce_all(&mut self, now: Instant) {
-        let all: Vec<u32> = self.ours.keys().copied().collect();
-        self.announce(now, &all);
+        self.refresh(now);
     }
 
     fn set_state(&mut self, b: u32, new: State) {
@@ -735,6 +783,7 @@ impl Blocks {
                             used: 0,
                         },
                     );
+                    self.wanted.remove(&b);
                     info!(block = b, first = %self.range.block_first(b), "block claimed");
                     self.events.push_back(BlockEvent::Claimed(b));
                     owned_now.push(b);
@@ -745,6 +794,7 @@ impl Blocks {
         }
         self.claiming = still;
         self.announce(now, &owned_now);
+        self.claim_wanted();
 
         let needed = self.blocks_needed();
         if needed > 0 {
@@ -761,9 +811,14 @@ impl Blocks {
                 self.claiming.push(b);
             }
         } else if !self.claiming.is_empty() {
-            // Demand went away mid-claim: leave the blocks to others.
+            // Demand went away mid-claim: leave the blocks to others (but not ours from
+            // before a restart).
             for b in std::mem::take(&mut self.claiming) {
-                self.set_state(b, State::Free);
+                if self.wanted.contains(&b) {
+                    self.claiming.push(b);
+                } else {
+                    self.set_state(b, State::Free);
+                }
             }
         }
         if !self.claiming.is_empty() {
@@ -784,6 +839,30 @@ impl Blocks {
             for o in self.ours.values_mut() {
                 o.needless_since = None;
             }
+        }
+    }
+
+    /// Starts claiming the blocks we owned before a restart that are free; forgets those
+    /// another node owns now.
+    fn claim_wanted(&mut self) {
+        let mut start = Vec::new();
+        let mut taken = Vec::new();
+        for &b in &self.wanted {
+            match self.states[b as usize] {
+                State::Free => start.push(b),
+                State::Claimed { .. } | State::Ours => taken.push(b),
+                State::Tentative { .. } | State::Claiming { .. } => {}
+            }
+        }
+        for b in taken {
+            self.wanted.remove(&b);
+        }
+        for b in start {
+            if self.claiming.len() >= MAX_CLAIMING {
+                break;
+            }
+            self.set_state(b, State::Claiming { rounds: 0 });
+            self.claiming.push(b);
         }
     }
 
@@ -837,6 +916,7 @@ impl Blocks {
     fn refresh(&mut self, now: Instant) {
         let all: Vec<u32> = self.ours.keys().copied().collect();
         self.announce(now, &all);
+        self.refreshed = Some(now);
     }
 
     fn announce_due(&self, b: u32, now: Instant) -> bool {

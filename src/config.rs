@@ -75,9 +75,14 @@ pub struct Args {
     /// More verbose (repeatable)
     #[arg(short = 'v', action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Directory for the node id and other state
+    /// Directory for the node id, owned blocks, leases and run-time options (tmpfs on
+    /// flash routers)
     #[arg(long, value_name = "DIR", default_value = "/var/lib/ddhcpd")]
     pub state_dir: PathBuf,
+    /// Sync the state store before each reply (on), or only write it (off: survives a
+    /// daemon crash, not a power loss)
+    #[arg(long, value_name = "on|off", default_value = "on")]
+    pub fsync: String,
     /// Use this node id (16 hex digits) instead of the derived, persisted one
     #[arg(long, value_name = "HEX16")]
     pub node_id: Option<String>,
@@ -153,6 +158,7 @@ pub struct Config {
     pub daemonize: bool,
     pub verbose: u8,
     pub state_dir: PathBuf,
+    pub fsync: bool,
     pub node_id: Option<NodeId>,
     pub log_file: Option<PathBuf>,
     pub audit_log: Option<PathBuf>,
@@ -358,6 +364,13 @@ impl Args {
             daemonize: self.daemonize,
             verbose: self.verbose,
             state_dir: self.state_dir.clone(),
+            fsync: match self.fsync.as_str() {
+                "on" => true,
+                "off" => false,
+                other => {
+                    return Err(ConfigError::new("--fsync", other, "must be on or off"));
+                }
+            },
             node_id,
             log_file: self.log_file.clone(),
             audit_log: self.audit_log.clone(),

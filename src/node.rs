@@ -5,7 +5,7 @@
 //! clock or an unseeded random source, so the simulator can run hundreds of nodes in one
 //! process reproducibly.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use rand::rngs::StdRng;
@@ -14,6 +14,7 @@ use tracing::{debug, error, info};
 
 use crate::blocks::{BlockEvent, BlockView, Blocks, ClaimConfig, Output};
 use crate::dhcp::{Dhcp, DhcpConfig, DhcpTransmit, LeaseEvent};
+use crate::persist::{Change, LeaseRecord, Restored};
 use crate::range::ManagedRange;
 use crate::stats::{Counter, Counters};
 use crate::time::Instant;
@@ -107,6 +108,11 @@ pub struct Node {
     counters: Counters,
     dhcp: Option<Dhcp>,
     demand: Demand,
+    /// Durable changes not yet handed to the store.
+    changes: Vec<Change>,
+    /// Leases from before a restart in blocks whose claims lapsed meanwhile, by block,
+    /// until we own the block again or someone else does.
+    pending_restore: HashMap<u32, Vec<LeaseRecord>>,
 }
 
 impl Node {
@@ -128,9 +134,78 @@ impl Node {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
+            changes: Vec::new(),
+            pending_restore: HashMap::new(),
         };
         node.drain_blocks(now);
         node
+    }
+
+    /// Takes back the state of a previous run, read from the store, right after
+    /// [`Node::new`]. Blocks whose claims peers still honour are ours at once, announced now,
+    /// and served from (renewals and new clients alike), learning phase or not; blocks whose
+    /// claims lapsed are claimed back first once claiming is allowed, and their leases come
+    /// back with them. Expired leases must already be gone.
+    pub fn restore(&mut self, now: Instant, r: Restored) {
+        let (announced, ttl) = r.announced.unwrap_or((Instant::ZERO, 0));
+        let ttl = std::time::Duration::from_secs(u64::from(ttl));
+        let with_leases: std::collections::HashSet<u32> = r
+            .leases
+            .iter()
+            .filter_map(|l| self.cfg.range.locate(l.ip).map(|(b, _)| b))
+            .collect();
+        let mut owned = Vec::new();
+        let mut lapsed = Vec::new();
+        for &(block, since) in &r.blocks {
+            if since.max(announced) + ttl > now {
+                owned.push((block, since));
+            } else if with_leases.contains(&block) {
+                lapsed.push(block);
+            } else {
+                self.changes.push(Change::BlockGone { block });
+            }
+        }
+        self.blocks.restore(now, &owned, &lapsed);
+        for &(block, _) in &owned {
+            if self.blocks.owns(block) {
+                self.events.push_back(Event::BlockClaimed {
+                    block,
+                    first: self.cfg.range.block_first(block),
+                });
+            }
+        }
+        info!(
+            valid = owned.len(),
+            lapsed = lapsed.len(),
+            leases = r.leases.len(),
+            "state restored"
+        );
+        if let Some(d) = self.dhcp.as_mut() {
+            d.restore_options(&r.options);
+            for &(block, since) in &owned {
+                if self.blocks.owns(block) {
+                    d.restore_block(block, since);
+                }
+            }
+            for lease in d.leases.restore(r.leases) {
+                match self.cfg.range.locate(lease.ip) {
+                    Some((b, _)) if self.blocks.is_wanted(b) => {
+                        self.pending_restore.entry(b).or_default().push(lease)
+                    }
+                    _ => self.changes.push(Change::LeaseGone(lease.ip)),
+                }
+            }
+        }
+        self.drain_blocks(now);
+    }
+
+    /// Durable changes since the last call, in the order they happened. The shell writes them
+    /// out before anything produced since then leaves the process.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        if let Some(d) = self.dhcp.as_mut() {
+            d.take_changes(&mut self.changes);
+        }
+        std::mem::take(&mut self.changes)
     }
 
     pub fn id(&self) -> NodeId {
@@ -257,6 +332,28 @@ impl Node {
         self.sample_demand(now);
         self.blocks.handle_timeout(now, &mut self.rng);
         self.drain_blocks(now);
+        self.forget_lost_restores(now);
+    }
+
+    /// Drops leases from before a restart whose block another node owns now (or that ran
+    /// out while we waited for it).
+    fn forget_lost_restores(&mut self, now: Instant) {
+        if self.pending_restore.is_empty() {
+            return;
+        }
+        let blocks = &self.blocks;
+        let changes = &mut self.changes;
+        self.pending_restore.retain(|&block, leases| {
+            if blocks.is_wanted(block) {
+                leases.retain(|l| l.until > now);
+                return true;
+            }
+            changes.extend(leases.iter().map(|l| Change::LeaseGone(l.ip)));
+            if !blocks.owns(block) {
+                changes.push(Change::BlockGone { block });
+            }
+            false
+        });
     }
 
     /// When [`Node::handle_timeout`] should next be called.
@@ -367,8 +464,18 @@ impl Node {
                 }
                 BlockEvent::Claimed(block) => {
                     self.counters.inc(Counter::BlocksClaimed);
+                    self.changes.push(Change::BlockOwned { block, since: now });
                     if let Some(d) = self.dhcp.as_mut() {
                         d.block_owned(block, now, self.blocks.hold_until(block));
+                        let (live, expired): (Vec<_>, Vec<_>) = self
+                            .pending_restore
+                            .remove(&block)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .partition(|l| l.until > now);
+                        d.leases.restore(live);
+                        self.changes
+                            .extend(expired.into_iter().map(|l| Change::LeaseGone(l.ip)));
                     }
                     Event::BlockClaimed {
                         block,
@@ -377,6 +484,7 @@ impl Node {
                 }
                 BlockEvent::Dropped(block) => {
                     self.counters.inc(Counter::BlocksDropped);
+                    self.changes.push(Change::BlockGone { block });
                     if let Some(d) = self.dhcp.as_mut() {
                         d.block_gone(block);
                     }
@@ -387,6 +495,7 @@ impl Node {
                 }
                 BlockEvent::Lost { block, to } => {
                     self.counters.inc(Counter::BlocksLost);
+                    self.changes.push(Change::BlockGone { block });
                     if let Some(d) = self.dhcp.as_mut() {
                         d.block_gone(block);
                     }
@@ -398,6 +507,10 @@ impl Node {
                 }
             };
             self.events.push_back(ev);
+        }
+        if let Some(at) = self.blocks.take_refreshed() {
+            let ttl = self.cfg.claim.ttl();
+            self.changes.push(Change::Announced { at, ttl });
         }
         // Usage changed by DHCP traffic and by blocks just owned (their reserved addresses).
         if let Some(d) = self.dhcp.as_mut() {

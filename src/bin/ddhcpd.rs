@@ -185,12 +185,7 @@ fn main() -> ExitCode {
                 tracing::error!("cannot start: {e}");
             }
             eprintln!("ddhcpd: {e}");
-            match e {
-                ddhcp::daemon::StartError::Config(_) | ddhcp::daemon::StartError::Control(_) => {
-                    ExitCode::from(2)
-                }
-                _ => ExitCode::FAILURE,
-            }
+            ExitCode::from(e.exit_code())
         }
     }
 }

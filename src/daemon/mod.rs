@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod peer;
 mod requests;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::path::Path;
@@ -22,8 +23,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::dhcp::{DhcpConfig, LeaseEvent};
-use crate::node::{Channel, Event, Node, NodeConfig, derive_node_id};
+use crate::dhcp::{DhcpConfig, DhcpTransmit, LeaseEvent};
+use crate::node::{Channel, Event, Node, NodeConfig, Transmit, derive_node_id};
+use crate::store::{Store, StoreError, StoreOptions, WallClock};
 use crate::time::Instant;
 use crate::wire::NodeId;
 use hook::Hook;
@@ -36,6 +38,10 @@ const REOPEN_INTERVAL: Duration = Duration::from_secs(2);
 /// DHCP datagrams handled per wake-up before replies are flushed.
 const DHCP_BATCH: usize = 64;
 
+/// Outputs waiting for the store; beyond this many the DHCP socket is not read (clients
+/// retransmit), so a stalled disk cannot grow memory without bound.
+const MAX_HELD: usize = 16384;
+
 /// Why the daemon could not start. Configuration problems exit with code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -45,6 +51,21 @@ pub enum StartError {
     Control(#[from] control::BindError),
     #[error("{0}")]
     Io(#[from] io::Error),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("the state store failed (see the log); stopped so nothing unsaved is acknowledged")]
+    StoreFailed,
+}
+
+impl StartError {
+    /// Exit code 2 for what the operator has to fix in flags or files, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) | StartError::Control(_) => 2,
+            StartError::Store(e) if !matches!(e, StoreError::Io { .. }) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Reads the persisted node id, or derives a new one from the MAC and stores it. A stored
@@ -76,17 +97,32 @@ fn store_node_id(path: &Path, id: NodeId) -> io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-/// Maps between the core's instants and tokio's clock.
+/// Maps between the core's instants and tokio's clock. Core time starts at [`CLOCK_BASE`],
+/// not zero, so times from before this process (restored from the store) are instants too.
 struct Clock(tokio::time::Instant);
+
+/// About 35 years in milliseconds.
+const CLOCK_BASE: u64 = 1 << 40;
 
 impl Clock {
     fn now(&self) -> Instant {
-        Instant::from_millis(self.0.elapsed().as_millis() as u64)
+        Instant::from_millis(CLOCK_BASE + self.0.elapsed().as_millis() as u64)
     }
 
     fn tokio(&self, at: Instant) -> tokio::time::Instant {
-        self.0 + Duration::from_millis(at.as_millis())
+        self.0 + Duration::from_millis(at.as_millis().saturating_sub(CLOCK_BASE))
     }
+}
+
+/// Something that may leave the process only once the store holds what it depends on.
+enum Held {
+    Peer(Transmit),
+    Dhcp(DhcpTransmit),
+    Event(Event),
+    Reply(
+        tokio::sync::oneshot::Sender<crate::control::Response>,
+        crate::control::Response,
+    ),
 }
 
 struct Daemon {
@@ -101,6 +137,9 @@ struct Daemon {
     send_errors: u64,
     set_log_level: Option<LogLevelSetter>,
     audit: audit::Audit,
+    store: Option<Store>,
+    /// Outputs waiting for the store, each with the batch it waits for, in order.
+    held: VecDeque<(u64, Held)>,
 }
 
 /// Changes the log filter at run time (`ddhcpctl log-level`); given by the binary, which owns
@@ -186,6 +225,14 @@ pub async fn run(
             format!("cannot open for appending: {e}"),
         )
     })?;
+    let started = std::time::Instant::now();
+    let (store, state, load_info) = Store::open(StoreOptions {
+        dir: cfg.state_dir.clone(),
+        range: cfg.range,
+        fsync: cfg.fsync,
+        compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
+    })?;
+    let loaded = crate::store::describe_load(&load_info, &state, started.elapsed());
     let listener = control::bind(&cfg.control, cfg.control_group.as_deref())?;
     let peers = PeerSockets::open(&cfg.server_iface, ifindex)?;
     let dhcp_sock = match &cfg.client_iface {
@@ -195,18 +242,22 @@ pub async fn run(
         None => None,
     };
     let clock = Clock(tokio::time::Instant::now());
-    let node = Node::new(
+    let now = clock.now();
+    let mut node = Node::new(
         NodeConfig {
             range: cfg.range,
             claim: cfg.claim.clone(),
             dhcp,
         },
         id,
-        clock.now(),
+        now,
         rand::random(),
     );
+    node.restore(now, state.into_restored(&WallClock::now(now)));
     info!(node_id = %id, network = %cfg.range, block_size = cfg.range.block_size(),
-          blocks = cfg.range.num_blocks(), learning = cfg.claim.learning, "ddhcpd started");
+          blocks = cfg.range.num_blocks(), learning = cfg.claim.learning,
+          state_dir = %cfg.state_dir.display(), fsync = cfg.fsync, "ddhcpd started");
+    info!(truncated = load_info.truncated, "state loaded: {loaded}");
     let hook = match &cfg.hook {
         Some(p) => Hook::spawn(p.clone()),
         None => Hook::none(),
@@ -236,15 +287,25 @@ pub async fn run(
         send_errors: 0,
         set_log_level,
         audit,
+        store: Some(store),
+        held: VecDeque::new(),
     };
-    d.main_loop(ctl_rx, shutdown).await;
+    let result = d.main_loop(ctl_rx, shutdown).await;
     ctl_task.abort();
     if let Some(t) = metrics_task {
         t.abort();
     }
     let _ = std::fs::remove_file(&control_path);
+    if result.is_ok() {
+        // What is still held goes out once the store has it.
+        d.persist();
+        let synced = d.store.take().map(Store::close).unwrap_or_default();
+        if !synced.failed {
+            d.release(synced.seq).await;
+        }
+    }
     info!("ddhcpd stopped");
-    Ok(())
+    result
 }
 
 impl Daemon {
@@ -252,7 +313,7 @@ impl Daemon {
         &mut self,
         mut ctl_rx: mpsc::Receiver<control::Pending>,
         shutdown: impl Future<Output = ()>,
-    ) {
+    ) -> Result<(), StartError> {
         tokio::pin!(shutdown);
         let mut mbuf = vec![0u8; 2048];
         let mut ubuf = vec![0u8; 2048];
@@ -277,8 +338,20 @@ impl Daemon {
                 Some(p) => (Some(&p.multicast), Some(&p.unicast)),
                 None => (None, None),
             };
+            let dhcp_sock = self
+                .dhcp_sock
+                .as_ref()
+                .filter(|_| self.held.len() < MAX_HELD);
+            let Some(store) = self.store.as_mut() else {
+                return Err(StartError::StoreFailed);
+            };
             tokio::select! {
-                _ = &mut shutdown => return,
+                _ = &mut shutdown => return Ok(()),
+                _ = store.changed() => {
+                    if store.synced().failed {
+                        return Err(StartError::StoreFailed);
+                    }
+                }
                 _ = &mut sleep => {
                     armed = None;
                     self.node.handle_timeout(self.clock.now());
@@ -286,10 +359,12 @@ impl Daemon {
                 }
                 r = recv(m, &mut mbuf) => self.datagram(Channel::Multicast, r, &mbuf),
                 r = recv(u, &mut ubuf) => self.datagram(Channel::Unicast, r, &ubuf),
-                r = recv(self.dhcp_sock.as_ref(), &mut dbuf) => self.dhcp_datagrams(r, &mut dbuf),
+                r = recv(dhcp_sock, &mut dbuf) => self.dhcp_datagrams(r, &mut dbuf),
                 Some(p) = ctl_rx.recv() => {
                     let response = self.answer(p.request);
-                    let _ = p.reply.send(response);
+                    // A reply confirming a change waits until the change is durable.
+                    let seq = self.persist();
+                    self.held.push_back((seq, Held::Reply(p.reply, response)));
                 }
             }
         }
@@ -362,39 +437,78 @@ impl Daemon {
         }
     }
 
-    /// Sends what the core queued and acts on its events.
+    /// Hands the core's durable changes to the store; returns the batch that holds them
+    /// (and everything before).
+    fn persist(&mut self) -> u64 {
+        let Some(store) = self.store.as_mut() else {
+            return 0;
+        };
+        let changes = self.node.take_changes();
+        store.append(&changes, &WallClock::now(self.clock.now()))
+    }
+
+    /// Queues what the core produced behind the changes it depends on, and lets out what
+    /// the store already holds.
     async fn flush(&mut self) {
+        let seq = self.persist();
         while let Some(t) = self.node.poll_transmit() {
-            let Some(p) = &self.peers else { continue };
-            if let Err(e) = p.send(&t).await {
-                self.send_errors += 1;
-                if self.send_errors.is_power_of_two() {
-                    warn!(error = %e, errors = self.send_errors, "send on the server interface failed");
-                }
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENODEV | libc::ENXIO | libc::EACCES | libc::EADDRNOTAVAIL)
-                ) {
-                    self.schedule_reopen();
-                }
-            }
+            self.held.push_back((seq, Held::Peer(t)));
         }
         while let Some(t) = self.node.poll_dhcp_transmit() {
-            let Some(sock) = &self.dhcp_sock else {
-                continue;
-            };
-            let sent = match sock.try_send_to(&t.payload, t.to.into()) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    sock.send_to(&t.payload, t.to).await.map(|_| ())
-                }
-                r => r.map(|_| ()),
-            };
-            if let Err(e) = sent {
-                debug!(to = %t.to, error = %e, "DHCP reply not sent");
-            }
+            self.held.push_back((seq, Held::Dhcp(t)));
         }
         while let Some(ev) = self.node.poll_event() {
-            self.event(ev);
+            self.held.push_back((seq, Held::Event(ev)));
+        }
+        let synced = self.store.as_ref().map_or(0, |s| s.synced().seq);
+        self.release(synced).await;
+    }
+
+    /// Sends, in order, everything held for batches up to `synced`.
+    async fn release(&mut self, synced: u64) {
+        while self.held.front().is_some_and(|(seq, _)| *seq <= synced) {
+            let Some((_, h)) = self.held.pop_front() else {
+                break;
+            };
+            match h {
+                Held::Peer(t) => self.send_peer(&t).await,
+                Held::Dhcp(t) => self.send_dhcp(&t).await,
+                Held::Event(ev) => self.event(ev),
+                Held::Reply(tx, r) => {
+                    let _ = tx.send(r);
+                }
+            }
+        }
+    }
+
+    async fn send_peer(&mut self, t: &Transmit) {
+        let Some(p) = &self.peers else { return };
+        if let Err(e) = p.send(t).await {
+            self.send_errors += 1;
+            if self.send_errors.is_power_of_two() {
+                warn!(error = %e, errors = self.send_errors, "send on the server interface failed");
+            }
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENODEV | libc::ENXIO | libc::EACCES | libc::EADDRNOTAVAIL)
+            ) {
+                self.schedule_reopen();
+            }
+        }
+    }
+
+    async fn send_dhcp(&self, t: &DhcpTransmit) {
+        let Some(sock) = &self.dhcp_sock else {
+            return;
+        };
+        let sent = match sock.try_send_to(&t.payload, t.to.into()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                sock.send_to(&t.payload, t.to).await.map(|_| ())
+            }
+            r => r.map(|_| ()),
+        };
+        if let Err(e) = sent {
+            debug!(to = %t.to, error = %e, "DHCP reply not sent");
         }
     }
 

@@ -10,13 +10,24 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use crate::persist::{Change, LeaseRecord};
 use crate::range::ManagedRange;
 use crate::time::Instant;
 
 /// Who a lease belongs to: the client identifier (option 61) if the client sent one, else
-/// its hardware type and address, as RFC 2131 §4.2 asks.
+/// its hardware type and address, as RFC 2131 §4.2 asks. Short keys (every hardware
+/// address, most client identifiers) live inline: each lease holds its key twice (record
+/// and client index), and a heap allocation per copy would double a lease's memory.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientKey(Box<[u8]>);
+pub struct ClientKey(KeyBytes);
+
+const INLINE_KEY: usize = 22;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum KeyBytes {
+    Inline(u8, [u8; INLINE_KEY]),
+    Heap(Box<[u8]>),
+}
 
 impl ClientKey {
     pub fn new(client_id: Option<&[u8]>, htype: u8, chaddr: &[u8]) -> Self {
@@ -32,7 +43,34 @@ impl ClientKey {
                 v.extend_from_slice(chaddr);
             }
         }
-        ClientKey(v.into_boxed_slice())
+        ClientKey::from_slice(&v)
+    }
+
+    fn from_slice(b: &[u8]) -> Self {
+        if b.len() <= INLINE_KEY {
+            let mut a = [0u8; INLINE_KEY];
+            a[..b.len()].copy_from_slice(b);
+            ClientKey(KeyBytes::Inline(b.len() as u8, a))
+        } else {
+            ClientKey(KeyBytes::Heap(b.into()))
+        }
+    }
+
+    /// The key as stored (a tag byte, then the identifier or hardware type and address).
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            KeyBytes::Inline(n, a) => &a[..usize::from(*n)],
+            KeyBytes::Heap(b) => b,
+        }
+    }
+
+    /// A key read back from the store.
+    pub fn from_bytes(bytes: Box<[u8]>) -> Self {
+        if bytes.len() <= INLINE_KEY {
+            ClientKey::from_slice(&bytes)
+        } else {
+            ClientKey(KeyBytes::Heap(bytes))
+        }
     }
 }
 
@@ -125,6 +163,14 @@ pub struct LeaseTable {
     /// Addresses never handed out; one still bound when it became reserved is reserved
     /// as soon as its client lets go of it.
     reserved: HashSet<Ipv4Addr>,
+    /// Addresses whose durable view (bound or not, to whom, until when) changed since the
+    /// last [`LeaseTable::take_dirty`].
+    dirty: HashSet<Ipv4Addr>,
+}
+
+/// Whether a state is kept in the store: bindings a client relies on and quarantines.
+fn durable(s: AddrState) -> bool {
+    matches!(s, AddrState::Leased { .. } | AddrState::Declined { .. })
 }
 
 impl LeaseTable {
@@ -138,6 +184,7 @@ impl LeaseTable {
             active: 0,
             changed: BTreeMap::new(),
             reserved: HashSet::new(),
+            dirty: HashSet::new(),
         }
     }
 
@@ -219,6 +266,9 @@ impl LeaseTable {
             if matches!(r.state, AddrState::Leased { .. }) {
                 self.active -= 1;
             }
+            if durable(r.state) {
+                self.dirty.insert(ip);
+            }
             if let Some(c) = &r.client
                 && self.by_client.get(c) == Some(&ip)
             {
@@ -299,6 +349,9 @@ impl LeaseTable {
         }
         // A client holds one address here: release its previous one if different.
         let previous = self.by_client.insert(client.clone(), ip);
+        if durable(old) || durable(state) {
+            self.dirty.insert(ip);
+        }
         r.state = state;
         r.client = Some(client);
         r.chaddr = chaddr;
@@ -370,7 +423,110 @@ impl LeaseTable {
         if let Some(d) = r.deadline() {
             self.deadlines.insert((d, ip));
         }
+        if durable(old) || durable(state) {
+            self.dirty.insert(ip);
+        }
         self.account(b, old, state);
+    }
+
+    /// The durable view of the addresses that changed since the last call, for the store.
+    pub fn take_dirty(&mut self, out: &mut Vec<Change>) {
+        for ip in self.dirty.drain() {
+            let rec = self
+                .range
+                .locate(ip)
+                .and_then(|(b, off)| self.blocks.get(&b).map(|bl| &bl.records[off as usize]));
+            let (until, declined) = match rec.map(|r| r.state) {
+                Some(AddrState::Leased { until }) => (until, false),
+                Some(AddrState::Declined { until }) => (until, true),
+                _ => {
+                    out.push(Change::LeaseGone(ip));
+                    continue;
+                }
+            };
+            let r = rec.expect("matched a record above");
+            out.push(Change::Lease(LeaseRecord {
+                ip,
+                until,
+                declined,
+                client: r
+                    .client
+                    .as_ref()
+                    .map_or_else(|| Box::from([]), |c| c.as_bytes().into()),
+                chaddr: r.chaddr,
+                hostname: r.hostname.clone(),
+            }));
+        }
+    }
+
+    /// Puts back bindings read from the store; returns those whose block is not ours (the
+    /// caller keeps them for when it is). Millions of them come back at start-up, so the
+    /// common case (a free address, a client not bound elsewhere) skips the general path:
+    /// the key is moved, not cloned, nothing is marked for writing back, and the deadlines
+    /// are built in one sorted pass.
+    pub fn restore(&mut self, recs: Vec<LeaseRecord>) -> Vec<LeaseRecord> {
+        let mut elsewhere = Vec::new();
+        let mut slow = Vec::new();
+        let mut deadlines = Vec::with_capacity(recs.len());
+        self.by_client.reserve(recs.len());
+        for rec in recs {
+            let Some((b, off)) = self.range.locate(rec.ip) else {
+                continue;
+            };
+            let Some(bl) = self.blocks.get_mut(&b) else {
+                elsewhere.push(rec);
+                continue;
+            };
+            let key = (!rec.client.is_empty()).then(|| ClientKey::from_bytes(rec.client));
+            let r = &mut bl.records[off as usize];
+            if r.state != AddrState::Free
+                || key.as_ref().is_some_and(|k| self.by_client.contains_key(k))
+            {
+                slow.push((
+                    rec.ip,
+                    key,
+                    rec.chaddr,
+                    rec.hostname,
+                    rec.until,
+                    rec.declined,
+                ));
+                continue;
+            }
+            let state = if rec.declined {
+                AddrState::Declined { until: rec.until }
+            } else {
+                AddrState::Leased { until: rec.until }
+            };
+            r.state = state;
+            r.chaddr = rec.chaddr;
+            r.hostname = rec.hostname;
+            if let Some(k) = key {
+                r.client = Some(k.clone());
+                self.by_client.insert(k, rec.ip);
+            }
+            deadlines.push((rec.until, rec.ip));
+            self.account(b, AddrState::Free, state);
+        }
+        if self.deadlines.is_empty() {
+            deadlines.sort_unstable();
+            self.deadlines = deadlines.into_iter().collect();
+        } else {
+            self.deadlines.extend(deadlines);
+        }
+        for (ip, key, chaddr, hostname, until, declined) in slow {
+            let state = if declined {
+                AddrState::Declined { until }
+            } else {
+                AddrState::Leased { until }
+            };
+            match key {
+                Some(k) => self.bind(ip, k, chaddr, hostname.as_deref(), state),
+                None => self.set_state(ip, state),
+            }
+            // What was just read from the store need not be written again.
+            self.dirty.remove(&ip);
+        }
+        elsewhere
     }
 
     /// Keeps the per-block counts, the free-block index and the active count in step with

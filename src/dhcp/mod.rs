@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 
 use crate::blocks::Blocks;
 use crate::config::DhcpOption;
+use crate::persist::Change;
 use crate::range::ManagedRange;
 use crate::time::Instant;
 use crate::wire::{Message, RenewPayload};
@@ -123,6 +124,8 @@ pub struct Dhcp {
     /// Clients we had no address for, with when they were first counted: each counts once
     /// per demand window, however often it retransmits.
     starved: HashMap<ClientKey, Instant>,
+    /// Options changed at run time since the last [`Dhcp::take_changes`].
+    option_changes: Vec<(u8, Option<Vec<u8>>)>,
 }
 
 /// Where a reply goes (RFC 2131 §4.1).
@@ -156,6 +159,7 @@ impl Dhcp {
             counters: DhcpCounters::default(),
             allocations: 0,
             starved: HashMap::new(),
+            option_changes: Vec::new(),
         };
         d.refresh_reservations();
         d
@@ -199,6 +203,7 @@ impl Dhcp {
 
     /// Sets an option at run time (already validated); reserved addresses follow it.
     pub fn set_option(&mut self, o: crate::config::DhcpOption) {
+        self.option_changes.push((o.code, Some(o.payload.clone())));
         self.store.set(o);
         self.refresh_reservations();
     }
@@ -206,8 +211,40 @@ impl Dhcp {
     /// Removes an option at run time; false if it was not set.
     pub fn remove_option(&mut self, code: u8) -> bool {
         let removed = self.store.remove(code);
+        if removed {
+            self.option_changes.push((code, None));
+        }
         self.refresh_reservations();
         removed
+    }
+
+    /// Applies options changed at run time before a restart, on top of the command line's.
+    pub fn restore_options(&mut self, options: &[(u8, Option<Vec<u8>>)]) {
+        for (code, payload) in options {
+            match payload {
+                Some(p) => self.store.set(crate::config::DhcpOption {
+                    code: *code,
+                    payload: p.clone(),
+                }),
+                None => {
+                    self.store.remove(*code);
+                }
+            }
+        }
+        self.refresh_reservations();
+    }
+
+    /// Serves again from a block we owned before a restart.
+    pub fn restore_block(&mut self, block: u32, since: Instant) {
+        self.leases.add_block(block, since, None);
+    }
+
+    /// Durable changes since the last call: run-time options, then bindings.
+    pub fn take_changes(&mut self, out: &mut Vec<Change>) {
+        for (code, payload) in self.option_changes.drain(..) {
+            out.push(Change::Option { code, payload });
+        }
+        self.leases.take_dirty(out);
     }
 
     /// Reserves the addresses the options name (and our own), in blocks we own now and

@@ -17,6 +17,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use ddhcp::node::{Channel, Dest, Event, Node, NodeConfig, derive_node_id};
+use ddhcp::store::{State, WallClock};
 use ddhcp::time::Instant;
 use ddhcp::wire::NodeId;
 use rand::rngs::StdRng;
@@ -61,6 +62,9 @@ struct Slot {
     group: u32,
     sent_pkts: u64,
     sent_bytes: u64,
+    /// What the node's store holds: every change it made, applied at once (the daemon lets
+    /// nothing out before its store has it, so a crash between steps loses nothing).
+    durable: State,
 }
 
 struct Delivery {
@@ -166,19 +170,34 @@ impl Sim {
             group: 0,
             sent_pkts: 0,
             sent_bytes: 0,
+            durable: State::default(),
         });
         self.start(i);
         i
     }
 
-    /// Starts a stopped node, as a daemon restart without persisted leases: same id, empty
-    /// table, learning phase as configured.
+    /// Starts a stopped node as the daemon does: same id, state restored from its store
+    /// (empty after [`Sim::wipe`]), learning phase as configured.
     pub fn start(&mut self, i: usize) {
         let seed = self.rng.random();
+        let now = self.now;
         let slot = &mut self.slots[i];
         assert!(slot.node.is_none(), "node {i} already running");
-        slot.node = Some(Node::new(slot.cfg.clone(), slot.id, self.now, seed));
+        let mut node = Node::new(slot.cfg.clone(), slot.id, now, seed);
+        // Simulated wall-clock time is core time.
+        let clock = WallClock {
+            core_now: now,
+            wall_now_ms: now.as_millis(),
+        };
+        node.restore(now, slot.durable.clone().into_restored(&clock));
+        slot.node = Some(node);
         self.drain(i);
+    }
+
+    /// Deletes a stopped node's store, so its next start is a fresh one.
+    pub fn wipe(&mut self, i: usize) {
+        assert!(self.slots[i].node.is_none(), "node {i} is running");
+        self.slots[i].durable = State::default();
     }
 
     /// Stops a node at once (crash or kill): it sends nothing more.
@@ -361,7 +380,8 @@ impl Sim {
         let mut transmits = Vec::new();
         let mut events = Vec::new();
         let mut dhcp = Vec::new();
-        if let Some(n) = self.slots[i].node.as_mut() {
+        let slot = &mut self.slots[i];
+        if let Some(n) = slot.node.as_mut() {
             while let Some(t) = n.poll_transmit() {
                 transmits.push(t);
             }
@@ -371,7 +391,10 @@ impl Sim {
             while let Some(d) = n.poll_dhcp_transmit() {
                 dhcp.push(d);
             }
-            self.slots[i].id = n.id();
+            for c in n.take_changes() {
+                slot.durable.apply(c);
+            }
+            slot.id = n.id();
         }
         for d in dhcp {
             self.deliver_to_clients(i, d.payload);

@@ -1,0 +1,68 @@
+//! What the core asks to be made durable, and what it gets back after a restart.
+//!
+//! The core stays free of files and clocks: it emits [`Change`]s, in order, as its durable
+//! state changes, and the shell (`store`) writes them out before it lets anything that
+//! depends on them leave the process (a DHCP ACK, a claim announcement, a control reply).
+//! After a restart the shell replays the journal into a [`Restored`] and hands it to
+//! [`crate::node::Node::restore`].
+//!
+//! Times are core [`Instant`]s here. The store translates them to wall-clock time on the way
+//! out and back on the way in, because monotonic clocks restart with the process.
+
+use std::net::Ipv4Addr;
+
+use crate::time::Instant;
+
+/// One change of durable state. Replaying all changes in order rebuilds the state; a later
+/// change for the same block, address or option code replaces an earlier one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// We own `block` since `since`.
+    BlockOwned { block: u32, since: Instant },
+    /// `block` is no longer ours (given up, taken over, or never won back after a restart).
+    BlockGone { block: u32 },
+    /// Every block we own was announced at `at` with a TTL of `ttl` seconds; peers consider
+    /// our claims valid until `at + ttl`.
+    Announced { at: Instant, ttl: u16 },
+    /// An address is bound (leased or quarantined) until the record's expiry.
+    Lease(LeaseRecord),
+    /// An address is free again.
+    LeaseGone(Ipv4Addr),
+    /// A DHCP option set (`Some`) or removed (`None`) at run time.
+    Option { code: u8, payload: Option<Vec<u8>> },
+}
+
+/// A bound address as the store keeps it. Offers are not recorded: a client whose offer is
+/// forgotten simply asks again (RFC 2131 keeps offers out of stable storage too).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub ip: Ipv4Addr,
+    pub until: Instant,
+    /// A client declined the address (it is in use by someone else); nobody gets it until
+    /// `until`.
+    pub declined: bool,
+    /// The client key (client identifier or hardware address), as the lease table keys it.
+    pub client: Box<[u8]>,
+    pub chaddr: [u8; 16],
+    pub hostname: Option<Box<str>>,
+}
+
+/// Durable state read back at start-up, in core time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Blocks we owned, with the time we got each.
+    pub blocks: Vec<(u32, Instant)>,
+    /// When we last announced all our blocks, and with which TTL (seconds).
+    pub announced: Option<(Instant, u16)>,
+    /// Leases and quarantined addresses that had not expired when the store was read.
+    pub leases: Vec<LeaseRecord>,
+    /// Options changed at run time, in the order they were changed; they apply on top of
+    /// the command line's.
+    pub options: Vec<(u8, Option<Vec<u8>>)>,
+}
+
+impl Restored {
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty() && self.leases.is_empty() && self.options.is_empty()
+    }
+}
