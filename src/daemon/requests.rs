@@ -64,6 +64,14 @@ impl Daemon {
                 counters.insert("hook.failures".into(), h.failures.load(Relaxed).into());
                 counters.insert("hook.timeouts".into(), h.timeouts.load(Relaxed).into());
                 counters.insert("hook.dropped".into(), h.dropped.load(Relaxed).into());
+                if let Some(st) = self.store.as_ref().map(|s| &s.stats) {
+                    counters.insert("store.batches".into(), st.batches.load(Relaxed).into());
+                    counters.insert("store.bytes".into(), st.bytes.load(Relaxed).into());
+                    counters.insert(
+                        "store.compactions".into(),
+                        st.compactions.load(Relaxed).into(),
+                    );
+                }
                 counters.insert("mcast.send_errors".into(), self.send_errors.into());
                 counters.insert(
                     "audit.write_errors".into(),
@@ -283,15 +291,9 @@ impl Daemon {
                 ("free", owned_total - states.iter().sum::<i64>()),
             ],
         );
-        let (mut offered, mut leased) = (0i64, 0i64);
-        if let Some(dh) = self.node.dhcp() {
-            for l in dh.lease_list(now) {
-                match l.2 {
-                    "offered" => offered += 1,
-                    _ => leased += 1,
-                }
-            }
-        }
+        let (offered, leased) = self.node.dhcp().map_or((0, 0), |d| {
+            (d.leases.offered() as i64, d.leases.active() as i64)
+        });
         m.gauges(
             "leases",
             "Addresses by state",
@@ -321,6 +323,33 @@ impl Daemon {
                 ("timeout", h.timeouts.load(Relaxed)),
                 ("dropped", h.dropped.load(Relaxed)),
             ],
+        );
+        if let Some(st) = self.store.as_ref().map(|s| &s.stats) {
+            m.counter(
+                "store_batches",
+                "Batches of state changes written to the journal (each synced once with --fsync on)",
+                st.batches.load(Relaxed),
+            );
+            m.counter(
+                "store_bytes",
+                "Bytes appended to the journal",
+                st.bytes.load(Relaxed),
+            );
+            m.counter(
+                "store_write_microseconds",
+                "Time spent writing and syncing the journal",
+                st.write_micros.load(Relaxed),
+            );
+            m.counter(
+                "store_compactions",
+                "Journals folded into a snapshot",
+                st.compactions.load(Relaxed),
+            );
+        }
+        m.gauge(
+            "held_outputs",
+            "Replies and announcements waiting for the store",
+            self.held.len() as i64,
         );
         m.render()
     }

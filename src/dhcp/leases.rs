@@ -158,6 +158,7 @@ pub struct LeaseTable {
     by_client: HashMap<ClientKey, Ipv4Addr>,
     deadlines: BTreeSet<(Instant, Ipv4Addr)>,
     active: usize,
+    offered: usize,
     /// Blocks whose usage changed since the last call of [`LeaseTable::take_changed`].
     changed: BTreeMap<u32, u32>,
     /// Addresses never handed out; one still bound when it became reserved is reserved
@@ -182,6 +183,7 @@ impl LeaseTable {
             by_client: HashMap::new(),
             deadlines: BTreeSet::new(),
             active: 0,
+            offered: 0,
             changed: BTreeMap::new(),
             reserved: HashSet::new(),
             dirty: HashSet::new(),
@@ -263,8 +265,10 @@ impl LeaseTable {
             if let Some(d) = r.deadline() {
                 self.deadlines.remove(&(d, ip));
             }
-            if matches!(r.state, AddrState::Leased { .. }) {
-                self.active -= 1;
+            match r.state {
+                AddrState::Leased { .. } => self.active -= 1,
+                AddrState::Offered { .. } => self.offered -= 1,
+                _ => {}
             }
             if durable(r.state) {
                 self.dirty.insert(ip);
@@ -291,6 +295,11 @@ impl LeaseTable {
     /// Leased addresses.
     pub fn active(&self) -> usize {
         self.active
+    }
+
+    /// Addresses offered and not yet requested.
+    pub fn offered(&self) -> usize {
+        self.offered
     }
 
     /// The address a client holds or last held here, if it is still bound to it.
@@ -534,6 +543,8 @@ impl LeaseTable {
     fn account(&mut self, b: u32, old: AddrState, new: AddrState) {
         let leased = |s: AddrState| matches!(s, AddrState::Leased { .. });
         self.active = self.active + usize::from(leased(new)) - usize::from(leased(old));
+        let offered = |s: AddrState| matches!(s, AddrState::Offered { .. });
+        self.offered = self.offered + usize::from(offered(new)) - usize::from(offered(old));
         let used = |s: AddrState| s != AddrState::Free;
         if used(old) == used(new) {
             return;

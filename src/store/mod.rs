@@ -26,6 +26,7 @@ use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -484,9 +485,21 @@ struct Pending {
 
 type Shared = Arc<(Mutex<Pending>, Condvar)>;
 
+/// What the writer has done, for metrics.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Batches written (and synced, with `--fsync on`).
+    pub batches: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Time spent writing and syncing, in microseconds.
+    pub write_micros: AtomicU64,
+    pub compactions: AtomicU64,
+}
+
 /// The open store: append batches, learn when they are durable.
 pub struct Store {
     shared: Shared,
+    pub stats: Arc<StoreStats>,
     seq: u64,
     synced: tokio::sync::watch::Receiver<Synced>,
     writer: Option<JoinHandle<()>>,
@@ -540,8 +553,10 @@ impl Store {
         };
         let size = file.metadata().map_err(io_err(&path))?.len();
         let shared: Shared = Arc::default();
+        let stats: Arc<StoreStats> = Arc::default();
         let (tx, rx) = tokio::sync::watch::channel(Synced::default());
         let writer = Writer {
+            stats: stats.clone(),
             opts,
             file,
             generation: info.journal_generation,
@@ -557,6 +572,7 @@ impl Store {
         Ok((
             Store {
                 shared,
+                stats,
                 seq: 0,
                 synced: rx,
                 writer: Some(handle),
@@ -625,6 +641,7 @@ impl Drop for Store {
 }
 
 struct Writer {
+    stats: Arc<StoreStats>,
     opts: StoreOptions,
     file: File,
     generation: u64,
@@ -670,11 +687,17 @@ impl Writer {
     }
 
     fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+        let started = std::time::Instant::now();
         self.file.write_all(buf)?;
         if self.opts.fsync {
             self.file.sync_data()?;
         }
         self.size += buf.len() as u64;
+        self.stats.batches.fetch_add(1, Relaxed);
+        self.stats.bytes.fetch_add(buf.len() as u64, Relaxed);
+        self.stats
+            .write_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
         Ok(())
     }
 
@@ -686,7 +709,10 @@ impl Writer {
                 return;
             }
             match self.compactor.take().map(JoinHandle::join) {
-                Some(Ok(Ok(size))) => self.snapshot_bytes = size,
+                Some(Ok(Ok(size))) => {
+                    self.snapshot_bytes = size;
+                    self.stats.compactions.fetch_add(1, Relaxed);
+                }
                 Some(Ok(Err(e))) => error!(error = %e, "store compaction failed; will retry"),
                 _ => error!("store compaction thread died"),
             }
