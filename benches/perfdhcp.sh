@@ -17,10 +17,14 @@
 #   BENCH_RATES       rates to try, 4-way exchanges per second, ascending
 #                     (default "1000 2000 4000 6000 8000 10000 12000 16000 24000 32000 48000")
 #   BENCH_SERVERS     which series to run, in order (default
-#                     "ddhcpd ddhcpd-auto kea kea-mt"): ddhcpd = -s BENCH_DDHCPD_SPARE,
-#                     ddhcpd-auto = -s sized to the whole step (110 % of rate x
-#                     BENCH_SECS, so it never claims while driven), kea =
-#                     single-threaded Kea, kea-mt = Kea with 2 threads
+#                     "ddhcpd ddhcpd-auto ddhcpd-nosync kea kea-mt"): ddhcpd = -s
+#                     BENCH_DDHCPD_SPARE, ddhcpd-auto = -s sized to the whole step
+#                     (110 % of rate x BENCH_SECS, so it never claims while driven),
+#                     ddhcpd-nosync = ddhcpd-auto with --fsync off (leases written,
+#                     not synced), kea = single-threaded Kea, kea-mt = Kea with 2
+#                     threads.  Every server keeps its leases on the disk under
+#                     BENCH_STATE_DIR (ddhcpd syncs each batch before replying, Kea's
+#                     memfile appends without a sync).
 #   BENCH_ALLOW_FAIL  1: exit 0 even if a server gave no usable step
 #                     (e.g. ddhcpd without a DHCP service yet)
 #   BENCH_DROP_PCT    drop threshold in percent (default 1)
@@ -57,7 +61,7 @@ DDHCPCTL=${DDHCPCTL:-$ROOT/target/release/ddhcpctl}
 
 SECS=${BENCH_SECS:-10}
 RATES=${BENCH_RATES:-"1000 2000 4000 6000 8000 10000 12000 16000 24000 32000 48000"}
-SERVERS=${BENCH_SERVERS:-"ddhcpd ddhcpd-auto kea kea-mt"}
+SERVERS=${BENCH_SERVERS:-"ddhcpd ddhcpd-auto ddhcpd-nosync kea kea-mt"}
 ALLOW_FAIL=${BENCH_ALLOW_FAIL:-0}
 DROP_LIMIT=${BENCH_DROP_PCT:-1}
 CLIENTS=${BENCH_CLIENTS:-4294967295}
@@ -104,8 +108,8 @@ done
 [[ $KEA_SOCKET == udp || $KEA_SOCKET == raw ]] || die "BENCH_KEA_SOCKET must be udp or raw"
 for s in $SERVERS; do
 	case $s in
-	ddhcpd | ddhcpd-auto | kea | kea-mt) ;;
-	*) die "BENCH_SERVERS: unknown server '$s' (ddhcpd, ddhcpd-auto, kea, kea-mt)" ;;
+	ddhcpd | ddhcpd-auto | ddhcpd-nosync | kea | kea-mt) ;;
+	*) die "BENCH_SERVERS: unknown server '$s' (ddhcpd, ddhcpd-auto, ddhcpd-nosync, kea, kea-mt)" ;;
 	esac
 done
 [[ -x $NT ]] || die "$NT not found"
@@ -279,7 +283,7 @@ EOF
 
 # ddhcpd's claim-ahead for a step at RATE: sets SPARE, MIN_BLOCKS, BLOCK_WAIT.
 ddhcpd_sizing() { # SERIES RATE
-	if [[ $DD_SPARE == auto || $1 == ddhcpd-auto ]]; then
+	if [[ $DD_SPARE == auto || $1 == ddhcpd-auto || $1 == ddhcpd-nosync ]]; then
 		SPARE=$(($2 * SECS * 11 / 10))
 		((SPARE >= 20000)) || SPARE=20000
 	else
@@ -308,10 +312,12 @@ start_server() { # SERIES DIR RATE
 		SERVER_PID=$!
 		want=kea-dhcp4
 		;;
-	ddhcpd | ddhcpd-auto)
+	ddhcpd | ddhcpd-auto | ddhcpd-nosync)
 		ddhcpd_sizing "$series" "$rate"
+		local fsync=on
+		[[ $series == ddhcpd-nosync ]] && fsync=off
 		"$NT" srv-start 0 "$DDHCPD" -i server0 -c client0 -N 10.64.0.0/10 -b 7 -t 2 -B 30 -L -s "$SPARE" \
-			-C "$d/ctl.sock" --state-dir "$d/state" </dev/null >"$d/ddhcpd.log" 2>&1 &
+			-C "$d/ctl.sock" --state-dir "$d/state" --fsync "$fsync" </dev/null >"$d/ddhcpd.log" 2>&1 &
 		SERVER_PID=$!
 		want=ddhcpd
 		;;
@@ -709,7 +715,7 @@ ratio_line() { # SERIES_A SERIES_B
 	for s in $SERVERS; do
 		[[ -n ${FAIL[$s]:-} ]] && echo "- ${FAIL[$s]}"
 	done
-	for a in ddhcpd ddhcpd-auto; do
+	for a in ddhcpd ddhcpd-auto ddhcpd-nosync; do
 		for b in kea kea-mt; do
 			if [[ " $SERVERS " == *" $a "* && " $SERVERS " == *" $b "* ]]; then
 				ratio_line "$a" "$b"

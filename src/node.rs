@@ -157,7 +157,7 @@ impl Node {
         let mut owned = Vec::new();
         let mut lapsed = Vec::new();
         for &(block, since) in &r.blocks {
-            if since.max(announced) + ttl > now {
+            if !r.clock_went_back && since.max(announced) + ttl > now {
                 owned.push((block, since));
             } else if with_leases.contains(&block) {
                 lapsed.push(block);
@@ -553,3 +553,120 @@ pub fn derive_node_id(mac: [u8; 6], random: [u8; 2]) -> NodeId {
 
 /// Re-exported so the shell and the simulator need not reach into `wire`.
 pub use wire::{MULTICAST_GROUP, MULTICAST_PORT, UNICAST_PORT};
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::dhcp::leases::AddrState;
+
+    fn config() -> NodeConfig {
+        NodeConfig {
+            range: ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 24, 2).unwrap(),
+            claim: ClaimConfig {
+                tentative_timeout: Duration::from_secs(2),
+                block_timeout: Duration::from_secs(30),
+                spare_leases: 4,
+                needless_timeout: Duration::from_secs(60),
+                learning: true,
+            },
+            dhcp: Some(DhcpConfig {
+                options: vec![],
+                interface_addr: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            }),
+        }
+    }
+
+    fn t(s: u64) -> Instant {
+        Instant::from_millis(1_000_000 + s * 1000)
+    }
+
+    fn lease(ip: [u8; 4], until: Instant) -> LeaseRecord {
+        let mut chaddr = [0u8; 16];
+        chaddr[..6].copy_from_slice(&[2, 0, 0, 0, 0, ip[3]]);
+        LeaseRecord {
+            ip: Ipv4Addr::from(ip),
+            until,
+            declined: false,
+            client: vec![0, 1, 2, 0, 0, 0, 0, ip[3]].into(),
+            chaddr,
+            hostname: None,
+        }
+    }
+
+    /// All blocks were last announced 40 s ago (lapsed, the TTL is 30 s) except block 5,
+    /// taken 15 s ago (valid for 15 s more). Block 9 holds a lease, block 12 is empty.
+    fn restored(clock_went_back: bool) -> Restored {
+        let ago = |s| t(0) - Duration::from_secs(s);
+        Restored {
+            blocks: vec![(5, ago(15)), (9, ago(3600)), (12, ago(3600))],
+            announced: Some((ago(40), 30)),
+            leases: vec![lease([10, 0, 0, 21], t(100)), lease([10, 0, 0, 37], t(100))],
+            options: vec![(6, Some(vec![10, 0, 0, 53]))],
+            clock_went_back,
+        }
+    }
+
+    #[test]
+    fn valid_blocks_come_back_at_once_with_their_leases() {
+        let mut n = Node::new(config(), NodeId([5; 8]), t(0), 1);
+        n.restore(t(0), restored(false));
+        assert!(n.blocks().is_learning());
+        assert_eq!(n.blocks().owned().collect::<Vec<_>>(), vec![5]);
+        assert!(n.blocks().is_wanted(9));
+        assert!(!n.blocks().is_wanted(12));
+        let d = n.dhcp().unwrap();
+        let r = d.leases.get(Ipv4Addr::new(10, 0, 0, 21)).unwrap();
+        assert_eq!(r.state, AddrState::Leased { until: t(100) });
+        assert!(d.leases.get(Ipv4Addr::new(10, 0, 0, 37)).is_none());
+        assert_eq!(d.store().get(6), Some(&[10, 0, 0, 53][..]));
+        // Announced now, learning phase or not, after the store is told.
+        let changes = n.take_changes();
+        assert!(changes.contains(&Change::BlockGone { block: 12 }));
+        assert!(changes.contains(&Change::Announced { at: t(0), ttl: 30 }));
+        assert!(
+            !changes.iter().any(|c| matches!(c, Change::Lease(_))),
+            "{changes:?}"
+        );
+        let claim = n.poll_transmit().expect("claim sent at once");
+        let p = Packet::decode(&claim.payload).unwrap();
+        assert!(
+            matches!(p.message, Message::UpdateClaim(ref e) if e.len() == 1 && e[0].block == 5)
+        );
+        // Refreshed during the learning phase, so peers do not let it lapse.
+        n.handle_timeout(t(8));
+        assert!(n.poll_transmit().is_some());
+    }
+
+    #[test]
+    fn lapsed_blocks_are_claimed_first_and_bring_their_leases_back() {
+        let mut cfg = config();
+        cfg.claim.learning = false;
+        let mut n = Node::new(cfg, NodeId([5; 8]), t(0), 1);
+        n.restore(t(0), restored(false));
+        for s in 0..=4 {
+            n.handle_timeout(t(s));
+        }
+        assert!(
+            n.blocks().owns(9),
+            "{:?}",
+            n.blocks().owned().collect::<Vec<_>>()
+        );
+        let r = n
+            .dhcp()
+            .unwrap()
+            .leases
+            .get(Ipv4Addr::new(10, 0, 0, 37))
+            .unwrap();
+        assert_eq!(r.state, AddrState::Leased { until: t(100) });
+    }
+
+    #[test]
+    fn with_the_clock_behind_no_claim_is_trusted() {
+        let mut n = Node::new(config(), NodeId([5; 8]), t(0), 1);
+        n.restore(t(0), restored(true));
+        assert_eq!(n.blocks().owned_count(), 0);
+        assert!(n.blocks().is_wanted(5) && n.blocks().is_wanted(9));
+    }
+}

@@ -59,6 +59,11 @@ pub struct Restored {
     /// Options changed at run time, in the order they were changed; they apply on top of
     /// the command line's.
     pub options: Vec<(u8, Option<Vec<u8>>)>,
+    /// The wall clock now reads earlier than when the state was last written (a router
+    /// that booted without a real-time clock and has no NTP time yet). How long we were
+    /// down is unknown then, so no claim is trusted to be still valid: blocks are claimed
+    /// afresh, and leases keep at most the time they had left when last written.
+    pub clock_went_back: bool,
 }
 
 impl Restored {

@@ -169,8 +169,31 @@ impl State {
         blocks.chain(announced).chain(options).chain(leases)
     }
 
+    /// The latest wall-clock time the state mentions as "now" (last announcement, last
+    /// block taken).
+    fn last_written(&self) -> u64 {
+        let announced = self.announced.map_or(0, |(at, _)| at.as_millis());
+        let claimed = self.blocks.values().map(|t| t.as_millis()).max();
+        announced.max(claimed.unwrap_or(0))
+    }
+
     /// The state in core time, as the node takes it back, without what expired.
     pub fn into_restored(self, clock: &WallClock) -> Restored {
+        let last = self.last_written();
+        let clock_went_back = clock.wall_now_ms < last;
+        let clock = &if clock_went_back {
+            warn!(
+                behind_ms = last - clock.wall_now_ms,
+                "the wall clock is behind the state store's last write; treating every claim as lapsed"
+            );
+            // Assume no time passed: leases keep at most what they had left.
+            WallClock {
+                wall_now_ms: last,
+                ..*clock
+            }
+        } else {
+            *clock
+        };
         let mut leases: Vec<LeaseRecord> = self
             .leases
             .into_values()
@@ -193,6 +216,7 @@ impl State {
                 .map(|(at, ttl)| (clock.core(at.as_millis()), ttl)),
             leases,
             options: self.options.into_iter().collect(),
+            clock_went_back,
         }
     }
 }

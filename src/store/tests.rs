@@ -246,3 +246,33 @@ fn a_crash_between_snapshot_and_cleanup_loads_the_snapshot_once() {
     assert_eq!(info.files, 2);
     assert!(!d.0.join("snapshot.0000000000000002.tmp").exists());
 }
+
+#[test]
+fn a_clock_behind_the_store_trusts_no_claim() {
+    let d = TempDir::new("clockback");
+    write_all(
+        &d.0,
+        &[
+            Change::BlockOwned {
+                block: 3,
+                since: Instant::from_millis(990_000),
+            },
+            Change::Announced {
+                at: Instant::from_millis(1_000_000),
+                ttl: 30,
+            },
+            lease(13, 300),
+        ],
+    );
+    let (store, state, _) = Store::open(opts(&d.0)).unwrap();
+    drop(store);
+    // A router booted with its clock a day behind.
+    let behind = WallClock {
+        core_now: Instant::from_millis(5_000),
+        wall_now_ms: 1_700_000_000_000 - 86_400_000,
+    };
+    let r = state.into_restored(&behind);
+    assert!(r.clock_went_back);
+    // The lease keeps the 300 s it had left when last written, no more.
+    assert_eq!(r.leases[0].until, Instant::from_millis(5_000 + 300_000));
+}
