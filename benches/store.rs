@@ -17,6 +17,7 @@ use std::time::{Duration, Instant as WallInstant};
 
 use ddhcp::blocks::ClaimConfig;
 use ddhcp::dhcp::DhcpConfig;
+use ddhcp::dhcp::leases::ClientKey;
 use ddhcp::node::{Node, NodeConfig};
 use ddhcp::persist::{Change, LeaseRecord};
 use ddhcp::range::ManagedRange;
@@ -96,11 +97,12 @@ fn generate(dir: &Path, n: u64) {
         chaddr[..6].copy_from_slice(&mac);
         let mut client = vec![0u8, 1];
         client.extend_from_slice(&mac);
+        let client = Some(ClientKey::from_slice(&client));
         batch.push(Change::Lease(LeaseRecord {
             ip: Ipv4Addr::from(0x0a00_0000 + i as u32),
             until: NOW + Duration::from_secs(3600),
             declined: false,
-            client: client.into(),
+            client,
             chaddr,
             hostname: None,
         }));

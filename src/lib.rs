@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dhcp;
+pub mod hash;
 pub mod node;
 pub mod persist;
 pub mod range;

@@ -589,7 +589,9 @@ mod tests {
             ip: Ipv4Addr::from(ip),
             until,
             declined: false,
-            client: vec![0, 1, 2, 0, 0, 0, 0, ip[3]].into(),
+            client: Some(crate::dhcp::leases::ClientKey::from_slice(&[
+                0, 1, 2, 0, 0, 0, 0, ip[3],
+            ])),
             chaddr,
             hostname: None,
         }

@@ -11,6 +11,7 @@
 
 use std::net::Ipv4Addr;
 
+use crate::dhcp::leases::ClientKey;
 use crate::time::Instant;
 
 /// One change of durable state. Replaying all changes in order rebuilds the state; a later
@@ -41,8 +42,8 @@ pub struct LeaseRecord {
     /// A client declined the address (it is in use by someone else); nobody gets it until
     /// `until`.
     pub declined: bool,
-    /// The client key (client identifier or hardware address), as the lease table keys it.
-    pub client: Box<[u8]>,
+    /// The client (identifier or hardware address); `None` for a quarantined address.
+    pub client: Option<ClientKey>,
     pub chaddr: [u8; 16],
     pub hostname: Option<Box<str>>,
 }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use crate::hash::{FxHashMap, FxHashSet};
 use crate::persist::{Change, LeaseRecord};
 use crate::range::ManagedRange;
 use crate::time::Instant;
@@ -46,7 +47,7 @@ impl ClientKey {
         ClientKey::from_slice(&v)
     }
 
-    fn from_slice(b: &[u8]) -> Self {
+    pub fn from_slice(b: &[u8]) -> Self {
         if b.len() <= INLINE_KEY {
             let mut a = [0u8; INLINE_KEY];
             a[..b.len()].copy_from_slice(b);
@@ -61,15 +62,6 @@ impl ClientKey {
         match &self.0 {
             KeyBytes::Inline(n, a) => &a[..usize::from(*n)],
             KeyBytes::Heap(b) => b,
-        }
-    }
-
-    /// A key read back from the store.
-    pub fn from_bytes(bytes: Box<[u8]>) -> Self {
-        if bytes.len() <= INLINE_KEY {
-            ClientKey::from_slice(&bytes)
-        } else {
-            ClientKey(KeyBytes::Heap(bytes))
         }
     }
 }
@@ -152,7 +144,7 @@ struct BlockLeases {
 /// Leases of all owned blocks.
 pub struct LeaseTable {
     range: ManagedRange,
-    blocks: HashMap<u32, BlockLeases>,
+    blocks: FxHashMap<u32, BlockLeases>,
     /// Owned blocks with a free address, oldest first.
     with_free: BTreeSet<(Instant, u32)>,
     by_client: HashMap<ClientKey, Ipv4Addr>,
@@ -166,7 +158,7 @@ pub struct LeaseTable {
     reserved: HashSet<Ipv4Addr>,
     /// Addresses whose durable view (bound or not, to whom, until when) changed since the
     /// last [`LeaseTable::take_dirty`].
-    dirty: HashSet<Ipv4Addr>,
+    dirty: FxHashSet<Ipv4Addr>,
 }
 
 /// Whether a state is kept in the store: bindings a client relies on and quarantines.
@@ -178,7 +170,7 @@ impl LeaseTable {
     pub fn new(range: ManagedRange) -> Self {
         LeaseTable {
             range,
-            blocks: HashMap::new(),
+            blocks: FxHashMap::default(),
             with_free: BTreeSet::new(),
             by_client: HashMap::new(),
             deadlines: BTreeSet::new(),
@@ -186,7 +178,7 @@ impl LeaseTable {
             offered: 0,
             changed: BTreeMap::new(),
             reserved: HashSet::new(),
-            dirty: HashSet::new(),
+            dirty: FxHashSet::default(),
         }
     }
 
@@ -458,10 +450,7 @@ impl LeaseTable {
                 ip,
                 until,
                 declined,
-                client: r
-                    .client
-                    .as_ref()
-                    .map_or_else(|| Box::from([]), |c| c.as_bytes().into()),
+                client: r.client.clone(),
                 chaddr: r.chaddr,
                 hostname: r.hostname.clone(),
             }));
@@ -477,6 +466,7 @@ impl LeaseTable {
         let mut elsewhere = Vec::new();
         let mut slow = Vec::new();
         let mut deadlines = Vec::with_capacity(recs.len());
+        let mut touched = Vec::new();
         self.by_client.reserve(recs.len());
         for rec in recs {
             let Some((b, off)) = self.range.locate(rec.ip) else {
@@ -486,35 +476,45 @@ impl LeaseTable {
                 elsewhere.push(rec);
                 continue;
             };
-            let key = (!rec.client.is_empty()).then(|| ClientKey::from_bytes(rec.client));
             let r = &mut bl.records[off as usize];
             if r.state != AddrState::Free
-                || key.as_ref().is_some_and(|k| self.by_client.contains_key(k))
+                || rec
+                    .client
+                    .as_ref()
+                    .is_some_and(|k| self.by_client.contains_key(k))
             {
-                slow.push((
-                    rec.ip,
-                    key,
-                    rec.chaddr,
-                    rec.hostname,
-                    rec.until,
-                    rec.declined,
-                ));
+                slow.push(rec);
                 continue;
             }
-            let state = if rec.declined {
+            r.state = if rec.declined {
                 AddrState::Declined { until: rec.until }
             } else {
+                self.active += 1;
                 AddrState::Leased { until: rec.until }
             };
-            r.state = state;
             r.chaddr = rec.chaddr;
             r.hostname = rec.hostname;
-            if let Some(k) = key {
+            if let Some(k) = rec.client {
                 r.client = Some(k.clone());
                 self.by_client.insert(k, rec.ip);
             }
             deadlines.push((rec.until, rec.ip));
-            self.account(b, AddrState::Free, state);
+            // Free -> bound: the block's count goes up; the free-block index and the usage
+            // report follow once per block, below.
+            bl.used += 1;
+            if touched.last() != Some(&b) {
+                touched.push(b);
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        let size = self.range.block_size();
+        for b in touched {
+            let bl = &self.blocks[&b];
+            if bl.used >= size {
+                self.with_free.remove(&(bl.since, b));
+            }
+            self.changed.insert(b, bl.used);
         }
         if self.deadlines.is_empty() {
             deadlines.sort_unstable();
@@ -522,18 +522,18 @@ impl LeaseTable {
         } else {
             self.deadlines.extend(deadlines);
         }
-        for (ip, key, chaddr, hostname, until, declined) in slow {
-            let state = if declined {
-                AddrState::Declined { until }
+        for rec in slow {
+            let state = if rec.declined {
+                AddrState::Declined { until: rec.until }
             } else {
-                AddrState::Leased { until }
+                AddrState::Leased { until: rec.until }
             };
-            match key {
-                Some(k) => self.bind(ip, k, chaddr, hostname.as_deref(), state),
-                None => self.set_state(ip, state),
+            match rec.client {
+                Some(k) => self.bind(rec.ip, k, rec.chaddr, rec.hostname.as_deref(), state),
+                None => self.set_state(rec.ip, state),
             }
             // What was just read from the store need not be written again.
-            self.dirty.remove(&ip);
+            self.dirty.remove(&rec.ip);
         }
         elsewhere
     }

@@ -15,6 +15,7 @@
 
 use std::net::Ipv4Addr;
 
+use crate::dhcp::leases::ClientKey;
 use crate::persist::{Change, LeaseRecord};
 use crate::range::ManagedRange;
 use crate::time::Instant;
@@ -159,7 +160,8 @@ pub fn encode(change: &Change, wall: impl Fn(Instant) -> u64, out: &mut Vec<u8>)
             let hw = trimmed(&l.chaddr);
             out.push(hw.len() as u8);
             out.extend_from_slice(hw);
-            let client = &l.client[..l.client.len().min(u16::MAX as usize)];
+            let client = l.client.as_ref().map_or(&[][..], |c| c.as_bytes());
+            let client = &client[..client.len().min(u16::MAX as usize)];
             out.extend_from_slice(&(client.len() as u16).to_le_bytes());
             out.extend_from_slice(client);
             let host = l.hostname.as_deref().map_or(&[][..], str::as_bytes);
@@ -286,7 +288,8 @@ fn decode_body(body: &[u8]) -> Option<Change> {
             let mut chaddr = [0u8; 16];
             chaddr.get_mut(..hw_len)?.copy_from_slice(b.take(hw_len)?);
             let client_len = b.u16()? as usize;
-            let client = b.take(client_len)?.into();
+            let client = b.take(client_len)?;
+            let client = (!client.is_empty()).then(|| ClientKey::from_slice(client));
             let host_len = b.u8()? as usize;
             let host = b.take(host_len)?;
             let hostname = if host.is_empty() {
@@ -330,7 +333,7 @@ mod tests {
             ip: Ipv4Addr::new(10, 0, 1, 2),
             until: Instant::from_millis(1_700_000_300_000),
             declined: false,
-            client: vec![0, 1, 2, 0, 0, 0, 0, 7].into(),
+            client: Some(ClientKey::from_slice(&[0, 1, 2, 0, 0, 0, 0, 7])),
             chaddr,
             hostname: Some("laptop".into()),
         })

@@ -20,7 +20,7 @@
 
 pub mod codec;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -33,6 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{error, info, warn};
 
+use crate::hash::FxHashMap;
 use crate::persist::{Change, LeaseRecord, Restored};
 use crate::range::ManagedRange;
 use crate::time::Instant;
@@ -121,7 +122,7 @@ impl WallClock {
 pub struct State {
     pub blocks: BTreeMap<u32, Instant>,
     pub announced: Option<(Instant, u16)>,
-    pub leases: HashMap<Ipv4Addr, LeaseRecord>,
+    pub leases: FxHashMap<Ipv4Addr, LeaseRecord>,
     pub options: BTreeMap<u8, Option<Vec<u8>>>,
 }
 
@@ -194,7 +195,7 @@ impl State {
         } else {
             *clock
         };
-        let mut leases: Vec<LeaseRecord> = self
+        let leases: Vec<LeaseRecord> = self
             .leases
             .into_values()
             .filter(|l| l.until.as_millis() > clock.wall_now_ms)
@@ -203,8 +204,6 @@ impl State {
                 l
             })
             .collect();
-        // In address order the node fills one block after another (fewer cache misses).
-        leases.sort_unstable_by_key(|l| l.ip);
         Restored {
             blocks: self
                 .blocks

@@ -48,7 +48,16 @@ fn lease(n: u32, until_s: u64) -> Change {
         ip: Ipv4Addr::from(0x0a00_0000 + n),
         until: Instant::from_millis(1_000_000 + until_s * 1000),
         declined: false,
-        client: vec![0, 1, 2, 0, 0, 0, (n >> 8) as u8, n as u8].into(),
+        client: Some(crate::dhcp::leases::ClientKey::from_slice(&[
+            0,
+            1,
+            2,
+            0,
+            0,
+            0,
+            (n >> 8) as u8,
+            n as u8,
+        ])),
         chaddr,
         hostname: None,
     })
