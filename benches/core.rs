@@ -40,9 +40,10 @@ fn message(msg_type: u8, mac: u32, opts: &[(u8, &[u8])]) -> Vec<u8> {
     b
 }
 
-/// A node owning many blocks of 128 addresses (as the perfdhcp benchmark configures it).
-fn busy_node() -> Node {
-    let range = ManagedRange::new(Ipv4Addr::new(10, 64, 0, 0), 10, 7).unwrap();
+/// A node on a /10 owning many blocks of 2^`pow` addresses (`-b 7` as the perfdhcp
+/// benchmark configures it; `-b 2` gives a table of a million blocks).
+fn busy_node(pow: u8) -> Node {
+    let range = ManagedRange::new(Ipv4Addr::new(10, 64, 0, 0), 10, pow).unwrap();
     let cfg = NodeConfig {
         range,
         claim: ClaimConfig {
@@ -69,19 +70,35 @@ fn busy_node() -> Node {
 fn dhcp_exchange(c: &mut Criterion) {
     let mut g = c.benchmark_group("dhcp");
     g.throughput(Throughput::Elements(1));
-    let mut node = busy_node();
-    assert!(
-        node.blocks().owned_count() > 1200,
-        "{}",
-        node.blocks().owned_count()
-    );
+    for (pow, clients) in [(7u8, 150_000u32), (2, 20_000)] {
+        exchanges(&mut g, pow, clients);
+    }
+    g.finish();
+}
+
+/// DISCOVER → OFFER, REQUEST → ACK, and encoding the lease record the store will write.
+fn exchanges(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    pow: u8,
+    clients: u32,
+) {
+    let mut node = busy_node(pow);
+    let owned = node.blocks().owned_count() as u32 * node.config().range.block_size();
+    assert!(owned > clients, "{owned} addresses owned");
     let prl: &[u8] = &[1, 3, 6, 15, 28, 51, 54];
     let mut mac = 0u32;
     let mut now = 25_000u64;
-    // 150k distinct clients: the first pass allocates, later passes are returning clients.
-    g.bench_function("4-way exchange, 150k clients", |b| {
+    let mut record = Vec::new();
+    // Distinct clients: the first pass allocates, later passes are returning clients.
+    let name = format!(
+        "4-way exchange + store record, {}k clients, /10 in {} blocks of {}",
+        clients / 1000,
+        node.config().range.num_blocks(),
+        node.config().range.block_size()
+    );
+    g.bench_function(name, |b| {
         b.iter(|| {
-            mac = mac.wrapping_add(1) % 150_000;
+            mac = mac.wrapping_add(1) % clients;
             now += 1;
             node.handle_dhcp(Instant::from_millis(now), &message(1, mac, &[(55, prl)]));
             let offer = node.poll_dhcp_transmit().expect("offer");
@@ -95,14 +112,18 @@ fn dhcp_exchange(c: &mut Criterion) {
                 Instant::from_millis(now),
                 &message(3, mac, &[(50, &ip), (54, &[10, 0, 0, 1]), (55, prl)]),
             );
-            node.poll_dhcp_transmit().expect("ack")
+            let ack = node.poll_dhcp_transmit().expect("ack");
+            record.clear();
+            for c in node.take_changes() {
+                ddhcp::store::codec::encode(&c, |t| t.as_millis(), &mut record);
+            }
+            ack
         })
     });
-    g.finish();
 }
 
 fn peer_claim(c: &mut Criterion) {
-    let mut node = busy_node();
+    let mut node = busy_node(7);
     let range = node.config().range;
     let entries: Vec<ClaimEntry> = (0..173)
         .map(|i| ClaimEntry {

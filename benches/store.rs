@@ -9,7 +9,9 @@
 //! compacts the journal into a snapshot and times the reload from that.
 //!
 //! `cargo bench --bench store`. Environment: `BENCH_LEASES` (default "1000000 5000000"),
-//! `BENCH_DIR` (default `target/store-bench`, must be on a real disk), `BENCH_RUNS` (3).
+//! `BENCH_DIR` (default `target/store-bench`, must be on a real disk), `BENCH_RUNS` (3),
+//! `BENCH_KEEP=1` keeps each store (as a snapshot, in `BENCH_DIR/<n>`) to start a real
+//! `ddhcpd -N 10.0.0.0/9 -b 4 --state-dir BENCH_DIR/<n>` on it.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -248,7 +250,9 @@ fn main() {
         let r = best(&dir, runs);
         row("snapshot", n, dir_bytes(&dir), &r);
         memory.push((n, node_memory(&dir)));
-        let _ = std::fs::remove_dir_all(&dir);
+        if std::env::var_os("BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
     println!("\n| leases | node RSS growth (MiB) | per lease (bytes) | process peak RSS (MiB) |");
     println!("|---:|---:|---:|---:|");

@@ -231,6 +231,15 @@ pub async fn run(
         range: cfg.range,
         fsync: cfg.fsync,
         compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
+    })
+    .map_err(|e| match e {
+        // Cannot create, lock or read the directory: the flag's value is the problem.
+        StoreError::Io { path, source } => StartError::Config(ConfigError::new(
+            "--state-dir",
+            cfg.state_dir.display().to_string(),
+            format!("{path}: {source}"),
+        )),
+        e => StartError::Store(e),
     })?;
     let loaded = crate::store::describe_load(&load_info, &state, started.elapsed());
     let listener = control::bind(&cfg.control, cfg.control_group.as_deref())?;

@@ -412,6 +412,26 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// A store file is input too: no bytes may panic the reader.
+        #[test]
+        fn decode_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = decode(&data);
+            let _ = Header::decode(&data);
+        }
+
+        /// Well-framed garbage (a valid CRC over random bytes) is refused, not misread.
+        #[test]
+        fn framed_garbage_never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 1..600)) {
+            let mut buf = (body.len() as u32).to_le_bytes().to_vec();
+            buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            buf.extend_from_slice(&body);
+            if let Ok((_, n)) = decode(&buf) {
+                proptest::prop_assert_eq!(n, buf.len());
+            }
+        }
+    }
+
     #[test]
     fn header_round_trip_and_checks() {
         let range = ManagedRange::new(Ipv4Addr::new(10, 64, 0, 0), 10, 4).unwrap();
