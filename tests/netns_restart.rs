@@ -2,9 +2,10 @@
 //! real packet capture in network namespaces: every lease a killed daemon ACKed is still
 //! there after a `kill -9`, the restarted node serves at once from its restored blocks
 //! although its learning phase runs, its peers never see those blocks change owner, and a
-//! state directory has one writer and belongs to one range and block size. Needs root
-//! (skips loudly otherwise, fails under CI=true); the load test also needs Kea's perfdhcp
-//! and tcpdump.
+//! state directory has one writer and belongs to one range and block size; a daemon whose
+//! journal cannot grow (a file size limit) stops acknowledging and exits, and every ACK it
+//! sent is a lease after its restart. Needs root (skips loudly otherwise, fails under
+//! CI=true); the load tests also need Kea's perfdhcp and tcpdump (and prlimit).
 //!
 //! The tests of this file run one at a time (they share two CPU cores with everything
 //! else, and the load test measures latencies).
@@ -23,7 +24,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::daemon::{
-    assert_alive, ctl_json_ok, must_lease, new_net, node_args, serial, start_node, wait_serving,
+    assert_alive, ctl_json_ok, must_lease, new_net, node_args, serial, start_node,
+    start_node_without, wait_serving,
 };
 use common::netns::{TestNet, output_timeout, require_netns, wait_until};
 use serde_json::Value;
@@ -125,6 +127,44 @@ fn run_ddhcpd_once(
         String::from_utf8_lossy(&out.stderr).into_owned(),
         t.elapsed(),
     )
+}
+
+/// The journals (`journal.<gen>`) in a state directory, with their sizes in bytes.
+fn journal_sizes(dir: &Path) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let size = e.metadata().ok()?.len();
+                    name.starts_with("journal.").then_some((name, size))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Microseconds since the Unix epoch of the RFC 3339 UTC timestamp a log line starts with
+/// (`2025-01-31T12:34:56.123456Z`, the default of tracing's formatter), if it has one.
+fn log_time_us(line: &str) -> Option<u64> {
+    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let num = |s: &str| s.parse::<i64>().ok();
+    let mut d = date.splitn(3, '-');
+    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.splitn(3, ':');
+    let (h, min, s) = (num(t.next()?)?, num(t.next()?)?, num(t.next()?)?);
+    let frac_us = num(&format!("{frac:0<6}")[..6])?;
+    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    u64::try_from((((days * 24 + h) * 60 + min) * 60 + s) * 1_000_000 + frac_us).ok()
 }
 
 // ------------------------------------------------------------------ capture ---
@@ -555,6 +595,201 @@ fn acked_leases_survive_kill_9_under_load() {
         "{} returning clients got another address, e.g. {:?}",
         moved.len(),
         &moved[..moved.len().min(10)]
+    );
+}
+
+/// With a file size limit of 64 KiB on the daemon process (`prlimit --fsize`; ddhcpd
+/// ignores SIGXFSZ, so the journal append fails with EFBIG), a node under DHCP load
+/// (perfdhcp, more new clients than 64 KiB of lease records hold) stops acknowledging
+/// once the journal cannot grow: it logs "cannot write the state store" and exits by
+/// itself with code 1. A capture on the client side shows what the clients were told:
+/// every ACK the failing daemon sent is a lease of the daemon restarted (without the
+/// limit) on the same `--state-dir`, and the journal never grew past the limit.
+#[test]
+fn store_write_failure_stops_acknowledging() {
+    const TEST: &str = "store_write_failure_stops_acknowledging";
+    /// RLIMIT_FSIZE of the failing daemon, bytes: a 32-byte header and about 1,500 lease
+    /// records of 41 bytes (the store starts a new journal only past 32 MiB).
+    const LIMIT: u64 = 64 * 1024;
+    /// Distinct clients perfdhcp asks for: about twice what fits.
+    const CLIENTS: usize = 3000;
+    if !require_netns(TEST)
+        || !require_tools(
+            TEST,
+            &[
+                ("perfdhcp", "-v"),
+                ("tcpdump", "--version"),
+                ("prlimit", "--version"),
+            ],
+        )
+    {
+        return;
+    }
+    let _serial = serial();
+    let t0 = Instant::now();
+    let mut net = new_net(1, 1);
+    // As in acked_leases_survive_kill_9_under_load: 79 blocks of 64 claimed ahead, so no
+    // claim competes with the leases for the journal. The log (stderr, under the same
+    // limit) stays at ddhcpd's default level, warnings, far below it.
+    let flags = ["-N", "10.0.128.0/17", "-b", "6", "-s", "5000"];
+    let args = node_args(&net, 0, &["-v"], &flags);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let fsize = format!("--fsize={LIMIT}");
+    net.start_daemon_wrapped(0, &["prlimit", &fsize, "--"], &args);
+    wait_serving(&mut net, 0, 75);
+    let pid = net.daemon_pid(0).unwrap();
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    let fsize_line = limits
+        .lines()
+        .find(|l| l.starts_with("Max file size"))
+        .unwrap_or("no \"Max file size\" line");
+    assert!(
+        fsize_line
+            .split_whitespace()
+            .filter(|w| *w == LIMIT.to_string())
+            .count()
+            == 2,
+        "the daemon runs without the file size limit: {fsize_line}"
+    );
+    let out = net.exec_client_ns(0, &["ip", "addr", "add", "10.0.0.2/16", "dev", "eth0"]);
+    assert!(out.status.success(), "{out:?}");
+
+    let mut cap = Capture::start(&net, 0, "storefail");
+    let ns = net.ns_client(0);
+    let (rate, period) = (300, 10);
+    let perf_started = Instant::now();
+    let perf = thread::spawn(move || {
+        output_timeout(
+            Command::new("ip")
+                .args(["netns", "exec", &ns, "perfdhcp", "-4", "-l", "eth0"])
+                .args(["-r", &rate.to_string(), "-R", &CLIENTS.to_string()])
+                .args(["-p", &period.to_string(), "-d", "2", "-W", "300000"])
+                .arg("10.0.0.1"),
+            Duration::from_secs(45),
+        )
+    });
+    // The journal is full after about 5 s; the daemon must be gone well before perfdhcp.
+    let deadline = perf_started + Duration::from_secs(30);
+    let (status, exit_us) = loop {
+        if let Some(s) = net.daemon_exit(0) {
+            break (s, now_us());
+        }
+        if Instant::now() >= deadline {
+            let journals = journal_sizes(&net.state_dir(0));
+            net.dump_logs();
+            panic!(
+                "the daemon still runs {:?} after perfdhcp started (journals: {journals:?})",
+                perf_started.elapsed()
+            );
+        }
+        thread::sleep(Duration::from_millis(2));
+    };
+    let ran = perf_started.elapsed();
+    let log = net.daemon_log(0);
+    let failure = log
+        .lines()
+        .find(|l| l.contains("cannot write the state store"))
+        .map(str::to_string);
+    let perf = perf
+        .join()
+        .expect("perfdhcp thread")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let perf_text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&perf.stdout),
+        String::from_utf8_lossy(&perf.stderr)
+    );
+    eprintln!("perfdhcp ({}):\n{perf_text}", perf.status);
+    // tcpdump writes with -U; give the last packets a moment before stopping it.
+    thread::sleep(Duration::from_millis(300));
+    let tcpdump_log = cap.stop();
+    eprintln!("tcpdump: {}", tcpdump_log.trim().replace('\n', "; "));
+    let (replies, records) = read_replies(&cap.pcap).unwrap_or_else(|e| panic!("{e}"));
+    let journals = journal_sizes(&net.state_dir(0));
+    let log_bytes = fs::metadata(net.log_path(0)).map_or(0, |m| m.len());
+    eprintln!(
+        "daemon exit {status:?} {ran:?} after perfdhcp started; journals {journals:?}; log {log_bytes} bytes:\n{log}"
+    );
+
+    // a. It stopped by itself, with code 1, saying why, on its log and on stderr.
+    assert_eq!(
+        status.signal(),
+        None,
+        "the daemon died by a signal: {status:?}"
+    );
+    assert_eq!(status.code(), Some(1), "daemon exit: {status:?}");
+    let failure = failure.unwrap_or_else(|| panic!("no \"cannot write the state store\" logged"));
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("ddhcpd: ") && l.contains("the state store failed")),
+        "no one-line exit message on stderr"
+    );
+    assert!(!log.contains("panicked"), "the daemon panicked");
+    // b. The limit was what stopped it: no journal grew past it.
+    assert!(!journals.is_empty(), "no journal in the state dir");
+    assert!(
+        journals.iter().all(|(_, size)| *size <= LIMIT),
+        "a journal grew past the {LIMIT}-byte limit: {journals:?}"
+    );
+
+    // c. Every ACK the clients saw is a lease of the daemon restarted on the state dir.
+    let acks: Vec<&Reply> = replies.iter().filter(|r| r.kind == 5).collect();
+    let mut acked: BTreeMap<&str, Ipv4Addr> = BTreeMap::new();
+    for a in &acks {
+        acked.insert(&a.mac, a.yiaddr);
+    }
+    start_node_without(&mut net, 0, &["-v"], &flags);
+    wait_serving(&mut net, 0, 75);
+    let leases = ctl_json_ok(&net, 0, &["leases"]);
+    let table: HashMap<String, (String, String)> = leases["leases"]
+        .as_array()
+        .expect("leases array")
+        .iter()
+        .map(|l| {
+            let f = |k: &str| l[k].as_str().unwrap_or("").to_string();
+            (f("ip"), (f("mac"), f("state")))
+        })
+        .collect();
+    let leased = table.values().filter(|(_, st)| st == "leased").count();
+    let mut lost = Vec::new();
+    for (&mac, ip) in &acked {
+        match table.get(&ip.to_string()) {
+            Some((m, st)) if m == mac && st == "leased" => {}
+            other => lost.push(format!("{ip} of {mac}: {other:?}")),
+        }
+    }
+    assert_alive(&mut net, 0);
+
+    let fail_to_exit = log_time_us(&failure).map_or("unknown".into(), |t| {
+        format!("{:.1} ms", (exit_us as f64 - t as f64) / 1000.0)
+    });
+    let line = format!(
+        "STOREFAIL: {} ACKs to {} clients before the failure (perfdhcp asked for {CLIENTS} clients, {} packets captured); {leased} leases after the restart, {} ACKed ones missing; exit code {:?} {:.1} s after perfdhcp started; first failure log line to exit {fail_to_exit}; journals {journals:?} (limit {LIMIT}); log {log_bytes} bytes; {}; run {:.1} s",
+        acks.len(),
+        acked.len(),
+        records,
+        lost.len(),
+        status.code(),
+        ran.as_secs_f64(),
+        perfdhcp_summary(&perf_text),
+        t0.elapsed().as_secs_f64()
+    );
+    eprintln!("{line}");
+    assert!(
+        lost.is_empty(),
+        "{} of {} ACKed leases are not leases of the restarted daemon, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(10)]
+    );
+    assert!(
+        acked.len() > 500,
+        "only {} clients ACKed before the failure: the check proves little",
+        acked.len()
+    );
+    assert!(
+        acked.len() < CLIENTS,
+        "all {CLIENTS} clients were ACKed: the failure did not stop acknowledging"
     );
 }
 

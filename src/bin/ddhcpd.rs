@@ -80,6 +80,10 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Syslog {
 }
 
 fn main() -> ExitCode {
+    // A file size limit (ulimit -f) must show as a write error the store handles (log it,
+    // stop acknowledging, exit), not kill the daemon with SIGXFSZ mid-append.
+    // SAFETY: setting a signal's disposition to "ignore" before any thread exists.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let mut cfg = match ddhcp::config::from_args(std::env::args_os()) {
         Ok(Some(cfg)) => cfg,
         Ok(None) => return ExitCode::SUCCESS,

@@ -371,6 +371,13 @@ impl TestNet {
     /// Starts `ddhcpd ARGS…` in daemon host i (`network-test srv-start`).
     /// Output goes to [`log_path`](Self::log_path) (appended).
     pub fn start_daemon(&mut self, i: usize, args: &[&str]) {
+        self.start_daemon_wrapped(i, &[], args);
+    }
+
+    /// Like [`start_daemon`](Self::start_daemon), but runs `WRAPPER… ddhcpd ARGS…`, e.g.
+    /// `prlimit --fsize=65536 --` for a daemon with a file size limit. The wrapper must
+    /// exec ddhcpd, so that the PID the harness holds stays the daemon's.
+    pub fn start_daemon_wrapped(&mut self, i: usize, wrapper: &[&str], args: &[&str]) {
         assert!(i < self.n, "daemon index {i} out of range 0..{}", self.n);
         assert!(!self.daemon_running(i), "daemon {i} is already running");
         if let Some(mut old) = self.daemons[i].take() {
@@ -385,7 +392,8 @@ impl TestNet {
             use std::io::Write;
             let _ = writeln!(
                 log,
-                "=== start_daemon {i}: {} {}",
+                "=== start_daemon {i}: {}{} {}",
+                wrapper.iter().map(|w| format!("{w} ")).collect::<String>(),
                 self.ddhcpd.display(),
                 args.join(" ")
             );
@@ -395,6 +403,7 @@ impl TestNet {
             .script_cmd()
             .arg("srv-start")
             .arg(i.to_string())
+            .args(wrapper)
             .arg(&self.ddhcpd)
             .args(args)
             .stdin(Stdio::null())
