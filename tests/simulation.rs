@@ -671,3 +671,65 @@ fn dhcp_nodes_restart_from_their_stores() {
         "SIM dhcp_restarts: leases back in the table at restart={restored}, in lapsed blocks={waiting}, address conflicts=0"
     );
 }
+
+/// A node restarts believing in claims another node has taken meanwhile: it was cut off
+/// from the rest (so their view of its claims ran out and they claimed its blocks), kept
+/// refreshing its own claims, crashed and came back from its store within the TTL. Its
+/// restored blocks are announced at once; after the heal the claim tie-break settles every
+/// contested block (the greater id keeps it) within one refresh + one claim + slack, and
+/// no overlap stays open.
+#[test]
+fn restart_into_blocks_taken_meanwhile_settles_by_tie_break() {
+    let mut f = Figures::new();
+    let mut contested = 0;
+    for seed in 0..seeds(40) {
+        let mut s = Sim::new(seed, Link::clean());
+        // Eight blocks, and the other three want three each: they take any block that
+        // comes free.
+        s.add_node(config([10, 0, 0, 0], 27, false));
+        for _ in 0..3 {
+            let mut cfg = config([10, 0, 0, 0], 27, false);
+            cfg.claim.spare_leases = 12;
+            s.add_node(cfg);
+        }
+        s.run_until_pred(at(300), settled).expect("settles");
+        let victim = 0;
+        s.partition(&[&[0], &[1, 2, 3]]);
+        // Long enough for the others' view of node 0's claims to lapse and for them to
+        // claim the freed blocks (B + a claim), while node 0 keeps refreshing its own.
+        s.run_for(Duration::from_secs(B + 60));
+        let before: Vec<u32> = s.node(victim).unwrap().blocks().owned().collect();
+        let taken = before
+            .iter()
+            .filter(|&&b| s.running().any(|(j, n)| j != victim && n.blocks().owns(b)))
+            .count();
+        s.stop(victim);
+        s.run_for(Duration::from_secs(2));
+        s.start(victim);
+        let restored: Vec<u32> = s.node(victim).unwrap().blocks().owned().collect();
+        assert_eq!(restored, before, "seed {seed}: valid claims not restored");
+        contested += taken;
+        let heal = s.now;
+        s.heal();
+        let t = s
+            .run_until_pred(heal + Duration::from_secs(300), |s| {
+                settled(s) && unique_owners(s)
+            })
+            .unwrap_or_else(|| panic!("seed {seed}: {:?}", s.check_agreement()));
+        let d = secs(t) - secs(heal);
+        assert!(d <= 67.5, "seed {seed}: settled {d:.1} s after the heal");
+        f.converge.push(d);
+        s.run_for(Duration::from_secs(120));
+        s.check_agreement()
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        for o in s.all_overlaps() {
+            assert!(o.end.is_some(), "seed {seed}: {o:?} still open");
+        }
+    }
+    assert!(
+        contested > 0,
+        "no block was taken while the node was cut off"
+    );
+    f.print("restart_into_taken_blocks(after heal)");
+    println!("SIM restart_into_taken_blocks: contested blocks={contested}, all settled");
+}
