@@ -113,6 +113,8 @@ pub struct Node {
     /// Leases from before a restart in blocks whose claims lapsed meanwhile, by block,
     /// until we own the block again or someone else does.
     pending_restore: HashMap<u32, Vec<LeaseRecord>>,
+    /// When `pending_restore` is next checked (once per claim round, not per timer).
+    next_restore_check: Instant,
 }
 
 impl Node {
@@ -136,6 +138,7 @@ impl Node {
             counters: Counters::default(),
             changes: Vec::new(),
             pending_restore: HashMap::new(),
+            next_restore_check: now,
         };
         node.drain_blocks(now);
         node
@@ -335,17 +338,18 @@ impl Node {
         self.forget_lost_restores(now);
     }
 
-    /// Drops leases from before a restart whose block another node owns now (or that ran
-    /// out while we waited for it).
+    /// Drops leases from before a restart whose block another node owns now. Checked once
+    /// per claim round, when `wanted` can have changed; expired leases wait for their
+    /// block's fate (they are dropped when it comes back).
     fn forget_lost_restores(&mut self, now: Instant) {
-        if self.pending_restore.is_empty() {
+        if self.pending_restore.is_empty() || now < self.next_restore_check {
             return;
         }
+        self.next_restore_check = now + self.cfg.claim.round_interval();
         let blocks = &self.blocks;
         let changes = &mut self.changes;
         self.pending_restore.retain(|&block, leases| {
             if blocks.is_wanted(block) {
-                leases.retain(|l| l.until > now);
                 return true;
             }
             changes.extend(leases.iter().map(|l| Change::LeaseGone(l.ip)));
