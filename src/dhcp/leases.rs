@@ -6,7 +6,8 @@
 //! recently before ones with a remembered owner. Declined addresses are quarantined.
 //! Deadlines live in an ordered set, so expiry never scans the table.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::hash::BuildHasher;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -96,7 +97,6 @@ pub struct Record {
     pub client: Option<ClientKey>,
     /// First 16 bytes of chaddr, to check forwarded renewals, which carry only chaddr.
     pub chaddr: [u8; 16],
-    pub hostname: Option<Box<str>>,
 }
 
 impl Record {
@@ -105,7 +105,6 @@ impl Record {
             state: AddrState::Free,
             client: None,
             chaddr: [0; 16],
-            hostname: None,
         }
     }
 
@@ -141,13 +140,51 @@ struct BlockLeases {
     since: Instant,
 }
 
+/// Which address each client is bound to (or was last), holding addresses only: an entry is
+/// hashed and compared through the client key in its address's record, so a lease does not
+/// keep its key twice (with millions of leases a key-to-address map was the largest table).
+/// Keys are hashed with SipHash under a random key: clients choose them.
+///
+/// Invariant: an entry `ip` is filed under the hash of the client its record names; a
+/// record's client changes only after its entry is removed.
+#[derive(Default)]
+struct ClientIndex {
+    table: hashbrown::HashTable<Ipv4Addr>,
+    hasher: std::hash::RandomState,
+}
+
+impl ClientIndex {
+    fn hash(&self, k: &ClientKey) -> u64 {
+        self.hasher.hash_one(k)
+    }
+
+    /// Removes `client`'s entry if it is `ip`.
+    fn remove(&mut self, client: &ClientKey, ip: Ipv4Addr) {
+        if let Ok(e) = self.table.find_entry(self.hash(client), |&x| x == ip) {
+            e.remove();
+        }
+    }
+}
+
+/// The client the record of `ip` names.
+fn client_of<'a>(
+    range: &ManagedRange,
+    blocks: &'a FxHashMap<u32, BlockLeases>,
+    ip: Ipv4Addr,
+) -> Option<&'a ClientKey> {
+    let (b, off) = range.locate(ip)?;
+    blocks.get(&b)?.records.get(off as usize)?.client.as_ref()
+}
+
 /// Leases of all owned blocks.
 pub struct LeaseTable {
     range: ManagedRange,
     blocks: FxHashMap<u32, BlockLeases>,
     /// Owned blocks with a free address, oldest first.
     with_free: BTreeSet<(Instant, u32)>,
-    by_client: HashMap<ClientKey, Ipv4Addr>,
+    by_client: ClientIndex,
+    /// Hostnames clients gave, for the few records that have one.
+    hostnames: FxHashMap<Ipv4Addr, Box<str>>,
     deadlines: BTreeSet<(Instant, Ipv4Addr)>,
     active: usize,
     offered: usize,
@@ -172,7 +209,8 @@ impl LeaseTable {
             range,
             blocks: FxHashMap::default(),
             with_free: BTreeSet::new(),
-            by_client: HashMap::new(),
+            by_client: ClientIndex::default(),
+            hostnames: FxHashMap::default(),
             deadlines: BTreeSet::new(),
             active: 0,
             offered: 0,
@@ -265,11 +303,10 @@ impl LeaseTable {
             if durable(r.state) {
                 self.dirty.insert(ip);
             }
-            if let Some(c) = &r.client
-                && self.by_client.get(c) == Some(&ip)
-            {
-                self.by_client.remove(c);
+            if let Some(c) = &r.client {
+                self.by_client.remove(c, ip);
             }
+            self.hostnames.remove(&ip);
         }
     }
 
@@ -296,9 +333,44 @@ impl LeaseTable {
 
     /// The address a client holds or last held here, if it is still bound to it.
     pub fn address_of(&self, client: &ClientKey) -> Option<Ipv4Addr> {
-        let ip = *self.by_client.get(client)?;
-        let r = self.get(ip)?;
-        (r.client.as_ref() == Some(client)).then_some(ip)
+        let (range, blocks) = (&self.range, &self.blocks);
+        self.by_client
+            .table
+            .find(self.by_client.hash(client), |&ip| {
+                client_of(range, blocks, ip) == Some(client)
+            })
+            .copied()
+    }
+
+    /// The hostname the client of `ip` gave, if any.
+    pub fn hostname(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.hostnames.get(&ip).map(|h| &**h)
+    }
+
+    /// Files `ip` as `client`'s address; its record must name `client` already. Returns
+    /// the address filed before, if another.
+    fn index(&mut self, client: &ClientKey, ip: Ipv4Addr) -> Option<Ipv4Addr> {
+        let LeaseTable {
+            by_client,
+            range,
+            blocks,
+            ..
+        } = self;
+        let hasher = &by_client.hasher;
+        let entry = by_client.table.entry(
+            hasher.hash_one(client),
+            |&x| client_of(range, blocks, x) == Some(client),
+            |&x| client_of(range, blocks, x).map_or(0, |k| hasher.hash_one(k)),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(mut e) => {
+                Some(std::mem::replace(e.get_mut(), ip)).filter(|&old| old != ip)
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(ip);
+                None
+            }
+        }
     }
 
     /// A free address for a new client: in the oldest block with room, the first free
@@ -342,30 +414,31 @@ impl LeaseTable {
         if let Some(d) = r.deadline() {
             self.deadlines.remove(&(d, ip));
         }
-        if let Some(prev) = r.client.take()
+        let prev = r.client.take();
+        r.state = state;
+        r.chaddr = chaddr;
+        let new_deadline = r.deadline();
+        if let Some(prev) = prev
             && prev != client
-            && self.by_client.get(&prev) == Some(&ip)
         {
-            self.by_client.remove(&prev);
+            self.by_client.remove(&prev, ip);
+        }
+        if let Some(r) = self.record_mut(ip) {
+            r.client = Some(client.clone());
         }
         // A client holds one address here: release its previous one if different.
-        let previous = self.by_client.insert(client.clone(), ip);
+        let previous = self.index(&client, ip);
         if durable(old) || durable(state) {
             self.dirty.insert(ip);
         }
-        r.state = state;
-        r.client = Some(client);
-        r.chaddr = chaddr;
         if let Some(h) = hostname {
-            r.hostname = Some(h.into());
+            self.hostnames.insert(ip, h.into());
         }
-        if let Some(d) = r.deadline() {
+        if let Some(d) = new_deadline {
             self.deadlines.insert((d, ip));
         }
         self.account(b, old, state);
-        if let Some(prev_ip) = previous
-            && prev_ip != ip
-        {
+        if let Some(prev_ip) = previous {
             self.release_record(prev_ip, false);
         }
     }
@@ -388,10 +461,8 @@ impl LeaseTable {
             return;
         }
         let client = if forget_client { r.client.take() } else { None };
-        if let Some(c) = client
-            && self.by_client.get(&c) == Some(&ip)
-        {
-            self.by_client.remove(&c);
+        if let Some(c) = client {
+            self.by_client.remove(&c, ip);
         }
         self.set_state(ip, AddrState::Free);
     }
@@ -452,7 +523,7 @@ impl LeaseTable {
                 declined,
                 client: r.client.clone(),
                 chaddr: r.chaddr,
-                hostname: r.hostname.clone(),
+                hostname: self.hostnames.get(&ip).cloned(),
             }));
         }
     }
@@ -467,7 +538,11 @@ impl LeaseTable {
         let mut slow = Vec::new();
         let mut deadlines = Vec::with_capacity(recs.len());
         let mut touched = Vec::new();
-        self.by_client.reserve(recs.len());
+        let (range, blocks) = (&self.range, &self.blocks);
+        let hasher = &self.by_client.hasher;
+        self.by_client.table.reserve(recs.len(), |&x| {
+            client_of(range, blocks, x).map_or(0, |k| hasher.hash_one(k))
+        });
         for rec in recs {
             let Some((b, off)) = self.range.locate(rec.ip) else {
                 continue;
@@ -476,16 +551,27 @@ impl LeaseTable {
                 elsewhere.push(rec);
                 continue;
             };
-            let r = &mut bl.records[off as usize];
+            let r = &bl.records[off as usize];
+            let hash = rec.client.as_ref().map(|k| self.by_client.hash(k));
+            // The fast path files a new entry: the record must have no client yet, and the
+            // client no address.
             if r.state != AddrState::Free
-                || rec
-                    .client
-                    .as_ref()
-                    .is_some_and(|k| self.by_client.contains_key(k))
+                || r.client.is_some()
+                || rec.client.as_ref().zip(hash).is_some_and(|(k, h)| {
+                    let (range, blocks) = (&self.range, &self.blocks);
+                    self.by_client
+                        .table
+                        .find(h, |&x| client_of(range, blocks, x) == Some(k))
+                        .is_some()
+                })
             {
                 slow.push(rec);
                 continue;
             }
+            let Some(bl) = self.blocks.get_mut(&b) else {
+                continue;
+            };
+            let r = &mut bl.records[off as usize];
             r.state = if rec.declined {
                 AddrState::Declined { until: rec.until }
             } else {
@@ -493,15 +579,22 @@ impl LeaseTable {
                 AddrState::Leased { until: rec.until }
             };
             r.chaddr = rec.chaddr;
-            r.hostname = rec.hostname;
-            if let Some(k) = rec.client {
-                r.client = Some(k.clone());
-                self.by_client.insert(k, rec.ip);
-            }
-            deadlines.push((rec.until, rec.ip));
             // Free -> bound: the block's count goes up; the free-block index and the usage
             // report follow once per block, below.
             bl.used += 1;
+            r.client = rec.client;
+            if let Some(h) = hash {
+                // Room was reserved above, so this never rehashes.
+                let (range, blocks) = (&self.range, &self.blocks);
+                let hasher = &self.by_client.hasher;
+                self.by_client.table.insert_unique(h, rec.ip, |&x| {
+                    client_of(range, blocks, x).map_or(0, |k| hasher.hash_one(k))
+                });
+            }
+            if let Some(h) = rec.hostname {
+                self.hostnames.insert(rec.ip, h);
+            }
+            deadlines.push((rec.until, rec.ip));
             if touched.last() != Some(&b) {
                 touched.push(b);
             }

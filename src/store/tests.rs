@@ -208,19 +208,24 @@ fn compaction_keeps_the_store_proportional_to_live_state() {
         }
     }
     store.close();
+    let (snapshots, _) = scan(&d.0).unwrap();
+    assert!(!snapshots.is_empty(), "no snapshot written");
+    // On a busy machine the journal may outgrow the threshold while a compaction runs
+    // (appends never wait for it); one more batch lets the writer catch up, and closing
+    // waits for the compaction it starts.
+    let (mut store, _, _) = Store::open(o.clone()).unwrap();
+    store.append(&[lease(0, 300 + 499)], &clock);
+    store.close();
     let total: u64 = fs::read_dir(&d.0)
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
         .sum();
-    let (snapshots, journals) = scan(&d.0).unwrap();
-    assert!(!snapshots.is_empty(), "no snapshot written");
-    // At worst: the journal being compacted and the current one, each up to the threshold
-    // plus what gathered while compaction ran, and two small snapshots.
+    let (_, journals) = scan(&d.0).unwrap();
     assert!(
-        total < 4 * o.compact_min_bytes,
+        total < o.compact_min_bytes,
         "store is {total} bytes for 200 leases"
     );
-    assert!(journals.len() <= 3, "{journals:?}");
+    assert!(journals.len() <= 1, "{journals:?}");
     let (_, state, _) = Store::open(o).unwrap();
     assert_eq!(state.leases.len(), 200);
     let Change::Lease(last) = lease(7, 300 + 499) else {
