@@ -838,4 +838,68 @@ mod tests {
         assert_eq!(l.active(), 0);
         assert_eq!(l.address_of(&key(0)), None);
     }
+
+    /// The client index against the records, after random operations: every entry is found
+    /// by its record's client, no client has two entries, and every client an address is
+    /// offered or leased to finds it.
+    fn check_index(l: &LeaseTable) {
+        let mut seen = HashSet::new();
+        for &ip in l.by_client.table.iter() {
+            let k = client_of(&l.range, &l.blocks, ip).expect("indexed record names a client");
+            assert_eq!(
+                l.address_of(k),
+                Some(ip),
+                "{ip} not found by its own client"
+            );
+            assert!(seen.insert(k.clone()), "{k:?} indexed twice");
+        }
+        for (ip, _, r) in l.iter() {
+            if let (AddrState::Leased { .. } | AddrState::Offered { .. }, Some(k)) =
+                (r.state, &r.client)
+            {
+                assert_eq!(l.address_of(k), Some(ip), "bound {ip} not found by {k:?}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn client_index_stays_consistent(ops in proptest::collection::vec((0u8..7, 0u8..12, 0u8..24), 1..200)) {
+            let mut l = table();
+            l.add_block(0, t(0), None);
+            l.add_block(1, t(1), None);
+            let mut restored = false;
+            for (i, (op, client, addr)) in ops.into_iter().enumerate() {
+                // Addresses 10.0.0.0 .. 10.0.0.23: blocks 0 to 5, of which 0 and 1 (and
+                // later 2) are ours.
+                let ip = Ipv4Addr::new(10, 0, 0, addr);
+                let now = t(2 + i as u64);
+                match op {
+                    0 => l.bind(ip, key(client), [client; 16], Some("h"), AddrState::Offered { until: now + Duration::from_secs(5) }),
+                    1 => l.bind(ip, key(client), [client; 16], None, AddrState::Leased { until: now + Duration::from_secs(30) }),
+                    2 => l.release(ip),
+                    3 => l.decline(ip, now, Duration::from_secs(10)),
+                    4 => { l.expire(now + Duration::from_secs(u64::from(addr))); }
+                    5 => {
+                        let b = u32::from(addr % 3);
+                        if l.blocks.contains_key(&b) { l.remove_block(b) } else { l.add_block(b, now, None) }
+                    }
+                    _ if !restored => {
+                        restored = true;
+                        let rec = |n: u8, a: u8| LeaseRecord {
+                            ip: Ipv4Addr::new(10, 0, 0, a),
+                            until: now + Duration::from_secs(60),
+                            declined: false,
+                            client: Some(key(n)),
+                            chaddr: [n; 16],
+                            hostname: None,
+                        };
+                        l.restore(vec![rec(client, addr), rec(client.wrapping_add(1) % 12, addr / 2), rec(client, 8 + addr % 8)]);
+                    }
+                    _ => {}
+                }
+                check_index(&l);
+            }
+        }
+    }
 }
