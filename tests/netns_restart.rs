@@ -609,7 +609,7 @@ fn acked_leases_survive_kill_9_under_load() {
 fn store_write_failure_stops_acknowledging() {
     const TEST: &str = "store_write_failure_stops_acknowledging";
     /// RLIMIT_FSIZE of the failing daemon, bytes: a 32-byte header and about 1,500 lease
-    /// records of 41 bytes (the store starts a new journal only past 32 MiB).
+    /// records of 41 bytes (the store starts a new journal only past 4 MiB).
     const LIMIT: u64 = 64 * 1024;
     /// Distinct clients perfdhcp asks for: about twice what fits.
     const CLIENTS: usize = 3000;

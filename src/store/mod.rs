@@ -41,7 +41,7 @@ use codec::{FileKind, HEADER_LEN, Header};
 
 /// A journal is compacted once it is larger than this and than the last snapshot, so the
 /// store stays within about twice the live state plus this much.
-pub const COMPACT_MIN_BYTES: u64 = 32 << 20;
+pub const COMPACT_MIN_BYTES: u64 = 4 << 20;
 
 /// How the store is run.
 #[derive(Clone, Debug)]
