@@ -185,9 +185,11 @@ impl Node {
         );
         if let Some(d) = self.dhcp.as_mut() {
             d.restore_options(&r.options);
+            let holds: HashMap<u32, Instant> = r.holds.iter().copied().collect();
             for &(block, since) in &owned {
                 if self.blocks.owns(block) {
-                    d.restore_block(block, since);
+                    let hold = holds.get(&block).copied().filter(|&h| h > now);
+                    d.restore_block(block, since, hold);
                 }
             }
             for lease in d.leases.restore(r.leases) {
@@ -469,8 +471,12 @@ impl Node {
                 BlockEvent::Claimed(block) => {
                     self.counters.inc(Counter::BlocksClaimed);
                     self.changes.push(Change::BlockOwned { block, since: now });
+                    let hold = self.blocks.hold_until(block).filter(|&h| h > now);
+                    if let Some(until) = hold {
+                        self.changes.push(Change::BlockHold { block, until });
+                    }
                     if let Some(d) = self.dhcp.as_mut() {
-                        d.block_owned(block, now, self.blocks.hold_until(block));
+                        d.block_owned(block, now, hold);
                         let (live, expired): (Vec<_>, Vec<_>) = self
                             .pending_restore
                             .remove(&block)
@@ -610,6 +616,7 @@ mod tests {
             announced: Some((ago(40), 30)),
             leases: vec![lease([10, 0, 0, 21], t(100)), lease([10, 0, 0, 37], t(100))],
             options: vec![(6, Some(vec![10, 0, 0, 53]))],
+            holds: vec![(5, t(50))],
             clock_went_back,
         }
     }
@@ -626,6 +633,9 @@ mod tests {
         let r = d.leases.get(Ipv4Addr::new(10, 0, 0, 21)).unwrap();
         assert_eq!(r.state, AddrState::Leased { until: t(100) });
         assert!(d.leases.get(Ipv4Addr::new(10, 0, 0, 37)).is_none());
+        // Block 5 was taken over from a vanished owner: its other addresses stay held.
+        let r = d.leases.get(Ipv4Addr::new(10, 0, 0, 22)).unwrap();
+        assert_eq!(r.state, AddrState::Held { until: t(50) });
         assert_eq!(d.store().get(6), Some(&[10, 0, 0, 53][..]));
         // Announced now, learning phase or not, after the store is told.
         let changes = n.take_changes();

@@ -22,6 +22,9 @@ pub enum Change {
     BlockOwned { block: u32, since: Instant },
     /// `block` is no longer ours (given up, taken over, or never won back after a restart).
     BlockGone { block: u32 },
+    /// We took `block` over from an owner that vanished: its clients may hold leases from
+    /// it until `until`, so its addresses go only to clients asking for them by name.
+    BlockHold { block: u32, until: Instant },
     /// Every block we own was announced at `at` with a TTL of `ttl` seconds; peers consider
     /// our claims valid until `at + ttl`.
     Announced { at: Instant, ttl: u16 },
@@ -53,6 +56,8 @@ pub struct LeaseRecord {
 pub struct Restored {
     /// Blocks we owned, with the time we got each.
     pub blocks: Vec<(u32, Instant)>,
+    /// Blocks of those taken over from a vanished owner, with when their hold ends.
+    pub holds: Vec<(u32, Instant)>,
     /// When we last announced all our blocks, and with which TTL (seconds).
     pub announced: Option<(Instant, u16)>,
     /// Leases and quarantined addresses that had not expired when the store was read.

@@ -234,9 +234,10 @@ impl Dhcp {
         self.refresh_reservations();
     }
 
-    /// Serves again from a block we owned before a restart.
-    pub fn restore_block(&mut self, block: u32, since: Instant) {
-        self.leases.add_block(block, since, None);
+    /// Serves again from a block we owned before a restart; `hold`: as for
+    /// [`Dhcp::block_owned`], if the hold has not run out.
+    pub fn restore_block(&mut self, block: u32, since: Instant, hold: Option<Instant>) {
+        self.leases.add_block(block, since, hold);
     }
 
     /// Durable changes since the last call: run-time options, then bindings.

@@ -35,6 +35,7 @@ const ANNOUNCED: u8 = 3;
 const LEASE: u8 = 4;
 const LEASE_GONE: u8 = 5;
 const OPTION: u8 = 6;
+const BLOCK_HOLD: u8 = 7;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -146,6 +147,11 @@ pub fn encode(change: &Change, wall: impl Fn(Instant) -> u64, out: &mut Vec<u8>)
         Change::BlockGone { block } => {
             out.push(BLOCK_GONE);
             out.extend_from_slice(&block.to_le_bytes());
+        }
+        Change::BlockHold { block, until } => {
+            out.push(BLOCK_HOLD);
+            out.extend_from_slice(&block.to_le_bytes());
+            out.extend_from_slice(&wall(*until).to_le_bytes());
         }
         Change::Announced { at, ttl } => {
             out.push(ANNOUNCED);
@@ -276,6 +282,10 @@ fn decode_body(body: &[u8]) -> Option<Change> {
             since: b.time()?,
         },
         BLOCK_GONE => Change::BlockGone { block: b.u32()? },
+        BLOCK_HOLD => Change::BlockHold {
+            block: b.u32()?,
+            until: b.time()?,
+        },
         ANNOUNCED => Change::Announced {
             at: b.time()?,
             ttl: b.u16()?,
@@ -346,6 +356,10 @@ mod tests {
                 since: Instant::from_millis(1_700_000_000_000),
             },
             Change::BlockGone { block: 9 },
+            Change::BlockHold {
+                block: 7,
+                until: Instant::from_millis(1_700_000_600_000),
+            },
             Change::Announced {
                 at: Instant::from_millis(1_700_000_100_000),
                 ttl: 300,

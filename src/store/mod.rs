@@ -121,6 +121,7 @@ impl WallClock {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     pub blocks: BTreeMap<u32, Instant>,
+    pub holds: BTreeMap<u32, Instant>,
     pub announced: Option<(Instant, u16)>,
     pub leases: FxHashMap<Ipv4Addr, LeaseRecord>,
     pub options: BTreeMap<u8, Option<Vec<u8>>>,
@@ -134,6 +135,10 @@ impl State {
             }
             Change::BlockGone { block } => {
                 self.blocks.remove(&block);
+                self.holds.remove(&block);
+            }
+            Change::BlockHold { block, until } => {
+                self.holds.insert(block, until);
             }
             Change::Announced { at, ttl } => self.announced = Some((at, ttl)),
             Change::Lease(l) => {
@@ -151,6 +156,7 @@ impl State {
     /// Forgets bindings that ran out by `wall_ms`.
     pub fn drop_expired(&mut self, wall_ms: u64) {
         self.leases.retain(|_, l| l.until.as_millis() > wall_ms);
+        self.holds.retain(|_, until| until.as_millis() > wall_ms);
     }
 
     /// Every record a snapshot of this state holds.
@@ -159,6 +165,10 @@ impl State {
             .blocks
             .iter()
             .map(|(&block, &since)| Change::BlockOwned { block, since });
+        let holds = self
+            .holds
+            .iter()
+            .map(|(&block, &until)| Change::BlockHold { block, until });
         let announced = self
             .announced
             .map(|(at, ttl)| Change::Announced { at, ttl });
@@ -167,7 +177,11 @@ impl State {
             payload: p.clone(),
         });
         let leases = self.leases.values().cloned().map(Change::Lease);
-        blocks.chain(announced).chain(options).chain(leases)
+        blocks
+            .chain(holds)
+            .chain(announced)
+            .chain(options)
+            .chain(leases)
     }
 
     /// The latest wall-clock time the state mentions as "now" (last announcement, last
@@ -209,6 +223,12 @@ impl State {
                 .blocks
                 .into_iter()
                 .map(|(b, since)| (b, clock.core(since.as_millis())))
+                .collect(),
+            holds: self
+                .holds
+                .into_iter()
+                .filter(|(_, until)| until.as_millis() > clock.wall_now_ms)
+                .map(|(b, until)| (b, clock.core(until.as_millis())))
                 .collect(),
             announced: self
                 .announced

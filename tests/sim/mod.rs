@@ -194,6 +194,12 @@ impl Sim {
         self.drain(i);
     }
 
+    /// The configuration a stopped node starts with next (as flags changed for a restart).
+    pub fn config_mut(&mut self, i: usize) -> &mut NodeConfig {
+        assert!(self.slots[i].node.is_none(), "node {i} is running");
+        &mut self.slots[i].cfg
+    }
+
     /// Deletes a stopped node's store, so its next start is a fresh one.
     pub fn wipe(&mut self, i: usize) {
         assert!(self.slots[i].node.is_none(), "node {i} is running");
