@@ -384,6 +384,30 @@ fn read_replies(path: &Path) -> Result<(Vec<Reply>, usize), String> {
     Ok((replies, records))
 }
 
+/// Waits for the perfdhcp run, stops the capture, and reads it: perfdhcp's report, every
+/// DHCP server reply captured, and the number of records in the capture.
+fn finish_load(
+    perf: thread::JoinHandle<Result<std::process::Output, String>>,
+    cap: &mut Capture,
+) -> (String, Vec<Reply>, usize) {
+    let perf = perf
+        .join()
+        .expect("perfdhcp thread")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let perf_text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&perf.stdout),
+        String::from_utf8_lossy(&perf.stderr)
+    );
+    eprintln!("perfdhcp ({}):\n{perf_text}", perf.status);
+    // tcpdump writes with -U; give the last packets a moment before stopping it.
+    thread::sleep(Duration::from_millis(300));
+    let tcpdump_log = cap.stop();
+    eprintln!("tcpdump: {}", tcpdump_log.trim().replace('\n', "; "));
+    let (replies, records) = read_replies(&cap.pcap).unwrap_or_else(|e| panic!("{e}"));
+    (perf_text, replies, records)
+}
+
 /// "DISCOVER-OFFER rcvd/sent, REQUEST-ACK rcvd/sent" from perfdhcp's report.
 fn perfdhcp_summary(text: &str) -> String {
     let nums = |key: &str| -> Vec<String> {
@@ -472,21 +496,7 @@ fn acked_leases_survive_kill_9_under_load() {
         (spawn_us - killed_us) / 1000
     );
 
-    let perf = perf
-        .join()
-        .expect("perfdhcp thread")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let perf_text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&perf.stdout),
-        String::from_utf8_lossy(&perf.stderr)
-    );
-    eprintln!("perfdhcp ({}):\n{perf_text}", perf.status);
-    // tcpdump writes with -U; give the last packets a moment before stopping it.
-    thread::sleep(Duration::from_millis(300));
-    let tcpdump_log = cap.stop();
-    eprintln!("tcpdump: {}", tcpdump_log.trim().replace('\n', "; "));
-    let (replies, records) = read_replies(&cap.pcap).unwrap_or_else(|e| panic!("{e}"));
+    let (perf_text, replies, records) = finish_load(perf, &mut cap);
     assert_alive(&mut net, 0);
     let late = ctl_json_ok(&net, 0, &["leases"]);
     let table = |v: &Value| -> HashMap<String, (String, String)> {
@@ -690,21 +700,7 @@ fn store_write_failure_stops_acknowledging() {
         .lines()
         .find(|l| l.contains("cannot write the state store"))
         .map(str::to_string);
-    let perf = perf
-        .join()
-        .expect("perfdhcp thread")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let perf_text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&perf.stdout),
-        String::from_utf8_lossy(&perf.stderr)
-    );
-    eprintln!("perfdhcp ({}):\n{perf_text}", perf.status);
-    // tcpdump writes with -U; give the last packets a moment before stopping it.
-    thread::sleep(Duration::from_millis(300));
-    let tcpdump_log = cap.stop();
-    eprintln!("tcpdump: {}", tcpdump_log.trim().replace('\n', "; "));
-    let (replies, records) = read_replies(&cap.pcap).unwrap_or_else(|e| panic!("{e}"));
+    let (perf_text, replies, records) = finish_load(perf, &mut cap);
     let journals = journal_sizes(&net.state_dir(0));
     let log_bytes = fs::metadata(net.log_path(0)).map_or(0, |m| m.len());
     eprintln!(

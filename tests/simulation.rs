@@ -248,6 +248,29 @@ fn no_wrong_owner(s: &Sim) -> bool {
     })
 }
 
+/// Heals the partition and returns how long until every block has one owner and every
+/// view agrees, at most one refresh interval (the conflict is heard) + one claim (1.5·t) +
+/// slack for a lost race: 15 + 22.5 + 30 = 67.5 s. Two minutes later the views still agree
+/// and no overlap is left open.
+fn heal_and_settle(s: &mut Sim, seed: u64) -> f64 {
+    let heal = s.now;
+    s.heal();
+    let t = s
+        .run_until_pred(heal + Duration::from_secs(300), |s| {
+            settled(s) && unique_owners(s)
+        })
+        .unwrap_or_else(|| panic!("seed {seed}: {:?}", s.check_agreement()));
+    let d = secs(t) - secs(heal);
+    assert!(d <= 67.5, "seed {seed}: settled {d:.1} s after the heal");
+    s.run_for(Duration::from_secs(120));
+    s.check_agreement()
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    for o in s.all_overlaps() {
+        assert!(o.end.is_some(), "seed {seed}: {o:?} still open");
+    }
+    d
+}
+
 /// Four nodes on a four-block range split 2|2 and claim independently, so both sides
 /// own the same blocks. After the heal, the greater id keeps each contested block, the
 /// losers claim the blocks left free, and everything settles within one refresh interval
@@ -267,20 +290,7 @@ fn partition_with_overlapping_claims_heals() {
         assert!(s.all_satisfied(), "seed {seed}: a side did not settle");
         let before = s.all_overlaps().len();
         contested += before;
-        let heal = s.now;
-        s.heal();
-        let t = s
-            .run_until_pred(heal + Duration::from_secs(300), settled)
-            .unwrap_or_else(|| panic!("seed {seed}: {:?}", s.check_agreement()));
-        let d = secs(t) - secs(heal);
-        assert!(d <= 67.5, "seed {seed}: healed in {d:.1} s");
-        f.converge.push(d);
-        s.run_for(Duration::from_secs(120));
-        s.check_agreement()
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        for o in s.all_overlaps() {
-            assert!(o.end.is_some(), "seed {seed}: {o:?} still open");
-        }
+        f.converge.push(heal_and_settle(&mut s, seed));
     }
     assert!(
         contested > 0,
@@ -731,22 +741,7 @@ fn restart_into_blocks_taken_meanwhile_settles_by_tie_break() {
         let restored: Vec<u32> = s.node(victim).unwrap().blocks().owned().collect();
         assert_eq!(restored, before, "seed {seed}: valid claims not restored");
         contested += taken;
-        let heal = s.now;
-        s.heal();
-        let t = s
-            .run_until_pred(heal + Duration::from_secs(300), |s| {
-                settled(s) && unique_owners(s)
-            })
-            .unwrap_or_else(|| panic!("seed {seed}: {:?}", s.check_agreement()));
-        let d = secs(t) - secs(heal);
-        assert!(d <= 67.5, "seed {seed}: settled {d:.1} s after the heal");
-        f.converge.push(d);
-        s.run_for(Duration::from_secs(120));
-        s.check_agreement()
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        for o in s.all_overlaps() {
-            assert!(o.end.is_some(), "seed {seed}: {o:?} still open");
-        }
+        f.converge.push(heal_and_settle(&mut s, seed));
     }
     assert!(
         contested > 0,
