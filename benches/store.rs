@@ -6,7 +6,8 @@
 //! the node emits them), then times, best of three, exactly what `ddhcpd` does at start-up:
 //! `Store::open` (lock, read, check every record's CRC, replay), converting to core time,
 //! and `Node::restore` (blocks owned again, every lease back in the lease table). Then it
-//! compacts the journal into a snapshot and times the reload from that.
+//! compacts the journal into a snapshot as the daemon's compaction thread does (timed, with
+//! the memory the replayed state takes) and times the reload from that.
 //!
 //! `cargo bench --bench store`. Environment: `BENCH_LEASES` (default "1000000 5000000"),
 //! `BENCH_DIR` (default `target/store-bench`, must be on a real disk), `BENCH_RUNS` (3),
@@ -236,14 +237,22 @@ fn main() {
     );
     println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     let mut memory = Vec::new();
+    let mut compactions = Vec::new();
     for &n in &sizes {
         let dir = root.join(format!("{n}"));
         generate(&dir, n);
         let r = best(&dir, runs);
         assert_eq!(r.leases as u64, n);
         row("journal", n, dir_bytes(&dir), &r);
+        // What a compaction does (on its own thread in the daemon): replay, write a snapshot.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
+        let rss_before = rss_kib("VmRSS:");
+        let t0 = WallInstant::now();
         let (state, info) = store::load(&dir, &range(), None, false).unwrap();
+        let rss_state = rss_kib("VmRSS:").saturating_sub(rss_before);
         store::write_snapshot(&dir, &range(), info.journal_generation + 1, &state).unwrap();
+        compactions.push((n, t0.elapsed(), rss_state));
         drop(state);
         std::fs::remove_file(dir.join(format!("journal.{:016x}", info.journal_generation)))
             .unwrap();
@@ -253,6 +262,15 @@ fn main() {
         if std::env::var_os("BENCH_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&dir);
         }
+    }
+    println!("\n| leases | compaction: replay + snapshot (s) | its memory (MiB) |");
+    println!("|---:|---:|---:|");
+    for (n, took, kib) in compactions {
+        println!(
+            "| {n} | {:.2} | {:.0} |",
+            took.as_secs_f64(),
+            kib as f64 / 1024.0
+        );
     }
     println!("\n| leases | node RSS growth (MiB) | per lease (bytes) | process peak RSS (MiB) |");
     println!("|---:|---:|---:|---:|");
