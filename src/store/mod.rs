@@ -304,16 +304,21 @@ fn read_file(
     };
     let header = match Header::decode(&data) {
         Ok(h) => h,
-        // A journal whose header never made it to disk: created just before a crash.
-        Err(codec::HeaderError::Short | codec::HeaderError::Crc) if torn_ok => {
+        // A journal whose header never made it to disk: created just before a crash. (The
+        // header is synced before any record is appended, so one followed by records is
+        // damage, not a torn write.)
+        Err(codec::HeaderError::Short | codec::HeaderError::Crc)
+            if torn_ok && data.len() <= HEADER_LEN =>
+        {
             warn!(file = %path.display(), "journal without a complete header; starting it afresh");
             info.truncated += data.len() as u64;
-            let f = OpenOptions::new()
+            let mut f = OpenOptions::new()
                 .write(true)
+                .truncate(true)
                 .open(path)
                 .map_err(io_err(path))?;
-            f.set_len(0).map_err(io_err(path))?;
-            f.write_all_at_start(&Header::new(kind, range, info.journal_generation).encode())
+            f.write_all(&Header::new(kind, range, info.journal_generation).encode())
+                .and_then(|()| f.sync_all())
                 .map_err(io_err(path))?;
             return Ok(());
         }
@@ -372,18 +377,6 @@ fn intact_record_after(data: &[u8], bad: usize) -> bool {
         return true;
     }
     (bad + 1..data.len()).any(|p| codec::decode(&data[p..]).is_ok())
-}
-
-trait WriteAtStart {
-    fn write_all_at_start(&self, b: &[u8]) -> io::Result<()>;
-}
-
-impl WriteAtStart for File {
-    fn write_all_at_start(&self, b: &[u8]) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        self.write_all_at(b, 0)?;
-        self.sync_all()
-    }
 }
 
 /// Replays the store in `dir`: the newest snapshot (up to generation `upto`), then the

@@ -290,3 +290,28 @@ fn a_clock_behind_the_store_trusts_no_claim() {
     // The lease keeps the 300 s it had left when last written, no more.
     assert_eq!(r.leases[0].until, Instant::from_millis(5_000 + 300_000));
 }
+
+#[test]
+fn a_journal_cut_inside_its_header_starts_afresh_but_a_damaged_header_is_refused() {
+    let d = TempDir::new("header");
+    write_all(&d.0, &[lease(1, 300)]);
+    let path = journal(&d.0);
+    let bytes = fs::read(&path).unwrap();
+    // A crash while the journal was being created: only part of the header on disk.
+    fs::write(&path, &bytes[..20]).unwrap();
+    let (store, state, info) = Store::open(opts(&d.0)).unwrap();
+    drop(store);
+    assert!(state.leases.is_empty());
+    assert_eq!(info.truncated, 20);
+    assert_eq!(fs::metadata(&path).unwrap().len(), HEADER_LEN as u64);
+    // A header damaged in a journal that has records: refused, nothing changed.
+    let mut bad = bytes.clone();
+    bad[12] ^= 1;
+    fs::write(&path, &bad).unwrap();
+    let err = Store::open(opts(&d.0)).err().unwrap();
+    assert!(
+        matches!(err, StoreError::Corrupt { offset: 0, .. }),
+        "{err}"
+    );
+    assert_eq!(fs::read(&path).unwrap(), bad);
+}
