@@ -1043,3 +1043,88 @@ fn state_dir_is_single_writer_and_bound_to_its_range() {
         t0.elapsed()
     );
 }
+
+/// The scale case on the real binary: a /10 (4,194,304 addresses) in blocks of 16
+/// (262,144 blocks). The daemon claims, leases to a udhcpc client and stays small (its block
+/// table is about 24 bytes a block: well under 64 MiB of RSS in all); after `kill -9` it is
+/// back with its blocks and the lease within 2 s, and the client renews the same address.
+#[test]
+fn a_slash_10_in_blocks_of_16_serves_and_comes_back() {
+    if !require_netns("a_slash_10_in_blocks_of_16_serves_and_comes_back") {
+        return;
+    }
+    let _serial = serial();
+    let mut net = new_net(1, 1);
+    // Clients get 10.64.x.x/8, so the server identifier 10.0.0.1 is on their link; the
+    // daemon's namespace needs the same view to answer their unicast renewals.
+    let route = Command::new("ip")
+        .args([
+            "-n",
+            &net.ns_daemon(0),
+            "route",
+            "add",
+            "10.0.0.0/8",
+            "dev",
+            "client0",
+        ])
+        .output()
+        .expect("ip route add");
+    assert!(route.status.success(), "{route:?}");
+    let flags = ["-N", "10.64.0.0/10", "-b", "4", "-o", "1:4:255.0.0.0"];
+    start_node(&mut net, 0, &flags);
+    wait_serving(&mut net, 0, 1);
+    net.clt_start(0, "udhcpc");
+    let ip = must_lease(&net, 0, 0);
+    let addr: Ipv4Addr = ip.parse().expect("leased address");
+    assert_eq!(addr.octets()[0], 10);
+    assert!(
+        (64..128).contains(&addr.octets()[1]),
+        "{ip} outside the /10"
+    );
+    let status = ctl_json_ok(&net, 0, &["status"]);
+    assert_eq!(status["network"], "10.64.0.0/10");
+    assert_eq!(status["block_size"], 16);
+    let pid = net.daemon_pid(0).expect("daemon pid");
+    let rss_kib: u64 = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    assert!(rss_kib < 64 * 1024, "RSS {rss_kib} KiB for a /10");
+    let before = ours(&ctl_json_ok(&net, 0, &["blocks"]));
+    assert!(!before.is_empty());
+
+    net.kill_daemon(0, "KILL");
+    let st = wait_exit_tight(&mut net, 0);
+    assert!(st.signal().is_some(), "{st:?}");
+    let restarted = Instant::now();
+    start_learning(&mut net, 0, &flags);
+    let back = wait_until(Duration::from_secs(2), || {
+        net.ctl_json(0, &["blocks"])
+            .is_ok_and(|b| ours(&b) == before)
+    });
+    assert!(back, "blocks {before:?} not back 2 s after the restart");
+    let took = restarted.elapsed();
+    let leases = ctl_json_ok(&net, 0, &["leases"]);
+    assert!(
+        leases["leases"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|l| l["ip"] == ip.as_str() && l["state"] == "leased")),
+        "{ip} not leased after the restart: {leases}"
+    );
+    let env_file = net.state_dir.join("lease-0.env");
+    let _ = fs::remove_file(&env_file);
+    net.clt_renew(0);
+    assert!(
+        wait_until(Duration::from_secs(5), || env_file.exists()),
+        "client did not renew; its history:\n{}",
+        net.lease_history(0)
+    );
+    assert_eq!(net.lease_env_k(0, 0).get("ip"), Some(&ip));
+    assert_alive(&mut net, 0);
+    eprintln!(
+        "SLASH10: {} blocks owned, RSS {rss_kib} KiB, lease {ip}; back {took:?} after kill -9, renewed the same address",
+        before.len()
+    );
+}
