@@ -71,9 +71,3 @@ pub struct Restored {
     /// afresh, and leases keep at most the time they had left when last written.
     pub clock_went_back: bool,
 }
-
-impl Restored {
-    pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty() && self.leases.is_empty() && self.options.is_empty()
-    }
-}
