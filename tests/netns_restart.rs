@@ -92,6 +92,25 @@ fn wait_exit_tight(net: &mut TestNet, i: usize) -> ExitStatus {
     }
 }
 
+/// Client 0.0 renews (udhcpc, SIGUSR1) within 5 s and keeps `ip`.
+fn renew_same_address(net: &TestNet, ip: &str) {
+    let env_file = net.state_dir.join("lease-0.env");
+    let _ = fs::remove_file(&env_file);
+    net.clt_renew(0);
+    let renewed = wait_until(Duration::from_secs(5), || env_file.exists());
+    assert!(
+        renewed,
+        "client 0 did not renew; its history:\n{}",
+        net.lease_history(0)
+    );
+    let env = net.lease_env_k(0, 0);
+    assert_eq!(
+        env.get("ip").map(String::as_str),
+        Some(ip),
+        "renewal gave another address: {env:?}"
+    );
+}
+
 /// Indexes of the blocks a `blocks` answer shows as "ours".
 fn ours(blocks: &Value) -> BTreeSet<u64> {
     blocks["blocks"]
@@ -911,21 +930,7 @@ fn restart_keeps_blocks_without_waiting_for_learning() {
     );
 
     // The client renews from the restarted node, still in its learning phase.
-    let env_file = net.state_dir.join("lease-0.env");
-    let _ = fs::remove_file(&env_file);
-    net.clt_renew(0);
-    let renewed = wait_until(Duration::from_secs(5), || env_file.exists());
-    assert!(
-        renewed,
-        "client 0 did not renew; its history:\n{}",
-        net.lease_history(0)
-    );
-    let env = net.lease_env_k(0, 0);
-    assert_eq!(
-        env.get("ip"),
-        Some(&ip),
-        "renewal gave another address: {env:?}"
-    );
+    renew_same_address(&net, &ip);
     let status = ctl_json_ok(&net, 0, &["status"]);
     assert_eq!(
         status["learning"], true,
@@ -1113,15 +1118,7 @@ fn a_slash_10_in_blocks_of_16_serves_and_comes_back() {
             .any(|l| l["ip"] == ip.as_str() && l["state"] == "leased")),
         "{ip} not leased after the restart: {leases}"
     );
-    let env_file = net.state_dir.join("lease-0.env");
-    let _ = fs::remove_file(&env_file);
-    net.clt_renew(0);
-    assert!(
-        wait_until(Duration::from_secs(5), || env_file.exists()),
-        "client did not renew; its history:\n{}",
-        net.lease_history(0)
-    );
-    assert_eq!(net.lease_env_k(0, 0).get("ip"), Some(&ip));
+    renew_same_address(&net, &ip);
     assert_alive(&mut net, 0);
     eprintln!(
         "SLASH10: {} blocks owned, RSS {rss_kib} KiB, lease {ip}; back {took:?} after kill -9, renewed the same address",

@@ -426,6 +426,21 @@ fn duplicate_node_ids_are_detected_and_replaced() {
     }
 }
 
+/// No two clients ever held one address, and at least `min` of the `total` clients hold an
+/// address now.
+fn assert_no_conflicts_and_served(s: &Sim, seed: u64, min: usize, total: usize) {
+    assert!(
+        s.address_conflicts.is_empty(),
+        "seed {seed}: {:?}",
+        s.address_conflicts
+    );
+    let bound = s.bound_clients();
+    assert!(
+        bound >= min,
+        "seed {seed}: only {bound} of {total} clients hold an address"
+    );
+}
+
 fn dhcp_config(lease: u32) -> NodeConfig {
     NodeConfig {
         range: ManagedRange::new(Ipv4Addr::new(10, 0, 128, 0), 26, 2).unwrap(),
@@ -476,16 +491,7 @@ fn dhcp_clients_roaming_never_share_an_address() {
             s.roam(c, n);
         }
         s.run_for(Duration::from_secs(60));
-        assert!(
-            s.address_conflicts.is_empty(),
-            "seed {seed}: {:?}",
-            s.address_conflicts
-        );
-        let bound = s.bound_clients();
-        assert!(
-            bound >= 38,
-            "seed {seed}: only {bound} of 40 clients hold an address"
-        );
+        assert_no_conflicts_and_served(&s, seed, 38, 40);
         assert!(unique_owners(&s), "seed {seed}");
         acks.push(s.clients.iter().map(|c| c.acks).sum::<u64>() as f64);
         let (mut fwd, mut fwd_ack, mut naks) = (0, 0, 0);
@@ -605,16 +611,7 @@ fn dead_owners_clients_keep_their_addresses_safe() {
             s.start(1);
         }
         s.run_for(Duration::from_secs(240));
-        assert!(
-            s.address_conflicts.is_empty(),
-            "seed {seed}: {:?}",
-            s.address_conflicts
-        );
-        let bound = s.bound_clients();
-        assert!(
-            bound >= 21,
-            "seed {seed}: only {bound} of 23 clients served"
-        );
+        assert_no_conflicts_and_served(&s, seed, 21, 23);
         held_reuse += s
             .running()
             .map(|(_, n)| n.dhcp().unwrap().counters.recv[3])
@@ -689,13 +686,7 @@ fn dhcp_nodes_restart_from_their_stores() {
             }
         }
         s.run_for(Duration::from_secs(180));
-        assert!(
-            s.address_conflicts.is_empty(),
-            "seed {seed}: {:?}",
-            s.address_conflicts
-        );
-        let bound = s.bound_clients();
-        assert!(bound >= 38, "seed {seed}: only {bound} of 40 served");
+        assert_no_conflicts_and_served(&s, seed, 38, 40);
         assert!(unique_owners(&s), "seed {seed}");
     }
     assert!(restored > 100, "restores not exercised: {restored}");
