@@ -38,9 +38,20 @@ pub const INQUIRE_ROUNDS: u8 = 3;
 /// packets as needed, so a burst of clients is not limited to 255 blocks per claim time.
 pub const MAX_CLAIMING: usize = 4 * MAX_INQUIRE_ENTRIES;
 
-/// An owned block is re-announced to an Inquire or a weaker claim at most this often, so a
-/// flood of forged Inquires cannot turn us into a multicast amplifier.
-pub const REASSERT_COOLDOWN: Duration = Duration::from_millis(500);
+/// An owned block is re-announced to an Inquire or a weaker claim at most this often.
+/// C claimers own a block after three Inquires whatever its state (reference §3.6), and
+/// several of them started together send those three within milliseconds of each other
+/// (every multicast triggers their housekeeping), so every Inquire must be answered at
+/// once, as a C owner does. Only Inquires that crossed our last answer in flight are left
+/// unanswered: their senders get that answer right after sending.
+pub const REASSERT_GAP: Duration = Duration::from_millis(10);
+
+/// Answers to Inquires and weaker claims, in packets: a burst of this many, then
+/// [`ANSWER_RATE`] per second. C storms need a dozen; a flood of forged Inquires (which can
+/// name hundreds of our blocks each) cannot make us send more than this.
+pub const ANSWER_BURST: u32 = 64;
+/// Sustained answers per second once the burst is spent.
+pub const ANSWER_RATE: u32 = 32;
 
 /// Timers and targets of the claim protocol (the `-t -B -s -n -L` flags).
 #[derive(Clone, Debug)]
@@ -326,6 +337,11 @@ pub struct Blocks {
     wanted: BTreeSet<u32>,
     /// When all our blocks were last announced, until the store has been told.
     refreshed: Option<Instant>,
+    /// Answer budget (generic cell rate algorithm): the time at which the budget would be
+    /// back to full if nothing more were sent.
+    answer_tat: Instant,
+    /// Answers not sent because the budget was spent (a flood, or a storm beyond reason).
+    pub answers_suppressed: u64,
 }
 
 impl Blocks {
@@ -356,6 +372,8 @@ impl Blocks {
             lapse_hold: Duration::ZERO,
             wanted: BTreeSet::new(),
             refreshed: None,
+            answer_tat: now,
+            answers_suppressed: 0,
         }
     }
 
@@ -597,7 +615,7 @@ impl Blocks {
                 }
             }
         }
-        self.announce(now, &reassert);
+        self.answer(now, &reassert);
     }
 
     /// An UpdateClaim from `from` at `addr`.
@@ -666,7 +684,7 @@ impl Blocks {
                 }
             }
         }
-        self.announce(now, &reassert);
+        self.answer(now, &reassert);
     }
 
     /// Rows for `ddhcpctl blocks`: every block that is not free. This walks the table and is
@@ -922,7 +940,22 @@ impl Blocks {
     fn announce_due(&self, b: u32, now: Instant) -> bool {
         self.ours
             .get(&b)
-            .is_some_and(|o| now.saturating_since(o.last_announced) >= REASSERT_COOLDOWN)
+            .is_some_and(|o| now.saturating_since(o.last_announced) >= REASSERT_GAP)
+    }
+
+    /// Re-announces `blocks` in answer to somebody else's message, within the budget.
+    fn answer(&mut self, now: Instant, blocks: &[u32]) {
+        let interval = Duration::from_secs(1) / ANSWER_RATE;
+        let limit = interval * ANSWER_BURST;
+        for chunk in blocks.chunks(MAX_CLAIM_ENTRIES) {
+            let tat = self.answer_tat.max(now);
+            if tat.saturating_since(now) + interval > limit {
+                self.answers_suppressed += 1;
+                continue;
+            }
+            self.answer_tat = tat + interval;
+            self.announce(now, chunk);
+        }
     }
 
     fn announce(&mut self, now: Instant, blocks: &[u32]) {
@@ -1082,16 +1115,35 @@ mod tests {
     }
 
     #[test]
-    fn owner_reasserts_on_inquiry_with_cooldown() {
+    fn owner_answers_every_inquiry_within_a_budget() {
         let mut rng = StdRng::seed_from_u64(4);
         let (mut b, block) = owning_table(&mut rng);
-        b.on_inquire(secs(6), ME, BIG, &[block]);
-        assert!(drain(&mut b).is_empty(), "just announced: cooldown");
-        b.on_inquire(secs(7), ME, BIG, &[block]);
-        assert_eq!(
-            drain(&mut b),
-            vec![Output::Claim(vec![ClaimEntry { block, timeout: 60 }])]
+        let claim = vec![Output::Claim(vec![ClaimEntry { block, timeout: 60 }])];
+        let ms = |m: u64| secs(6) + Duration::from_millis(m);
+        b.on_inquire(ms(0), ME, BIG, &[block]);
+        assert!(
+            drain(&mut b).is_empty(),
+            "crossed our announcement in flight"
         );
+        // C claimers ping-pong their three Inquires within milliseconds: each one that did
+        // not cross our last answer is answered at once.
+        for m in [10, 20, 30, 45] {
+            b.on_inquire(ms(m), ME, BIG, &[block]);
+            assert_eq!(drain(&mut b), claim, "inquiry at +{m} ms");
+        }
+        // A flood is bounded: the burst, then the sustained rate.
+        let mut sent = 0;
+        for i in 0..1000 {
+            b.on_inquire(ms(100 + 10 * i), ME, BIG, &[block]);
+            sent += drain(&mut b).len() as u32;
+        }
+        let budget = ANSWER_BURST + ANSWER_RATE * 10 + 1;
+        assert!(
+            sent <= budget,
+            "{sent} answers to a 10 s flood, budget {budget}"
+        );
+        assert!(sent >= ANSWER_BURST, "{sent} answers");
+        assert!(b.answers_suppressed > 0);
         assert!(b.owns(block));
     }
 
