@@ -283,14 +283,21 @@ impl Node {
             (Channel::Unicast, Message::RenewLease(p)) => {
                 self.counters.inc(Counter::DirectRecvRenewLease);
                 let answer = match self.dhcp.as_mut() {
-                    Some(d) => d.handle_renew(now, p),
+                    Some(d) => d.handle_renew(now, from, &self.blocks, p),
                     // Without a DHCP service we own nothing: as ddhcpd, refuse what is in
                     // range and ignore the rest.
-                    None => p
-                        .addresses()
-                        .iter()
-                        .any(|a| self.cfg.range.locate(*a).is_some())
-                        .then_some(Message::LeaseNak(*p)),
+                    None => {
+                        let marked = p.lease_seconds == crate::dhcp::roaming::RENEW_MARK;
+                        let mut nak = *p;
+                        if marked {
+                            nak.lease_seconds = 0;
+                        }
+                        p.addresses()
+                            .iter()
+                            .take(if marked { 1 } else { 2 })
+                            .any(|a| self.cfg.range.locate(*a).is_some())
+                            .then_some(Message::LeaseNak(nak))
+                    }
                 };
                 if let Some(m) = answer {
                     self.counters.inc(match m {
@@ -308,7 +315,7 @@ impl Node {
                     Counter::DirectRecvLeaseNak
                 });
                 match self.dhcp.as_mut() {
-                    Some(d) => d.handle_forward_answer(p, ack),
+                    Some(d) => d.handle_forward_answer(from, p, ack),
                     None => self.counters.inc(Counter::DropUnhandled),
                 }
             }

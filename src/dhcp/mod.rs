@@ -9,6 +9,7 @@
 pub mod leases;
 pub mod options;
 pub mod packet;
+pub mod roaming;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
@@ -25,6 +26,7 @@ use crate::wire::{Message, RenewPayload};
 use leases::{AddrState, ClientKey, Expired, LeaseTable};
 use options::OptionStore;
 use packet::{MessageType, Request, build_reply};
+use roaming::{AddrOrder, Forms, PeerOrders, RENEW_MARK};
 
 /// How long an offered address is held for the client's REQUEST (ddhcpd: 12 s).
 pub const OFFER_TIMEOUT: Duration = Duration::from_secs(12);
@@ -87,6 +89,9 @@ struct Pending {
     request: Request,
     ip: Ipv4Addr,
     deadline: Instant,
+    owner: Ipv6Addr,
+    /// False while the owner's byte order is being probed.
+    sent: bool,
 }
 
 /// Counters of the DHCP path, by message and outcome.
@@ -104,6 +109,8 @@ pub struct DhcpCounters {
     pub forward_dropped: u64,
     pub renew_acked: u64,
     pub renew_naked: u64,
+    /// Unmarked renewals readable two ways that nothing decided (not answered).
+    pub renew_unresolved: u64,
     pub silent_unknown_block: u64,
 }
 
@@ -117,6 +124,8 @@ pub struct Dhcp {
     pending_order: VecDeque<(Instant, u32, [u8; 16])>,
     transmits: VecDeque<DhcpTransmit>,
     forwards: VecDeque<(Ipv6Addr, Message)>,
+    /// How each peer reads renew addresses.
+    pub orders: PeerOrders,
     events: VecDeque<LeaseEvent>,
     pub counters: DhcpCounters,
     /// New clients since the demand was last sampled (for claiming ahead).
@@ -155,6 +164,7 @@ impl Dhcp {
             pending_order: VecDeque::new(),
             transmits: VecDeque::new(),
             forwards: VecDeque::new(),
+            orders: PeerOrders::default(),
             events: VecDeque::new(),
             counters: DhcpCounters::default(),
             allocations: 0,
@@ -300,7 +310,9 @@ impl Dhcp {
                 .get(&(xid, chaddr))
                 .is_some_and(|p| p.deadline <= now)
             {
-                self.pending.remove(&(xid, chaddr));
+                if let Some(p) = self.pending.remove(&(xid, chaddr)) {
+                    self.orders.forget(p.owner);
+                }
                 self.counters.forward_timeouts += 1;
                 debug!(xid, "owner did not answer a forwarded request in time");
             }
@@ -450,7 +462,7 @@ impl Dhcp {
             return;
         }
         if let Some((_, owner)) = blocks.owner_of(block) {
-            self.forward(now, req, ip, owner);
+            self.forward(now, blocks, req, ip, owner);
             return;
         }
         if blocks.is_learning() {
@@ -461,39 +473,87 @@ impl Dhcp {
         self.nak(&req, "nobody owns this address's block");
     }
 
-    fn forward(&mut self, now: Instant, req: Request, ip: Ipv4Addr, owner: Ipv6Addr) {
+    fn forward(
+        &mut self,
+        now: Instant,
+        blocks: &Blocks,
+        req: Request,
+        ip: Ipv4Addr,
+        owner: Ipv6Addr,
+    ) {
         let k = (req.xid, req.chaddr);
         if !self.pending.contains_key(&k) && self.pending.len() >= MAX_PENDING {
             self.counters.forward_dropped += 1;
             return;
         }
-        let payload = RenewPayload::new(ip, req.xid, req.chaddr);
         let deadline = now + FORWARD_TIMEOUT;
+        let sent = match self.orders.forms(owner, ip, &self.range) {
+            Forms::Send(forms) => {
+                self.send_forms(owner, &req, &forms);
+                true
+            }
+            Forms::Probe => {
+                self.send_probe(now, owner, blocks);
+                false
+            }
+        };
         self.pending.insert(
             k,
             Pending {
                 request: req,
                 ip,
                 deadline,
+                owner,
+                sent,
             },
         );
         self.pending_order.push_back((deadline, k.0, k.1));
-        self.forwards
-            .push_back((owner, Message::RenewLease(payload)));
         self.counters.forwarded += 1;
-        debug!(%ip, %owner, "request forwarded to the block's owner");
+        debug!(%ip, %owner, sent, "request forwarded to the block's owner");
     }
 
-    /// The owner's answer to one of our forwards.
-    pub fn handle_forward_answer(&mut self, payload: &RenewPayload, ack: bool) {
+    fn send_forms(&mut self, owner: Ipv6Addr, req: &Request, forms: &[[u8; 4]]) {
+        for &address in forms {
+            let payload = RenewPayload {
+                address,
+                xid: req.xid,
+                lease_seconds: RENEW_MARK,
+                chaddr: req.chaddr,
+            };
+            self.forwards
+                .push_back((owner, Message::RenewLease(payload)));
+        }
+    }
+
+    fn send_probe(&mut self, now: Instant, peer: Ipv6Addr, blocks: &Blocks) {
+        for p in self
+            .orders
+            .probe(now, peer, blocks, &self.range, FORWARD_TIMEOUT)
+        {
+            debug!(%peer, "probing the byte order of a peer's renewals");
+            self.forwards.push_back((peer, Message::RenewLease(p)));
+        }
+    }
+
+    /// The owner's answer to one of our forwards (or probes), from `from`.
+    pub fn handle_forward_answer(&mut self, from: Ipv6Addr, payload: &RenewPayload, ack: bool) {
+        if let Some(peer) = self.orders.probe_answer(from, payload) {
+            self.release_waiting(peer);
+            return;
+        }
         let Some(p) = self.pending.remove(&(payload.xid, payload.chaddr)) else {
             debug!(xid = payload.xid, "answer matches no forwarded request");
             return;
         };
+        if let Some(order) = roaming::answered_order(p.ip, payload)
+            && self.orders.learn(from, order)
+        {
+            debug!(peer = %from, ?order, "learned how a peer reads renew addresses");
+        }
         if ack {
             self.counters.forward_acked += 1;
             let mut lease = self.lease_duration();
-            if payload.lease_seconds > 0 {
+            if payload.lease_seconds > 0 && payload.lease_seconds != RENEW_MARK {
                 lease = lease.min(Duration::from_secs(u64::from(payload.lease_seconds)));
             }
             self.ack(&p.request, p.ip, lease, true);
@@ -503,19 +563,90 @@ impl Dhcp {
         }
     }
 
-    /// A RenewLease from a peer for an address in one of our blocks. Returns the answer.
-    pub fn handle_renew(&mut self, now: Instant, payload: &RenewPayload) -> Option<Message> {
-        let [net_order, reversed] = payload.addresses();
-        // C nodes send the address in host order (§2.7): take the reading that is ours.
-        let ip = [net_order, reversed]
-            .into_iter()
-            .find(|&a| self.leases.owns(a))
-            .or_else(|| {
-                [net_order, reversed]
-                    .into_iter()
-                    .find(|&a| self.range.locate(a).is_some())
-            })?;
+    /// Sends the forwarded requests that waited for `peer`'s byte order.
+    fn release_waiting(&mut self, peer: Ipv6Addr) {
+        let mut ready = Vec::new();
+        for p in self.pending.values_mut() {
+            if p.owner == peer && !p.sent {
+                p.sent = true;
+                ready.push((p.request.clone(), p.ip));
+            }
+        }
+        for (req, ip) in ready {
+            if let Forms::Send(forms) = self.orders.forms(peer, ip, &self.range) {
+                self.send_forms(peer, &req, &forms);
+            }
+        }
+    }
+
+    /// Which address a peer's RenewLease means (see [`roaming`]); `None`: answer nothing.
+    fn renew_address(
+        &mut self,
+        now: Instant,
+        from: Ipv6Addr,
+        blocks: &Blocks,
+        payload: &RenewPayload,
+    ) -> Option<Ipv4Addr> {
+        let [net, rev] = payload.addresses();
+        if payload.lease_seconds == RENEW_MARK {
+            return self.range.locate(net).map(|_| net);
+        }
+        let in_range = |a| self.range.locate(a).is_some();
+        match (in_range(net), in_range(rev)) {
+            (false, false) => None,
+            (true, _) if net == rev => Some(net),
+            (true, false) => {
+                self.orders.learn(from, AddrOrder::Network);
+                Some(net)
+            }
+            (false, true) => {
+                self.orders.learn(from, AddrOrder::Reversed);
+                Some(rev)
+            }
+            (true, true) => {
+                match self.orders.get(from) {
+                    Some(AddrOrder::Network | AddrOrder::Marked) => return Some(net),
+                    Some(AddrOrder::Reversed) => return Some(rev),
+                    None => {}
+                }
+                let bound = |a| {
+                    self.leases.get(a).is_some_and(|r| {
+                        r.chaddr == payload.chaddr
+                            && matches!(
+                                r.state,
+                                AddrState::Offered { .. } | AddrState::Leased { .. }
+                            )
+                    })
+                };
+                match (bound(net), bound(rev)) {
+                    (true, false) => Some(net),
+                    (false, true) => Some(rev),
+                    _ => {
+                        self.counters.renew_unresolved += 1;
+                        warn!(peer = %from, "renewal readable as {net} or {rev}; learning the peer's byte order first");
+                        self.send_probe(now, from, blocks);
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// A RenewLease from `from` for an address in one of our blocks. Returns the answer.
+    pub fn handle_renew(
+        &mut self,
+        now: Instant,
+        from: Ipv6Addr,
+        blocks: &Blocks,
+        payload: &RenewPayload,
+    ) -> Option<Message> {
+        let ip = self.renew_address(now, from, blocks, payload)?;
         let mut answer = *payload;
+        // A marked request learns from the answer that we are a ddhcp node: a C owner
+        // would echo the mark.
+        if payload.lease_seconds == RENEW_MARK {
+            answer.lease_seconds = 0;
+        }
         if !self.leases.owns(ip) {
             self.counters.renew_naked += 1;
             return Some(Message::LeaseNak(answer));
@@ -548,7 +679,10 @@ impl Dhcp {
         );
         self.counters.renew_acked += 1;
         // Our extension: tell the forwarding node how long we granted (C ignores it).
-        answer.lease_seconds = self.store.lease_time();
+        answer.lease_seconds = match self.store.lease_time() {
+            RENEW_MARK => RENEW_MARK - 1,
+            t => t,
+        };
         Some(Message::LeaseAck(answer))
     }
 

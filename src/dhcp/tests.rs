@@ -274,6 +274,25 @@ fn unicast(n: &mut Node) -> Vec<(Ipv6Addr, Packet)> {
         .collect()
 }
 
+fn answer(n: &mut Node, at: u64, from: Ipv6Addr, m: Message) {
+    let p = Packet {
+        node_id: NodeId([9; 8]),
+        swarm: n.blocks().range().swarm(),
+        message: m,
+    };
+    n.handle_datagram(t(at), Channel::Unicast, from, &p.encode().unwrap());
+}
+
+fn renew_leases(n: &mut Node) -> Vec<RenewPayload> {
+    unicast(n)
+        .into_iter()
+        .map(|(_, p)| match p.message {
+            Message::RenewLease(r) => r,
+            m => panic!("{m:?}"),
+        })
+        .collect()
+}
+
 #[test]
 fn roaming_request_is_forwarded_and_answered_by_the_owners_verdict() {
     let mut n = node();
@@ -281,48 +300,198 @@ fn roaming_request_is_forwarded_and_answered_by_the_owners_verdict() {
     let theirs = (ours + 5) % 64;
     peer_claims(&mut n, theirs, 4000);
     let ip = range().address(theirs, 1);
+    let rev = roaming::reversed(ip);
     let mut renew = message(3, 1, &[]);
     renew[12..16].copy_from_slice(&ip.octets());
     n.handle_dhcp(t(5000), &renew);
     assert!(replies(&mut n).is_empty(), "no answer before the owner's");
-    let sent = unicast(&mut n);
-    assert_eq!(sent.len(), 1);
-    assert_eq!(sent[0].0, PEER);
-    let Message::RenewLease(p) = sent[0].1.message else {
-        panic!()
-    };
-    assert_eq!(p.address, ip.octets(), "network byte order");
-    // Owner acknowledges, with its lease time in the (C-ignored) lease field.
-    let mut ack = p;
-    ack.lease_seconds = 120;
-    let answer = Packet {
-        node_id: NodeId([9; 8]),
-        swarm: range().swarm(),
-        message: Message::LeaseAck(ack),
-    };
-    n.handle_datagram(t(5001), Channel::Unicast, PEER, &answer.encode().unwrap());
+    // Order unknown, the reversed reading is out of range: both forms, marked.
+    let sent = renew_leases(&mut n);
+    let forms: Vec<_> = sent.iter().map(|p| p.address).collect();
+    assert_eq!(forms, vec![ip.octets(), rev.octets()]);
+    assert!(sent.iter().all(|p| p.lease_seconds == roaming::RENEW_MARK));
+    // A little-endian C owner answers the reversed form only, echoing it.
+    answer(&mut n, 5001, PEER, Message::LeaseAck(sent[1]));
     let r = replies(&mut n);
     assert_eq!(r[0].1.msg_type, MessageType::Ack);
     assert_eq!(yiaddr(&r[0].2), ip);
-    assert_eq!(option(&r[0].2, 51), Some(120u32.to_be_bytes().to_vec()));
+    assert_eq!(
+        n.dhcp().unwrap().orders.get(PEER),
+        Some(roaming::AddrOrder::Reversed)
+    );
 
-    // A NAK from the owner becomes a NAK; no answer at all becomes silence.
+    // Now only that form goes out; a NAK from the owner becomes a NAK.
     n.handle_dhcp(t(6000), &renew);
-    let Message::RenewLease(p) = unicast(&mut n)[0].1.message else {
-        panic!()
-    };
-    let nak = Packet {
-        node_id: NodeId([9; 8]),
-        swarm: range().swarm(),
-        message: Message::LeaseNak(p),
-    };
-    n.handle_datagram(t(6001), Channel::Unicast, PEER, &nak.encode().unwrap());
+    let sent = renew_leases(&mut n);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].address, rev.octets());
+    answer(&mut n, 6001, PEER, Message::LeaseNak(sent[0]));
     assert_eq!(replies(&mut n)[0].1.msg_type, MessageType::Nak);
+    // No answer at all becomes silence, and the learned order is forgotten.
     n.handle_dhcp(t(7000), &renew);
     let _ = unicast(&mut n);
     n.handle_timeout(t(9500));
     assert!(replies(&mut n).is_empty());
     assert_eq!(n.dhcp().unwrap().counters.forward_timeouts, 1);
+    assert_eq!(n.dhcp().unwrap().orders.get(PEER), None);
+
+    // A ddhcp owner rewrites the mark: its lease time in the (C-ignored) field.
+    n.handle_dhcp(t(10_000), &renew);
+    let mut ack = renew_leases(&mut n)[0];
+    ack.lease_seconds = 120;
+    answer(&mut n, 10_001, PEER, Message::LeaseAck(ack));
+    let r = replies(&mut n);
+    assert_eq!(option(&r[0].2, 51), Some(120u32.to_be_bytes().to_vec()));
+    assert_eq!(
+        n.dhcp().unwrap().orders.get(PEER),
+        Some(roaming::AddrOrder::Marked)
+    );
+}
+
+/// A node in 10.0.0.0/8 (where 10.1.2.10 reversed is 10.2.1.10, also in range) owning one
+/// block, and a peer owning the block of `ip`.
+fn slash8_node_with_peer_block(ip: Ipv4Addr) -> Node {
+    let mut cfg = config(false);
+    cfg.range = ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 8, 2).unwrap();
+    let mut n = Node::new(cfg, NodeId([5; 8]), t(0), 7);
+    for s in 0..=3 {
+        n.handle_timeout(t(s * 1000));
+    }
+    while n.poll_transmit().is_some() {}
+    let (block, _) = n.blocks().range().locate(ip).unwrap();
+    let p = Packet {
+        node_id: NodeId([9; 8]),
+        swarm: n.blocks().range().swarm(),
+        message: Message::UpdateClaim(vec![ClaimEntry { block, timeout: 30 }]),
+    };
+    n.handle_datagram(t(4000), Channel::Multicast, PEER, &p.encode().unwrap());
+    while n.poll_transmit().is_some() {}
+    n
+}
+
+#[test]
+fn ambiguous_address_waits_for_a_probe_of_the_owners_byte_order() {
+    let ip = Ipv4Addr::new(10, 1, 2, 10);
+    let mut n = slash8_node_with_peer_block(ip);
+    let range = *n.blocks().range();
+    let mut renew = message(3, 1, &[]);
+    renew[12..16].copy_from_slice(&ip.octets());
+    n.handle_dhcp(t(5000), &renew);
+    // Neither form of the client's address may go out yet: only a probe, both forms of an
+    // address the owner does not own, whose other reading is out of range.
+    let probe = renew_leases(&mut n);
+    assert_eq!(probe.len(), 2);
+    assert!(probe.iter().all(|p| p.xid != 1));
+    let [a, b] = probe[0].addresses();
+    assert_eq!(probe[1].address, b.octets());
+    assert!(range.locate(a).is_some() && range.locate(b).is_none());
+    assert!(n.blocks().owner_of(range.locate(a).unwrap().0).is_none());
+    // A second retransmission meanwhile sends nothing new.
+    n.handle_dhcp(t(5500), &renew);
+    assert!(renew_leases(&mut n).is_empty());
+    // A little-endian C owner refuses the reversed form; then the request goes out once,
+    // in the form it reads as the client's address.
+    answer(&mut n, 5600, PEER, Message::LeaseNak(probe[1]));
+    assert!(
+        replies(&mut n).is_empty(),
+        "the probe's NAK is not the client's"
+    );
+    let sent = renew_leases(&mut n);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].address, [10, 2, 1, 10]);
+    answer(&mut n, 5601, PEER, Message::LeaseAck(sent[0]));
+    let r = replies(&mut n);
+    assert_eq!(r[0].1.msg_type, MessageType::Ack);
+    assert_eq!(yiaddr(&r[0].2), ip);
+}
+
+#[test]
+fn owner_reads_an_ambiguous_renewal_only_when_something_decides_it() {
+    let mut cfg = config(false);
+    cfg.range = ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 8, 2).unwrap();
+    let mut n = Node::new(cfg, NodeId([5; 8]), t(0), 7);
+    for s in 0..=3 {
+        n.handle_timeout(t(s * 1000));
+    }
+    while n.poll_transmit().is_some() {}
+    let range = *n.blocks().range();
+    let d = n.dhcp_mut().unwrap();
+    // Own the blocks of both readings of 10.1.2.10.
+    for ip in [Ipv4Addr::new(10, 1, 2, 10), Ipv4Addr::new(10, 2, 1, 10)] {
+        d.block_owned(range.locate(ip).unwrap().0, t(4000), None);
+    }
+    let mut chaddr = [0u8; 16];
+    chaddr[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    let c_renew = |addr: [u8; 4], xid| {
+        Message::RenewLease(RenewPayload {
+            address: addr,
+            xid,
+            lease_seconds: 0,
+            chaddr,
+        })
+    };
+    // Nothing bound, sender's order unknown: no answer, a probe of the sender instead.
+    answer(&mut n, 5000, PEER, c_renew([10, 2, 1, 10], 1));
+    let out = unicast(&mut n);
+    assert!(
+        out.iter()
+            .all(|(_, p)| matches!(&p.message, Message::RenewLease(r) if r.xid != 1)),
+        "{out:?}"
+    );
+    assert_eq!(n.dhcp().unwrap().counters.renew_unresolved, 1);
+    // The sender (little-endian) refuses the reversed probe form: we learn its order.
+    let probe = out
+        .iter()
+        .find_map(|(_, p)| match p.message {
+            Message::RenewLease(r) if range.locate(Ipv4Addr::from(r.address)).is_none() => Some(r),
+            _ => None,
+        })
+        .unwrap();
+    answer(&mut n, 5001, PEER, Message::LeaseNak(probe));
+    answer(&mut n, 5002, PEER, c_renew([10, 2, 1, 10], 2));
+    let out = unicast(&mut n);
+    let Message::LeaseAck(ack) = out[0].1.message else {
+        panic!("{out:?}")
+    };
+    assert_eq!(ack.address, [10, 2, 1, 10], "echoed");
+    let leased = n
+        .dhcp()
+        .unwrap()
+        .leases
+        .get(Ipv4Addr::new(10, 1, 2, 10))
+        .unwrap();
+    assert_eq!(leased.chaddr, chaddr, "read as 10.1.2.10");
+    // Our own marked renewals are read in network order only.
+    let marked = Message::RenewLease(RenewPayload {
+        address: [10, 2, 1, 10],
+        xid: 3,
+        lease_seconds: roaming::RENEW_MARK,
+        chaddr,
+    });
+    answer(
+        &mut n,
+        5003,
+        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 7),
+        marked,
+    );
+    let out = unicast(&mut n);
+    let Message::LeaseAck(ack) = out[0].1.message else {
+        panic!("{out:?}")
+    };
+    assert_ne!(
+        ack.lease_seconds,
+        roaming::RENEW_MARK,
+        "the mark is not echoed"
+    );
+    assert!(
+        n.dhcp()
+            .unwrap()
+            .leases
+            .get(Ipv4Addr::new(10, 2, 1, 10))
+            .unwrap()
+            .chaddr
+            == chaddr
+    );
 }
 
 #[test]
@@ -378,7 +547,8 @@ fn learning_node_stays_silent_about_unknown_blocks() {
         t(400),
         &message(3, 1, &[(50, &range().address(2, 1).octets())]),
     );
-    assert_eq!(unicast(&mut n).len(), 1);
+    // Both byte orders, the peer's being unknown.
+    assert_eq!(unicast(&mut n).len(), 2);
 }
 
 #[test]
