@@ -10,12 +10,16 @@
 
 #![allow(dead_code)]
 
+pub mod cnode;
+
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::Ipv6Addr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use cnode::{CConfig, CNode, CState};
+use ddhcp::blocks::ClaimConfig;
 use ddhcp::node::{Channel, Dest, Event, Node, NodeConfig, derive_node_id};
 use ddhcp::store::{State, WallClock};
 use ddhcp::time::Instant;
@@ -56,6 +60,9 @@ impl Link {
 
 struct Slot {
     node: Option<Node>,
+    /// A node modelled on the C daemon instead (`cfg` then only describes its swarm).
+    cnode: Option<CNode>,
+    c_cfg: Option<CConfig>,
     cfg: NodeConfig,
     id: NodeId,
     addr: Ipv6Addr,
@@ -164,6 +171,8 @@ impl Sim {
         let addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, (i >> 16) as u16, i as u16 + 1);
         self.slots.push(Slot {
             node: None,
+            cnode: None,
+            c_cfg: None,
             cfg,
             id,
             addr,
@@ -176,13 +185,78 @@ impl Sim {
         i
     }
 
+    /// Adds and starts a node modelled on the C daemon; returns its index.
+    pub fn add_c_node(&mut self, c: CConfig) -> usize {
+        let i = self.slots.len();
+        let addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, (i >> 16) as u16, i as u16 + 1);
+        let cfg = NodeConfig {
+            range: c.range,
+            claim: ClaimConfig {
+                tentative_timeout: Duration::from_secs(c.tentative),
+                block_timeout: Duration::from_secs(c.block_timeout),
+                spare_leases: c.spare,
+                needless_timeout: Duration::from_secs(300),
+                learning: c.learning,
+            },
+            dhcp: None,
+        };
+        self.slots.push(Slot {
+            node: None,
+            cnode: None,
+            c_cfg: Some(c),
+            cfg,
+            id: NodeId([0; 8]),
+            addr,
+            group: 0,
+            sent_pkts: 0,
+            sent_bytes: 0,
+            durable: State::default(),
+        });
+        self.start(i);
+        i
+    }
+
+    pub fn is_c(&self, i: usize) -> bool {
+        self.slots[i].c_cfg.is_some()
+    }
+
+    pub fn cnode(&self, i: usize) -> Option<&CNode> {
+        self.slots[i].cnode.as_ref()
+    }
+
+    /// Running C-model nodes.
+    pub fn running_c(&self) -> impl Iterator<Item = (usize, &CNode)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.cnode.as_ref().map(|n| (i, n)))
+    }
+
+    pub fn addr(&self, i: usize) -> Ipv6Addr {
+        self.slots[i].addr
+    }
+
     /// Starts a stopped node as the daemon does: same id, state restored from its store
-    /// (empty after [`Sim::wipe`]), learning phase as configured.
+    /// (empty after [`Sim::wipe`]), learning phase as configured. A C node starts empty.
     pub fn start(&mut self, i: usize) {
         let seed = self.rng.random();
         let now = self.now;
         let slot = &mut self.slots[i];
-        assert!(slot.node.is_none(), "node {i} already running");
+        assert!(
+            slot.node.is_none() && slot.cnode.is_none(),
+            "node {i} already running"
+        );
+        if let Some(c) = slot.c_cfg {
+            // A random locally administered MAC, as on real hosts: C ids are the MAC.
+            let r: [u8; 5] = self.rng.random();
+            let mac = [0x02, r[0], r[1], r[2], r[3], r[4]];
+            let server = Ipv4Addr::new(10, 255, (i >> 8) as u8, i as u8);
+            let n = CNode::new(c, mac, server, now, seed);
+            slot.id = n.id;
+            slot.cnode = Some(n);
+            self.drain(i);
+            return;
+        }
         let mut node = Node::new(slot.cfg.clone(), slot.id, now, seed);
         // Simulated wall-clock time is core time.
         let clock = WallClock {
@@ -209,6 +283,7 @@ impl Sim {
     /// Stops a node at once (crash or kill): it sends nothing more.
     pub fn stop(&mut self, i: usize) {
         self.slots[i].node = None;
+        self.slots[i].cnode = None;
         let blocks: Vec<u32> = self
             .owners
             .iter()
@@ -274,7 +349,11 @@ impl Sim {
         self.slots
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.node.as_ref().map(|n| (n.poll_timeout(), i)))
+            .filter_map(|(i, s)| match (&s.node, &s.cnode) {
+                (Some(n), _) => Some((n.poll_timeout(), i)),
+                (None, Some(c)) => Some((c.poll_timeout(), i)),
+                (None, None) => None,
+            })
             .min()
     }
 
@@ -307,6 +386,9 @@ impl Sim {
                 if let Some(n) = self.slots[i].node.as_mut() {
                     n.handle_timeout(self.now);
                 }
+                if let Some(n) = self.slots[i].cnode.as_mut() {
+                    n.handle_timeout(self.now);
+                }
                 self.drain(i);
             }
             (_, Some(d)) => {
@@ -319,14 +401,20 @@ impl Sim {
                     Kind::Peer { from, channel } => {
                         if let Some(n) = self.slots[del.to].node.as_mut() {
                             n.handle_datagram(self.now, channel, from, &del.data);
-                            self.drain(del.to);
                         }
+                        if let Some(n) = self.slots[del.to].cnode.as_mut() {
+                            n.handle_datagram(self.now, channel, from, &del.data);
+                        }
+                        self.drain(del.to);
                     }
                     Kind::ToServer => {
                         if let Some(n) = self.slots[del.to].node.as_mut() {
                             n.handle_dhcp(self.now, &del.data);
-                            self.drain(del.to);
                         }
+                        if let Some(n) = self.slots[del.to].cnode.as_mut() {
+                            n.handle_dhcp(self.now, &del.data);
+                        }
+                        self.drain(del.to);
                     }
                     Kind::ToClient => self.client_receive(del.to, &del.data),
                 }
@@ -402,6 +490,30 @@ impl Sim {
             }
             slot.id = n.id();
         }
+        if let Some(n) = slot.cnode.as_mut() {
+            while let Some(t) = n.poll_transmit() {
+                transmits.push(t);
+            }
+            while let Some(d) = n.poll_dhcp() {
+                dhcp.push(ddhcp::dhcp::DhcpTransmit {
+                    to: std::net::SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
+                    payload: d,
+                });
+            }
+            while let Some((block, owns)) = n.ownership.pop_front() {
+                events.push(if owns {
+                    Event::BlockClaimed {
+                        block,
+                        first: Ipv4Addr::UNSPECIFIED,
+                    }
+                } else {
+                    Event::BlockDropped {
+                        block,
+                        first: Ipv4Addr::UNSPECIFIED,
+                    }
+                });
+            }
+        }
         for d in dhcp {
             self.deliver_to_clients(i, d.payload);
         }
@@ -436,7 +548,8 @@ impl Sim {
                 ),
             };
             for j in targets {
-                if self.slots[j].group != group || self.slots[j].node.is_none() {
+                let down = self.slots[j].node.is_none() && self.slots[j].cnode.is_none();
+                if self.slots[j].group != group || down {
                     continue;
                 }
                 if self.rng.random_bool(self.link.loss) {
@@ -496,15 +609,68 @@ impl Sim {
         v
     }
 
+    /// Owner of every owned block, Rust and C nodes alike; an error if a block has two.
+    pub fn owner_map(&self) -> Result<BTreeMap<u32, usize>, String> {
+        let mut owner: BTreeMap<u32, usize> = BTreeMap::new();
+        let rust = self
+            .running()
+            .map(|(i, n)| (i, n.blocks().owned().collect::<Vec<_>>()));
+        let c = self
+            .running_c()
+            .map(|(i, n)| (i, n.owned().collect::<Vec<_>>()));
+        for (i, blocks) in rust.chain(c) {
+            for b in blocks {
+                if let Some(prev) = owner.insert(b, i) {
+                    return Err(format!("block {b} owned by nodes {prev} and {i}"));
+                }
+            }
+        }
+        Ok(owner)
+    }
+
+    /// At most one owner per block, and no running Rust node names an owner other than the
+    /// real one (a view that lapsed to free is tolerated).
+    pub fn check_no_wrong_owner(&self) -> Result<(), String> {
+        let owner = self.owner_map()?;
+        for (j, n) in self.running() {
+            for (&b, &i) in &owner {
+                let want = (self.slots[i].id, self.slots[i].addr);
+                match n.blocks().owner_of(b) {
+                    Some(seen) if seen != want && i != j => {
+                        return Err(format!(
+                            "node {j} sees block {b} as {seen:?}, owner is node {i}"
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The settled-state invariants: at most one owner per block, and every running node's
     /// view of every owned block names the real owner at its real address; no running node
     /// believes a block is claimed by somebody who does not own it.
     pub fn check_agreement(&self) -> Result<(), String> {
-        let mut owner: BTreeMap<u32, usize> = BTreeMap::new();
-        for (i, n) in self.running() {
-            for b in n.blocks().owned() {
-                if let Some(prev) = owner.insert(b, i) {
-                    return Err(format!("block {b} owned by nodes {prev} and {i}"));
+        let owner = self.owner_map()?;
+        for (j, c) in self.running_c() {
+            for (&b, &i) in &owner {
+                if i == j {
+                    continue;
+                }
+                let want = (self.slots[i].id, self.slots[i].addr);
+                match c.view(b) {
+                    (CState::Claimed, Some(seen)) if seen == want => {}
+                    // An Inquire turns a claimed block tentative on a C node (reference
+                    // §3.8) until the owner's next claim; a shadow table's reset makes it
+                    // free (§3.11). Neither lets the C node take it while the owner lives.
+                    (CState::Tentative | CState::Free, _) => {}
+                    other => {
+                        return Err(format!(
+                            "C node {j} sees block {b} as {other:?}, but node {i} ({}) owns it",
+                            want.0
+                        ));
+                    }
                 }
             }
         }
@@ -649,7 +815,8 @@ impl Sim {
 
     fn client_send(&mut self, c: usize, data: Vec<u8>) {
         let node = self.clients[c].node;
-        if self.slots[node].node.is_none() || self.rng.random_bool(self.link.loss) {
+        let down = self.slots[node].node.is_none() && self.slots[node].cnode.is_none();
+        if down || self.rng.random_bool(self.link.loss) {
             return;
         }
         self.seq += 1;
