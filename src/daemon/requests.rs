@@ -252,7 +252,26 @@ impl Daemon {
             "roaming_renewals",
             "Forwarded renewals answered as owner, by outcome",
             "outcome",
-            &[("ack", d.renew_acked), ("nak", d.renew_naked)],
+            &[
+                ("ack", d.renew_acked),
+                ("nak", d.renew_naked),
+                ("unresolved", d.renew_unresolved),
+            ],
+        );
+        let (probes, learned) = self
+            .node
+            .dhcp()
+            .map_or((0, 0), |d| (d.orders.probes_sent, d.orders.learned));
+        m.counters(
+            "renew_byte_order",
+            "Probes of a peer's renew address byte order, and orders learned",
+            "event",
+            &[("probe", probes), ("learned", learned)],
+        );
+        m.counter(
+            "inquiry_answers_suppressed",
+            "Answers to Inquires or weaker claims not sent: the answer budget was spent",
+            self.node.blocks().answers_suppressed,
         );
         m.counter(
             "claim_rounds",
