@@ -33,7 +33,7 @@ use ddhcp::range::ManagedRange;
 use ddhcp::time::Instant;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use sim::cnode::CConfig;
+use sim::cnode::{CConfig, CState};
 use sim::{ClientState, Link, Sim, percentile, seeds};
 
 fn range(len: u8) -> ManagedRange {
@@ -222,7 +222,7 @@ fn racing_c_claimers_never_take_a_rust_owners_block() {
             for (i, c) in s.running_c() {
                 let (state, seen) = c.view(0);
                 assert!(
-                    seen == Some(want) || state == sim::cnode::CState::Tentative,
+                    seen == Some(want) || state == CState::Tentative,
                     "seed {seed}: C node {i} sees the block as {state:?} {seen:?}"
                 );
             }
@@ -243,6 +243,10 @@ fn roaming_across_c_and_rust_nodes_keeps_addresses() {
     for little_endian in [true, false] {
         // Roams that kept the address, by [owner is C][new node is C].
         let mut kept_by = [[0u32; 2]; 2];
+        let mut handovers = 0;
+        let mut slow = 0;
+        let mut c_tentative_naks = 0;
+        let mut c_conflict_blocks = std::collections::HashSet::new();
         for seed in 0..seeds(20) {
             let mut s = Sim::new(seed, Link::clean());
             let r = range(24);
@@ -278,12 +282,47 @@ fn roaming_across_c_and_rust_nodes_keeps_addresses() {
                     s.run_for(Duration::from_millis(200));
                     continue;
                 };
+                // The block changed hands since the client's last ACK: C claimers take a
+                // block after three Inquires even from a live C owner (see the header);
+                // the new owner knows nothing of the old one's leases.
+                let acked = cl.until - Duration::from_secs(120);
+                if s.owned_since
+                    .get(&block)
+                    .is_none_or(|&(o, t)| o != owner || t > acked)
+                {
+                    handovers += 1;
+                    s.run_for(Duration::from_millis(200));
+                    continue;
+                }
                 let acks = s.clients[c].acks;
+                // A C node with a tentative view of the block that owns block 0 NAKs the
+                // client (reference §3.8 and §3.14 item 2): a C bug, counted apart.
+                let c_naks = s.cnode(to).is_some_and(|n| {
+                    n.view(block).0 != CState::Claimed && n.owned().any(|b| b == 0)
+                });
                 s.roam(c, to);
                 s.run_for(Duration::from_millis(rng.random_range(4000..8000)));
+                // A C node that saw an Inquire for the block shows it tentative and ignores
+                // requests for it until the owner's next claim (`B/4` = 7.5 s here): such a
+                // roam is slow, not lost, as long as nothing refused the client.
+                let waiting = |s: &Sim| {
+                    let cl = &s.clients[c];
+                    cl.acks == acks && cl.state == ClientState::Rebooting && cl.ip == Some(ip)
+                };
+                if waiting(&s) {
+                    slow += 1;
+                    let until = s.now + Duration::from_secs(12);
+                    while s.now < until && waiting(&s) {
+                        s.run_for(Duration::from_millis(200));
+                    }
+                }
                 // Confirmed by a new ACK through the new node, not merely still held.
                 let cl = &s.clients[c];
                 let kept = cl.ip == Some(ip) && cl.state == ClientState::Bound && cl.acks > acks;
+                if !kept && c_naks {
+                    c_tentative_naks += 1;
+                    continue;
+                }
                 let (o, t) = (usize::from(s.is_c(owner)), usize::from(s.is_c(to)));
                 assert!(
                     kept,
@@ -291,20 +330,30 @@ fn roaming_across_c_and_rust_nodes_keeps_addresses() {
                     s.is_c(to),
                     s.is_c(owner),
                     s.clients[c].state,
-                    s.clients[c].ip
+                    s.clients[c].ip,
                 );
                 kept_by[o][t] += 1;
             }
-            assert!(
-                s.address_conflicts.is_empty(),
-                "seed {seed}: {:?}",
-                s.address_conflicts
-            );
+            // Conflicts only where a C node took a block from another C node: the new
+            // owner knows none of the old one's leases, and the yielded one keeps serving
+            // its clients' renewals by forwarding them to the new owner, which acknowledges
+            // them whatever the client (reference §3.6, §4.6).
+            for (ip, what) in s.conflict_ips.iter().zip(&s.address_conflicts) {
+                let block = r.locate(*ip).unwrap().0;
+                let h = &s.owner_history[&block];
+                let c_to_c = h.windows(2).any(|w| s.is_c(w[0]) && s.is_c(w[1]));
+                assert!(c_to_c, "seed {seed}: {what}; owners of the block: {h:?}");
+                c_conflict_blocks.insert((seed, block));
+            }
         }
         let k = kept_by;
         println!(
-            "SIM mixed_roaming little_endian={little_endian}: roams that kept the address (owner->new node): C->Rust {} C->C {} Rust->C {} Rust->Rust {}; lost 0; address conflicts 0",
-            k[1][0], k[1][1], k[0][1], k[0][0]
+            "SIM mixed_roaming little_endian={little_endian}: roams that kept the address (owner->new node): C->Rust {} C->C {} Rust->C {} Rust->Rust {}; lost 0; slower than 8 s (a C node's tentative view) {slow}; lost to a C node's tentative view and block-0 NAK {c_tentative_naks}; roams skipped because the block changed hands since the last ACK: {handovers}; blocks with address conflicts {} (all after a C node took a C node's block)",
+            k[1][0],
+            k[1][1],
+            k[0][1],
+            k[0][0],
+            c_conflict_blocks.len()
         );
         assert!(
             k[1][0] > 20 && k[0][1] > 20,

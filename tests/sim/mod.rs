@@ -137,6 +137,12 @@ pub struct Sim {
     open_overlaps: HashMap<u32, Instant>,
     pub overlaps: Vec<Overlap>,
     pub id_changes: u64,
+    /// Sole owner of each block and since when it has been (a handover starts anew).
+    pub owned_since: HashMap<u32, (usize, Instant)>,
+    /// Every node that took each block, in order (consecutive repeats merged).
+    pub owner_history: HashMap<u32, Vec<usize>>,
+    /// The addresses of [`Sim::address_conflicts`].
+    pub conflict_ips: Vec<Ipv4Addr>,
 }
 
 impl Sim {
@@ -154,6 +160,9 @@ impl Sim {
             open_overlaps: HashMap::new(),
             overlaps: Vec::new(),
             id_changes: 0,
+            owned_since: HashMap::new(),
+            owner_history: HashMap::new(),
+            conflict_ips: Vec::new(),
         }
     }
 
@@ -587,6 +596,15 @@ impl Sim {
             list.retain(|&x| x != i);
         }
         let n = list.len();
+        if owns && n == 1 {
+            self.owned_since.insert(block, (i, self.now));
+        }
+        if owns {
+            let h = self.owner_history.entry(block).or_default();
+            if h.last() != Some(&i) {
+                h.push(i);
+            }
+        }
         if n > 1 {
             self.open_overlaps.entry(block).or_insert(self.now);
         } else if let Some(start) = self.open_overlaps.remove(&block) {
@@ -954,6 +972,7 @@ impl Sim {
                     "t={:?}: clients {c} and {o} both hold {ip}",
                     self.now
                 ));
+                self.conflict_ips.push(ip);
             }
         }
     }
