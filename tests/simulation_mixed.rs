@@ -6,7 +6,8 @@
 //!
 //! What holds in a mixed mesh, and is asserted: one owner per block once settled, and every
 //! Rust node names it; racing C claimers never take a live Rust owner's block; roaming in
-//! either direction keeps the client's address; no address is ever held by two clients.
+//! either direction keeps the client's address; no address of a block a Rust node ever
+//! owned is held by two clients.
 //!
 //! What cannot hold because of the C side, and is therefore not asserted:
 //! - a C node's view of a live block may be `tentative` (any Inquire overwrites a claim,
@@ -19,8 +20,14 @@
 //!   every `t/2` = 7 s and refreshes on the first tick after `B/4` = 15 s) with a TTL of
 //!   60 s: fewer than three refreshes per TTL, so on a lossy link another node's view of a
 //!   C block lapses now and then (to free, never to a wrong owner) until the next refresh;
-//! - a restarted C node remembers no lease, and a C owner acknowledges a forwarded renewal
-//!   for any client (§4.6): neither is something a Rust node can repair.
+//! - a C claimer whose count reached three owns the block even when another C node took it
+//!   meanwhile; the greater id then keeps it, knowing none of the old owner's leases, while
+//!   the old owner forwards its clients' renewals to it and a C owner acknowledges them for
+//!   any client (§4.6): two clients then hold one address. Measured, and asserted to happen
+//!   only in blocks a C node took from another C node;
+//! - a C node whose view of a block is tentative ignores requests for it, or NAKs them if it
+//!   happens to own block 0 (§3.14 item 2): such roams are slow or lost, counted apart;
+//! - a restarted C node remembers no lease: nothing a Rust node can repair.
 
 mod sim;
 

@@ -378,6 +378,15 @@ impl TestNet {
     /// `prlimit --fsize=65536 --` for a daemon with a file size limit. The wrapper must
     /// exec ddhcpd, so that the PID the harness holds stays the daemon's.
     pub fn start_daemon_wrapped(&mut self, i: usize, wrapper: &[&str], args: &[&str]) {
+        let program = self.ddhcpd.clone();
+        self.start_program(i, &program, wrapper, args);
+    }
+
+    /// Like [`start_daemon_wrapped`](Self::start_daemon_wrapped), but runs `program`
+    /// instead of this net's `ddhcpd` (e.g. the C ddhcpd in the interoperability tests).
+    /// It is held, signalled, and killed on drop exactly like a `ddhcpd` of ours; `program`
+    /// must not fork into the background, so that the PID the harness holds stays its own.
+    pub fn start_program(&mut self, i: usize, program: &Path, wrapper: &[&str], args: &[&str]) {
         assert!(i < self.n, "daemon index {i} out of range 0..{}", self.n);
         assert!(!self.daemon_running(i), "daemon {i} is already running");
         if let Some(mut old) = self.daemons[i].take() {
@@ -394,7 +403,7 @@ impl TestNet {
                 log,
                 "=== start_daemon {i}: {}{} {}",
                 wrapper.iter().map(|w| format!("{w} ")).collect::<String>(),
-                self.ddhcpd.display(),
+                program.display(),
                 args.join(" ")
             );
         }
@@ -404,7 +413,7 @@ impl TestNet {
             .arg("srv-start")
             .arg(i.to_string())
             .args(wrapper)
-            .arg(&self.ddhcpd)
+            .arg(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(log)
