@@ -40,6 +40,10 @@ const PROBE_CHADDR: [u8; 16] = [0xff; 16];
 /// Peers whose order we remember; a forged flood of senders cannot grow it further.
 const MAX_PEERS: usize = 4096;
 
+/// Probes under way at once: forged ambiguous renewals from many sources cannot make us
+/// send more than two datagrams each for this many.
+const MAX_PROBES: usize = 256;
+
 /// How a peer reads the address of a renew payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddrOrder {
@@ -124,7 +128,7 @@ impl PeerOrders {
     ) -> Vec<RenewPayload> {
         self.probes
             .retain(|_, (_, _, at)| now.saturating_since(*at) < timeout);
-        if self.probes.values().any(|(p, _, _)| *p == peer) {
+        if self.probes.len() >= MAX_PROBES || self.probes.values().any(|(p, _, _)| *p == peer) {
             return Vec::new();
         }
         let Some(ip) = probe_address(peer, blocks, range) else {
