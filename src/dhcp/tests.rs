@@ -349,8 +349,8 @@ fn roaming_request_is_forwarded_and_answered_by_the_owners_verdict() {
 }
 
 /// A node in 10.0.0.0/8 (where 10.1.2.10 reversed is 10.2.1.10, also in range) owning one
-/// block, and a peer owning the block of `ip`.
-fn slash8_node_with_peer_block(ip: Ipv4Addr) -> Node {
+/// block.
+fn slash8_node() -> Node {
     let mut cfg = config(false);
     cfg.range = ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 8, 2).unwrap();
     let mut n = Node::new(cfg, NodeId([5; 8]), t(0), 7);
@@ -358,6 +358,12 @@ fn slash8_node_with_peer_block(ip: Ipv4Addr) -> Node {
         n.handle_timeout(t(s * 1000));
     }
     while n.poll_transmit().is_some() {}
+    n
+}
+
+/// [`slash8_node`], and a peer owning the block of `ip`.
+fn slash8_node_with_peer_block(ip: Ipv4Addr) -> Node {
+    let mut n = slash8_node();
     let (block, _) = n.blocks().range().locate(ip).unwrap();
     let p = Packet {
         node_id: NodeId([9; 8]),
@@ -407,13 +413,7 @@ fn ambiguous_address_waits_for_a_probe_of_the_owners_byte_order() {
 
 #[test]
 fn owner_reads_an_ambiguous_renewal_only_when_something_decides_it() {
-    let mut cfg = config(false);
-    cfg.range = ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 8, 2).unwrap();
-    let mut n = Node::new(cfg, NodeId([5; 8]), t(0), 7);
-    for s in 0..=3 {
-        n.handle_timeout(t(s * 1000));
-    }
-    while n.poll_transmit().is_some() {}
+    let mut n = slash8_node();
     let range = *n.blocks().range();
     let d = n.dhcp_mut().unwrap();
     // Own the blocks of both readings of 10.1.2.10.

@@ -27,6 +27,8 @@ use ddhcp::wire::{ClaimEntry, Message, NodeId, Packet, RenewPayload};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use super::reply_option;
+
 /// Entries per UpdateClaim packet (`UPDATE_CLAIM_MAX_BLOCKS`).
 const CLAIM_MAX: usize = 32;
 const OFFER_TIMEOUT: u64 = 12;
@@ -503,8 +505,10 @@ impl CNode {
         let ciaddr = Ipv4Addr::new(data[12], data[13], data[14], data[15]);
         let mut chaddr = [0u8; 16];
         chaddr.copy_from_slice(&data[28..44]);
-        let Some(&[t]) = option(data, 53) else { return };
-        let requested = option(data, 50)
+        let Some(&[t]) = reply_option(data, 53) else {
+            return;
+        };
+        let requested = reply_option(data, 50)
             .and_then(|o| <[u8; 4]>::try_from(o).ok())
             .map(Ipv4Addr::from);
         match t {
@@ -674,20 +678,4 @@ impl CNode {
         }
         out
     }
-}
-
-fn option(p: &[u8], code: u8) -> Option<&[u8]> {
-    let mut i = 240;
-    while i + 1 < p.len() && p[i] != 255 {
-        if p[i] == 0 {
-            i += 1;
-            continue;
-        }
-        let len = usize::from(p[i + 1]);
-        if p[i] == code {
-            return p.get(i + 2..i + 2 + len);
-        }
-        i += 2 + len;
-    }
-    None
 }

@@ -176,28 +176,12 @@ impl Sim {
 
     /// Adds and starts a node with a given id (to stage duplicate ids).
     pub fn add_node_with_id(&mut self, cfg: NodeConfig, id: NodeId) -> usize {
-        let i = self.slots.len();
-        let addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, (i >> 16) as u16, i as u16 + 1);
-        self.slots.push(Slot {
-            node: None,
-            cnode: None,
-            c_cfg: None,
-            cfg,
-            id,
-            addr,
-            group: 0,
-            sent_pkts: 0,
-            sent_bytes: 0,
-            durable: State::default(),
-        });
-        self.start(i);
-        i
+        self.push_slot(cfg, id, None)
     }
 
-    /// Adds and starts a node modelled on the C daemon; returns its index.
+    /// Adds and starts a node modelled on the C daemon (its id comes from its MAC); returns
+    /// its index. `cfg` of the slot only describes the swarm.
     pub fn add_c_node(&mut self, c: CConfig) -> usize {
-        let i = self.slots.len();
-        let addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, (i >> 16) as u16, i as u16 + 1);
         let cfg = NodeConfig {
             range: c.range,
             claim: ClaimConfig {
@@ -209,12 +193,18 @@ impl Sim {
             },
             dhcp: None,
         };
+        self.push_slot(cfg, NodeId([0; 8]), Some(c))
+    }
+
+    fn push_slot(&mut self, cfg: NodeConfig, id: NodeId, c_cfg: Option<CConfig>) -> usize {
+        let i = self.slots.len();
+        let addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, (i >> 16) as u16, i as u16 + 1);
         self.slots.push(Slot {
             node: None,
             cnode: None,
-            c_cfg: Some(c),
+            c_cfg,
             cfg,
-            id: NodeId([0; 8]),
+            id,
             addr,
             group: 0,
             sent_pkts: 0,
@@ -786,6 +776,7 @@ fn dhcp_message(c: &Client, msg_type: u8, ciaddr: Ipv4Addr, opts: &[(u8, Vec<u8>
     b
 }
 
+/// Option `code` of a DHCP message (also what the C model parses requests with).
 fn reply_option(p: &[u8], code: u8) -> Option<&[u8]> {
     let mut i = 240;
     while i + 1 < p.len() && p[i] != 255 {
