@@ -12,6 +12,9 @@
 //!                    bit4 the node runs a DHCP service (renewals are answered, leases kept)
 //!                    bit5 ... with interface address 10.0.0.1 (server id)
 //!                    bit6 ... with options 3, 6 and a 60 s lease time (51)
+//!                    bit7 10.0.0.0/12 in blocks of 128 instead (8192 blocks), where an
+//!                         address such as 10.0.3.10 reads as 10.3.0.10 reversed, also in
+//!                         range: the renew byte-order probes and ambiguous renewals
 //!    byte 1   rng seed of the node
 //!    then chunks:
 //!      ctl    bit0 unicast socket (else multicast)
@@ -43,6 +46,7 @@ use ddhcp::wire::{self, Message, NodeId, Packet};
 use libfuzzer_sys::fuzz_target;
 
 const SWARM: [u8; 6] = [0x0a, 0x00, 0x00, 0x00, 0x18, 0x04];
+const SWARM_12: [u8; 6] = [0x0a, 0x00, 0x00, 0x00, 0x0c, 0x80];
 const COOKIE: [u8; 4] = [99, 130, 83, 99];
 
 /// `DDHCP_FUZZ_TRACE=1` prints every step, transmit and event (for triage of an artifact).
@@ -229,8 +233,13 @@ fuzz_target!(|data: &[u8]| {
         [f, s, rest @ ..] => (*f, *s, rest),
         _ => return,
     };
-    let range = ManagedRange::new("10.0.0.0".parse().unwrap(), 24, 2).unwrap();
-    assert_eq!(range.swarm().block_size, SWARM[5]);
+    let (range, swarm) = if flags & 0x80 != 0 {
+        (ManagedRange::new("10.0.0.0".parse().unwrap(), 12, 7).unwrap(), SWARM_12)
+    } else {
+        (ManagedRange::new("10.0.0.0".parse().unwrap(), 24, 2).unwrap(), SWARM)
+    };
+    assert_eq!(range.swarm().block_size, swarm[5]);
+    assert_eq!(range.swarm().prefix_len, swarm[4]);
     let cfg = NodeConfig {
         range,
         claim: ClaimConfig {
@@ -313,7 +322,7 @@ fuzz_target!(|data: &[u8]| {
             }
         } else {
             if flags & 1 != 0 && buf.len() >= 14 {
-                buf[8..14].copy_from_slice(&SWARM);
+                buf[8..14].copy_from_slice(&swarm);
             }
             if flags & 4 != 0 {
                 fold_blocks(&mut buf);
