@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::prelude::*;
 
 fn level(verbose: u8) -> &'static str {
     // ddhcpd's default is WARNING; each -v adds a level.
@@ -92,8 +93,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("ddhcp={}", level(cfg.verbose))));
+    // `target=level` directives (RUST_LOG, `ddhcpctl log-level`), without span filters: an
+    // EnvFilter would link a regex engine, a sixth of a router binary (docs/footprint.md).
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| {
+            Targets::new().with_target(
+                "ddhcp",
+                level(cfg.verbose)
+                    .parse::<tracing_subscriber::filter::LevelFilter>()
+                    .expect("a level"),
+            )
+        });
     let logs_to_stderr = cfg.log_file.is_none() && !cfg.daemonize;
     let (writer, ansi) = match &cfg.log_file {
         Some(path) => {
@@ -121,15 +133,19 @@ fn main() -> ExitCode {
             std::io::IsTerminal::is_terminal(&std::io::stderr()),
         ),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(writer)
-        .with_filter_reloading();
-    let handle = builder.reload_handle();
-    builder.init();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(ansi)
+                .with_writer(writer),
+        )
+        .init();
     let set_log_level: ddhcp::daemon::LogLevelSetter = Box::new(move |f: &str| {
-        let filter = EnvFilter::try_new(f).map_err(|e| format!("bad filter '{f}': {e}"))?;
+        let filter = f
+            .parse::<Targets>()
+            .map_err(|e| format!("bad filter '{f}': {e}"))?;
         handle.reload(filter).map_err(|e| e.to_string())
     });
     if cfg.daemonize {

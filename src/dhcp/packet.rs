@@ -1,16 +1,17 @@
-//! DHCPv4 packets: requests in through dhcproto's zero-copy decoder, replies out through a
-//! small encoder of our own.
+//! DHCPv4 packets: requests in through a zero-copy option walk, replies out through a small
+//! encoder, both our own.
 //!
-//! dhcproto's encoder writes options in code order (they live in a `BTreeMap`), but RFC 2132
-//! and clients with small buffers want the order of the parameter request list, so replies
-//! are laid out here: the fixed BOOTP header, the magic cookie, options in the order the
-//! caller gives, END, padding to the 300-byte BOOTP minimum. Fixed header fields are read
-//! from the buffer directly, because dhcproto's `chaddr()` slices by `hlen` and would panic
-//! on a packet claiming `hlen` > 16.
+//! A general DHCP crate costs more than it gives here: dhcproto's decoder is an option walk
+//! we need 40 lines for, but it links hickory-proto, idna and the ICU normalisation tables
+//! (about 200 KB of a router binary, docs/footprint.md); its encoder writes options in code
+//! order, while RFC 2132 and clients with small buffers want the order of the parameter
+//! request list. The tests and fuzzers still read every reply back with dhcproto, an
+//! independent decoder. Replies are laid out here: the fixed BOOTP header, the magic cookie,
+//! options in the order the caller gives, END, padding to the 300-byte BOOTP minimum.
 
 use std::net::Ipv4Addr;
 
-use dhcproto::v4::borrowed;
+use std::borrow::Cow;
 
 use super::options::*;
 
@@ -110,7 +111,6 @@ impl Request {
         if buf[236..240] != COOKIE {
             return Err(ParseError::NoCookie);
         }
-        let msg = borrowed::Message::new(buf).map_err(|_| ParseError::Short)?;
         let ip = |o: usize| Ipv4Addr::new(buf[o], buf[o + 1], buf[o + 2], buf[o + 3]);
         let mut chaddr = [0u8; 16];
         chaddr.copy_from_slice(&buf[28..44]);
@@ -133,10 +133,10 @@ impl Request {
             relay_info: None,
         };
         let mut msg_type = None;
-        for opt in msg.opts() {
-            let data = opt.data();
+        for (code, data) in Options::new(&buf[240..]) {
+            let data = &*data;
             let as_ip = || <[u8; 4]>::try_from(data).ok().map(Ipv4Addr::from);
-            match u8::from(opt.code()) {
+            match code {
                 MESSAGE_TYPE => msg_type = data.first().copied().and_then(MessageType::from_u8),
                 REQUESTED_IP => req.requested_ip = as_ip(),
                 SERVER_ID => req.server_id = as_ip(),
@@ -152,6 +152,65 @@ impl Request {
         }
         req.msg_type = msg_type.ok_or(ParseError::NoMessageType)?;
         Ok(req)
+    }
+}
+
+const PAD: u8 = 0;
+const END: u8 = 255;
+
+/// The options after the magic cookie: PAD skipped, END or a truncated option ends the walk,
+/// and adjacent parts of one option are joined (RFC 3396), exactly as dhcproto reads them
+/// (a property test compares the two).
+struct Options<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Options<'a> {
+    fn new(rest: &'a [u8]) -> Self {
+        Options { rest }
+    }
+
+    /// One code-length-data part, if the next one is whole.
+    fn part(&mut self) -> Option<(u8, &'a [u8])> {
+        loop {
+            let (&code, tail) = self.rest.split_first()?;
+            match code {
+                PAD => self.rest = tail,
+                END => return None,
+                _ => {
+                    let (&len, tail) = tail.split_first()?;
+                    let data = tail.get(..usize::from(len))?;
+                    self.rest = &tail[usize::from(len)..];
+                    return Some((code, data));
+                }
+            }
+        }
+    }
+}
+
+impl<'a> Iterator for Options<'a> {
+    type Item = (u8, Cow<'a, [u8]>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (code, first) = match self.part() {
+            Some(p) => p,
+            None => {
+                self.rest = &[];
+                return None;
+            }
+        };
+        let mut data = Cow::Borrowed(first);
+        while self.rest.first() == Some(&code) {
+            match self.part() {
+                Some((_, more)) => data.to_mut().extend_from_slice(more),
+                // A truncated continuation spoils the whole option (as in dhcproto).
+                None => {
+                    self.rest = &[];
+                    return None;
+                }
+            }
+        }
+        Some((code, data))
     }
 }
 
@@ -236,6 +295,7 @@ pub fn build_reply(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use proptest::prelude::Just;
 
     /// A minimal client message for tests.
     pub fn message(msg_type: u8, mac: u8, extra: &[(u8, &[u8])]) -> Vec<u8> {
@@ -329,5 +389,42 @@ pub(crate) mod tests {
         // dhcproto reads it back.
         let m = dhcproto::v4::borrowed::Message::new(&r).unwrap();
         assert_eq!(m.opts().count(), 4);
+    }
+
+    proptest::proptest! {
+        /// Our option walk reads exactly what dhcproto's decoder reads, on option areas of
+        /// random parts (PAD, END, truncated and repeated codes included).
+        #[test]
+        fn option_walk_matches_dhcproto(
+            parts in proptest::collection::vec(
+                (proptest::prop_oneof![Just(0u8), Just(255u8), 1u8..6, Just(53u8), proptest::num::u8::ANY],
+                 proptest::collection::vec(proptest::num::u8::ANY, 0..6),
+                 proptest::bool::ANY),
+                0..12,
+            ),
+            cut in 0usize..80,
+        ) {
+            let mut area = Vec::new();
+            for (code, data, short) in &parts {
+                area.push(*code);
+                if *code != 0 && *code != 255 {
+                    area.push(data.len() as u8 + u8::from(*short));
+                    area.extend_from_slice(data);
+                }
+            }
+            area.truncate(area.len().saturating_sub(cut % 3));
+            let mut buf = vec![0u8; 236];
+            buf[0] = 1;
+            buf.extend_from_slice(&COOKIE);
+            buf.extend_from_slice(&area);
+            let ours: Vec<(u8, Vec<u8>)> =
+                Options::new(&buf[240..]).map(|(c, d)| (c, d.into_owned())).collect();
+            let theirs: Vec<(u8, Vec<u8>)> = dhcproto::v4::borrowed::Message::new(&buf)
+                .unwrap()
+                .opts()
+                .map(|o| (u8::from(o.code()), o.data().to_vec()))
+                .collect();
+            proptest::prop_assert_eq!(ours, theirs);
+        }
     }
 }
