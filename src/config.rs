@@ -379,6 +379,13 @@ impl Args {
                 .metrics
                 .as_deref()
                 .map(|m| {
+                    if cfg!(not(feature = "metrics")) {
+                        return Err(ConfigError::new(
+                            "--metrics",
+                            m,
+                            "this ddhcpd was built without the metrics feature",
+                        ));
+                    }
                     m.parse().map_err(|_| {
                         ConfigError::new(
                             "--metrics",
@@ -474,7 +481,11 @@ mod tests {
             (
                 "-N 10.0.0.0/24 --metrics localhost",
                 "--metrics",
-                "ADDR:PORT",
+                if cfg!(feature = "metrics") {
+                    "ADDR:PORT"
+                } else {
+                    "without the metrics feature"
+                },
             ),
         ];
         for (args, flag, why) in cases {

@@ -9,6 +9,7 @@ pub mod control;
 pub mod dhcp_socket;
 pub mod hook;
 pub mod iface;
+#[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod peer;
 mod requests;
@@ -272,6 +273,7 @@ pub async fn run(
         None => Hook::none(),
     };
     let (ctl_tx, ctl_rx) = mpsc::channel(64);
+    #[cfg(feature = "metrics")]
     let metrics_task = match cfg.metrics {
         Some(addr) => {
             let l = metrics::bind(addr).await.map_err(|e| {
@@ -282,6 +284,8 @@ pub async fn run(
         }
         None => None,
     };
+    #[cfg(not(feature = "metrics"))]
+    let metrics_task: Option<tokio::task::JoinHandle<()>> = None;
     let ctl_task = tokio::spawn(control::serve(listener, ctl_tx));
     let control_path = cfg.control.clone();
     let mut d = Daemon {

@@ -4,10 +4,13 @@
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Daemon, log_filter, metrics};
+#[cfg(feature = "metrics")]
+use super::metrics;
+use super::{Daemon, log_filter};
 use crate::config::parse_option;
 use crate::control::{Request, Response};
 use crate::dhcp::options::OptionStore;
+#[cfg(feature = "metrics")]
 use crate::time::Instant;
 
 fn no_dhcp() -> Response {
@@ -143,7 +146,10 @@ impl Daemon {
                 info!(secs, "lease time set");
                 Response::ok(json!({"ok": true}))
             }
+            #[cfg(feature = "metrics")]
             Request::Metrics => Response::ok(json!({ "text": self.metrics_text(now) })),
+            #[cfg(not(feature = "metrics"))]
+            Request::Metrics => Response::err("this ddhcpd was built without the metrics feature"),
             Request::LogLevel { level } => {
                 let Some(set) = &self.set_log_level else {
                     return Response::err("this daemon's logging cannot be changed at run time");
@@ -159,6 +165,7 @@ impl Daemon {
         }
     }
 
+    #[cfg(feature = "metrics")]
     pub(super) fn metrics_text(&self, now: Instant) -> String {
         use crate::stats::Counter as C;
         let c = self.node.counters();
