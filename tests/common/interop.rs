@@ -80,15 +80,8 @@ pub fn target_dir() -> PathBuf {
             Path::new(env!("CARGO_MANIFEST_DIR")).join(d)
         };
     }
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut dir = exe
-        .parent()
-        .expect("test executable has a directory")
-        .to_path_buf();
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.pop();
-    }
-    dir.pop(); // the profile directory
+    let mut dir = crate::common::netns::profile_dir();
+    dir.pop();
     dir
 }
 

@@ -59,6 +59,11 @@ pub fn bin(name: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(format!("CARGO_BIN_EXE_{name}")) {
         return PathBuf::from(p);
     }
+    profile_dir().join(name)
+}
+
+/// `target/<profile>` of the running test executable (`target/<profile>/deps/<test>-<hash>`).
+pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let mut dir = exe
         .parent()
@@ -67,7 +72,7 @@ pub fn bin(name: &str) -> PathBuf {
     if dir.file_name().is_some_and(|n| n == "deps") {
         dir.pop();
     }
-    dir.join(name)
+    dir
 }
 
 /// Checks that namespace tests can run here: root, `ip` present, a network
