@@ -115,7 +115,8 @@ pub struct RenewPayload {
 }
 
 impl RenewPayload {
-    /// Builds a payload the way we send it: the address in network byte order.
+    /// An unmarked payload with the address in network byte order, as a big-endian C node
+    /// sends it. Our own RenewLeases are built by `dhcp::roaming` (peer's order, mark).
     pub fn new(address: Ipv4Addr, xid: u32, chaddr: [u8; 16]) -> Self {
         RenewPayload {
             address: address.octets(),
@@ -125,9 +126,9 @@ impl RenewPayload {
         }
     }
 
-    /// Both readings of the address field: as sent by big-endian C nodes and by us
-    /// (network order), and as sent by little-endian C nodes (byte-reversed). The caller
-    /// picks the one inside its managed range.
+    /// Both readings of the address field: network order (big-endian C nodes, and our
+    /// marked payloads) and byte-reversed (little-endian C nodes). `dhcp::roaming` decides
+    /// which one a peer meant.
     pub fn addresses(&self) -> [Ipv4Addr; 2] {
         let a = self.address;
         [Ipv4Addr::from(a), Ipv4Addr::new(a[3], a[2], a[1], a[0])]
