@@ -1,15 +1,20 @@
-//! The command line: clap parsing plus `Args::validate`, `parse_option` and `parse_range`
-//! must never panic, whatever the arguments. A configuration that validates must be usable:
-//! a node built from it as the daemon does (DHCP service with the `-o` options when there is
-//! a client interface; ranges of at most 4096 blocks, to keep runs fast) runs its timers for
-//! a while and answers a DISCOVER and a REQUEST without panicking.
+//! The command line: clap parsing plus `Args::validate_with`, `parse_option` and
+//! `parse_range` must never panic, whatever the arguments (`--pool` values among them). A
+//! configuration that validates must hold what `Config` promises (unique pool names,
+//! disjoint ranges, one dhcp pool per client interface, options that pass `set-option`'s
+//! checks) and be usable: a node built from each of its first two pools as the daemon does
+//! (DHCP service with the pool's options when it has a client interface; ranges of at most
+//! 4096 blocks, to keep runs fast) runs its timers for a while and answers a DISCOVER and a
+//! REQUEST without panicking. `--config` is never read (the input could name `/dev/zero`);
+//! the `config_file` target feeds file text.
 //!
 //! The input, read as lossy UTF-8, is split on NUL if it contains one (so arguments may hold
 //! spaces), else on whitespace, and passed after "ddhcpd".
 #![no_main]
 
 use clap::Parser;
-use ddhcp::config::{Args, parse_option, parse_range};
+use ddhcp::blocks::ClaimConfig;
+use ddhcp::config::{Args, Config, PoolSpec, PoolUse, parse_option, parse_range};
 use ddhcp::dhcp::DhcpConfig;
 use ddhcp::node::{Node, NodeConfig};
 use ddhcp::time::Instant;
@@ -47,21 +52,69 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    let Ok(cfg) = args.validate() else { return };
-    check_range(&cfg.range);
-    for o in &cfg.options {
-        assert!(o.code != 0 && o.code != 255);
-        // Start-up options pass the same checks as `set-option`.
-        assert!(ddhcp::dhcp::options::OptionStore::validate(o).is_ok(), "{o:?}");
+    let cfg = match args.validate_with(None) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            assert!(!e.to_string().contains('\n'), "{e:?}");
+            return;
+        }
+    };
+    check_config(&cfg);
+    for pool in cfg.pools.iter().take(2) {
+        run_node(&cfg, pool);
     }
-    if cfg.range.num_blocks() > 4096 {
+});
+
+/// What `Config` promises about its pools.
+fn check_config(cfg: &Config) {
+    assert!(!cfg.pools.is_empty());
+    for (i, p) in cfg.pools.iter().enumerate() {
+        check_range(&p.range);
+        assert!(!p.name.is_empty() && p.name.len() <= 32, "{p:?}");
+        for o in &p.options {
+            assert!(o.code != 0 && o.code != 255);
+            // Start-up options pass the same checks as `set-option`.
+            assert!(
+                ddhcp::dhcp::options::OptionStore::validate(o).is_ok(),
+                "{o:?}"
+            );
+        }
+        if p.use_ != PoolUse::Dhcp {
+            assert!(p.options.is_empty(), "{p:?}");
+        }
+        let total = 1u64 << (32 - u32::from(p.range.prefix_len()));
+        assert!(u64::from(p.spare) <= total);
+        for q in &cfg.pools[..i] {
+            assert_ne!(p.name, q.name);
+            assert!(
+                q.range.locate(p.range.prefix()).is_none()
+                    && p.range.locate(q.range.prefix()).is_none(),
+                "{} and {} overlap",
+                p.range,
+                q.range
+            );
+            if p.use_ == PoolUse::Dhcp && q.use_ == PoolUse::Dhcp && p.iface.is_some() {
+                assert_ne!(p.iface, q.iface);
+            }
+        }
+        assert!(cfg.pool_index(Some(&p.name)) == Ok(i));
+    }
+    let _ = cfg.pool_index(None);
+}
+
+fn run_node(cfg: &Config, pool: &PoolSpec) {
+    if pool.range.num_blocks() > 4096 {
         return;
     }
+    let dhcp = pool.use_ == PoolUse::Dhcp && pool.iface.is_some();
     let node_cfg = NodeConfig {
-        range: cfg.range,
-        claim: cfg.claim.clone(),
-        dhcp: cfg.client_iface.as_ref().map(|_| DhcpConfig {
-            options: cfg.options.clone(),
+        range: pool.range,
+        claim: ClaimConfig {
+            spare_leases: pool.spare,
+            ..cfg.claim.clone()
+        },
+        dhcp: dhcp.then(|| DhcpConfig {
+            options: pool.options.clone(),
             interface_addr: Some(Ipv4Addr::new(192, 0, 2, 1)),
         }),
     };
@@ -78,14 +131,14 @@ fuzz_target!(|data: &[u8]| {
         node.handle_timeout(now);
         while let Some(t) = node.poll_transmit() {
             let p = Packet::decode(&t.payload).expect("node sent an undecodable datagram");
-            assert_eq!(p.swarm, cfg.range.swarm());
+            assert_eq!(p.swarm, pool.range.swarm());
         }
         while node.poll_dhcp_transmit().is_some() {}
         while node.poll_event().is_some() {}
         let _ = node.status(now);
         let _ = node.blocks_view(now);
     }
-});
+}
 
 fn check_range(r: &ddhcp::range::ManagedRange) {
     let n = r.num_blocks();

@@ -1,11 +1,14 @@
-//! Command-line flags and their validation.
+//! Command-line flags, the `--config` file, and their validation.
 //!
 //! The short flags are ddhcpd's, so existing init scripts (Gluon's among them) work
-//! unchanged. Validation is pure (no system calls), so it can be fuzzed; checks against
-//! the running system (does the interface exist?) happen in the daemon at start-up and use
-//! the same [`ConfigError`] so the operator always gets one line naming flag, value and
-//! reason, and exit code 2.
+//! unchanged. `-N/-b/-c/-o` make one pool named `default`; `--pool` and the TOML file of
+//! `--config` ([`file`]) add more. Validation is pure (no system calls) apart from reading
+//! the `--config` file, so it can be fuzzed ([`Args::validate_with`] takes the file's
+//! text already parsed); checks against the running system (does the interface exist?)
+//! happen in the daemon at start-up and use the same [`ConfigError`] so the operator always
+//! gets one line naming flag (or `FILE:LINE KEY`), value and reason, and exit code 2.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -17,7 +20,16 @@ use crate::blocks::ClaimConfig;
 use crate::range::ManagedRange;
 use crate::wire::NodeId;
 
+pub mod file;
+mod pool;
+
+pub use file::ConfigFile;
+pub use pool::{PoolSpec, PoolUse};
+
 /// `ddhcpd` command line.
+///
+/// Flags whose value may also come from the `--config` file have no clap default (so an
+/// absent flag can be told from a given one); their defaults are the `DEFAULT_*` constants.
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "ddhcpd",
@@ -30,39 +42,53 @@ pub struct Args {
     /// Server interface: peer traffic (IPv6 link-local multicast ff02::1234 port 1234, unicast 1235)
     #[arg(short = 'i', value_name = "IFACE")]
     pub server_iface: Option<String>,
-    /// Client interface: DHCP service on UDP 67
+    /// Client interface: DHCP service on UDP 67 (also the default iface= of every dhcp pool)
     #[arg(short = 'c', value_name = "IFACE")]
     pub client_iface: Option<String>,
     /// No client interface (no DHCP service, no blocks claimed for it)
     #[arg(short = 'S')]
     pub no_client: bool,
-    /// Managed range A.B.C.D/LEN
+    /// Managed range A.B.C.D/LEN: the pool named `default` (required unless --pool or
+    /// --config give pools)
     #[arg(short = 'N', value_name = "A.B.C.D/LEN")]
     pub network: Option<String>,
-    /// Block size is 2^POW addresses
-    #[arg(short = 'b', value_name = "POW", default_value = "5")]
-    pub block_pow: String,
-    /// Tentative timeout in seconds (claim rounds run every half of it)
-    #[arg(short = 't', value_name = "SECS", default_value = "15")]
-    pub tentative_timeout: String,
+    /// Block size is 2^POW addresses (also the default block= of pools) [default: 5]
+    #[arg(short = 'b', value_name = "POW")]
+    pub block_pow: Option<String>,
+    /// Tentative timeout in seconds (claim rounds run every half of it) [default: 15]
+    #[arg(short = 't', value_name = "SECS")]
+    pub tentative_timeout: Option<String>,
     /// Block claim timeout in seconds: TTL announced in claims and learning-phase length
-    #[arg(short = 'B', value_name = "SECS", default_value = "60")]
-    pub block_timeout: String,
-    /// Spare leases to keep free in owned blocks
-    #[arg(short = 's', value_name = "N", default_value = "2")]
-    pub spare_leases: String,
-    /// Seconds an unused surplus block is kept before it is given up
-    #[arg(short = 'n', value_name = "SECS", default_value = "300")]
-    pub needless_timeout: String,
+    /// [default: 60]
+    #[arg(short = 'B', value_name = "SECS")]
+    pub block_timeout: Option<String>,
+    /// Spare leases to keep free in owned blocks (also the default spare= of pools)
+    /// [default: 2]
+    #[arg(short = 's', value_name = "N")]
+    pub spare_leases: Option<String>,
+    /// Seconds an unused surplus block is kept before it is given up [default: 300]
+    #[arg(short = 'n', value_name = "SECS")]
+    pub needless_timeout: Option<String>,
     /// Skip the learning phase
     #[arg(short = 'L')]
     pub no_learning: bool,
-    /// Add a DHCP option CODE:LEN:P1.P2… (repeatable; bytes in decimal, 0x hex or 0 octal)
+    /// Add a DHCP option CODE:LEN:P1.P2… to every dhcp pool (repeatable; bytes in decimal,
+    /// 0x hex or 0 octal)
     #[arg(short = 'o', value_name = "CODE:LEN:P1.P2…")]
     pub options: Vec<String>,
-    /// Control socket path
-    #[arg(short = 'C', value_name = "PATH", default_value = "/run/ddhcpd.sock")]
-    pub control: PathBuf,
+    /// Managed pool (repeatable); KEYs: block=POW, use=dhcp|local|api, iface=IFACE,
+    /// spare=N, location=TAG, option=CODE:LEN:P1.P2… (repeatable)
+    #[arg(long = "pool", value_name = "NAME=A.B.C.D/LEN[,KEY=VALUE…]")]
+    pub pools: Vec<String>,
+    /// TOML file with node settings and [pool.NAME] tables; flags override its node settings
+    #[arg(long = "config", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// This node's location tag
+    #[arg(long = "location", value_name = "TAG")]
+    pub location: Option<String>,
+    /// Control socket path [default: /run/ddhcpd.sock]
+    #[arg(short = 'C', value_name = "PATH")]
+    pub control: Option<PathBuf>,
     /// Hook executable, run as `PATH ACTION ARGS…` without a shell
     #[arg(short = 'H', value_name = "PATH")]
     pub hook: Option<PathBuf>,
@@ -76,13 +102,13 @@ pub struct Args {
     #[arg(short = 'v', action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Directory for the node id, owned blocks, leases and run-time options (tmpfs on
-    /// flash routers)
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/ddhcpd")]
-    pub state_dir: PathBuf,
+    /// flash routers) [default: /var/lib/ddhcpd]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Sync the state store before each reply (on), or only write it (off: survives a
-    /// daemon crash, not a power loss)
-    #[arg(long, value_name = "on|off", default_value = "on")]
-    pub fsync: String,
+    /// daemon crash, not a power loss) [default: on]
+    #[arg(long, value_name = "on|off")]
+    pub fsync: Option<String>,
     /// Use this node id (16 hex digits) instead of the derived, persisted one
     #[arg(long, value_name = "HEX16")]
     pub node_id: Option<String>,
@@ -106,21 +132,61 @@ pub struct Args {
     pub help: Option<bool>,
 }
 
-/// A rejected flag value: one line for the operator.
+/// `-b` when neither the flag nor the file's `block` is given.
+pub const DEFAULT_BLOCK_POW: &str = "5";
+/// `-t`.
+pub const DEFAULT_TENTATIVE_TIMEOUT: &str = "15";
+/// `-B`.
+pub const DEFAULT_BLOCK_TIMEOUT: &str = "60";
+/// `-s`.
+pub const DEFAULT_SPARE_LEASES: &str = "2";
+/// `-n`.
+pub const DEFAULT_NEEDLESS_TIMEOUT: &str = "300";
+/// `-C`.
+pub const DEFAULT_CONTROL: &str = "/run/ddhcpd.sock";
+/// `--state-dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ddhcpd";
+
+/// A rejected value: one line for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    pub flag: &'static str,
+    /// Where the value came from: a flag (`-b`, `--pool lan.block`) or a place in the
+    /// `--config` file (`ddhcpd.toml:12 pool.lan.block`).
+    pub flag: Cow<'static, str>,
     pub value: String,
     pub reason: String,
 }
 
 impl ConfigError {
-    pub fn new(flag: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn new(
+        flag: impl Into<Cow<'static, str>>,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         ConfigError {
-            flag,
+            flag: flag.into(),
             value: value.into(),
             reason: reason.into(),
         }
+    }
+}
+
+/// `s` with control characters (newlines among them) escaped, so it cannot break the line.
+fn one_line(s: &str) -> Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        Cow::Owned(
+            s.chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_debug().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(s)
     }
 }
 
@@ -129,9 +195,9 @@ impl fmt::Display for ConfigError {
         write!(
             f,
             "invalid value '{}' for {}: {}",
-            self.value.escape_debug(),
-            self.flag,
-            self.reason
+            one_line(&self.value),
+            one_line(&self.flag),
+            one_line(&self.reason)
         )
     }
 }
@@ -149,10 +215,14 @@ pub struct DhcpOption {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub server_iface: String,
-    pub client_iface: Option<String>,
-    pub range: ManagedRange,
+    /// In the order given: `-N`'s `default` first, then the file's (in file order), then
+    /// the `--pool` flags. Names are unique, ranges disjoint, and no two dhcp pools share a
+    /// client interface.
+    pub pools: Vec<PoolSpec>,
+    /// `--location`: this node's location.
+    pub location: Option<String>,
+    /// Timers; `claim.spare_leases` is the `-s` value (each pool's own is [`PoolSpec::spare`]).
     pub claim: ClaimConfig,
-    pub options: Vec<DhcpOption>,
     pub control: PathBuf,
     pub hook: Option<PathBuf>,
     pub daemonize: bool,
@@ -166,57 +236,113 @@ pub struct Config {
     pub control_group: Option<String>,
 }
 
-fn number<T: std::str::FromStr>(flag: &'static str, v: &str, what: &str) -> Result<T, ConfigError> {
-    v.trim()
-        .parse()
-        .map_err(|_| ConfigError::new(flag, v, format!("not {what}")))
+impl Config {
+    /// The pool a control command means: `name` if given, else `default`, else the only
+    /// pool. The error lists the pool names.
+    pub fn pool_index(&self, name: Option<&str>) -> Result<usize, String> {
+        let names = || {
+            self.pools
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match name {
+            Some(n) => self
+                .pools
+                .iter()
+                .position(|p| p.name == n)
+                .ok_or_else(|| format!("no pool named '{}' (pools: {})", one_line(n), names())),
+            None => {
+                if let Some(i) = self.pools.iter().position(|p| p.name == "default") {
+                    Ok(i)
+                } else if self.pools.len() == 1 {
+                    Ok(0)
+                } else if self.pools.is_empty() {
+                    Err("this daemon has no pools".to_string())
+                } else {
+                    Err(format!("give --pool NAME (pools: {})", names()))
+                }
+            }
+        }
+    }
 }
 
-fn secs_in(
-    flag: &'static str,
-    v: &str,
-    min: u64,
-    max: u64,
-    why: &str,
-) -> Result<Duration, ConfigError> {
-    let n: u64 = number(flag, v, "a whole number of seconds")?;
-    if n < min || n > max {
-        return Err(ConfigError::new(
-            flag,
-            v,
-            format!("must be between {min} and {max} seconds{why}"),
-        ));
+/// A value as written, with the name errors give it: a flag (`-b`, `--pool lan.block`) or
+/// `FILE:LINE KEY` for the `--config` file.
+#[derive(Clone, Debug)]
+pub(crate) struct Raw {
+    pub(crate) text: String,
+    pub(crate) at: Cow<'static, str>,
+}
+
+impl Raw {
+    fn flag(flag: &'static str, text: impl Into<String>) -> Self {
+        Raw {
+            text: text.into(),
+            at: Cow::Borrowed(flag),
+        }
     }
-    Ok(Duration::from_secs(n))
+
+    fn err(&self, reason: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.at.clone(), self.text.clone(), reason)
+    }
+
+    fn number<T: std::str::FromStr>(&self, what: &str) -> Result<T, ConfigError> {
+        self.text
+            .trim()
+            .parse()
+            .map_err(|_| self.err(format!("not {what}")))
+    }
+
+    fn secs_in(&self, min: u64, max: u64, why: &str) -> Result<Duration, ConfigError> {
+        let n: u64 = self.number("a whole number of seconds")?;
+        if n < min || n > max {
+            return Err(self.err(format!("must be between {min} and {max} seconds{why}")));
+        }
+        Ok(Duration::from_secs(n))
+    }
+
+    fn iface(&self) -> Result<String, ConfigError> {
+        check_iface_name(&self.at, &self.text)?;
+        Ok(self.text.clone())
+    }
+
+    /// A DHCP option `CODE:LEN:P…` that also passes the checks of `set-option`.
+    fn option(&self) -> Result<DhcpOption, ConfigError> {
+        let parsed = parse_option(&self.at, &self.text)?;
+        crate::dhcp::options::OptionStore::validate(&parsed).map_err(|why| self.err(why))?;
+        Ok(parsed)
+    }
 }
 
 /// Parses `A.B.C.D/LEN` and the block exponent into a range.
 pub fn parse_range(network: &str, block_pow: &str) -> Result<ManagedRange, ConfigError> {
+    range_of(&Raw::flag("-N", network), &Raw::flag("-b", block_pow))
+}
+
+/// [`parse_range`] with errors naming where each value came from.
+fn range_of(network: &Raw, block_pow: &Raw) -> Result<ManagedRange, ConfigError> {
     let (addr, len) = network
+        .text
         .split_once('/')
-        .ok_or_else(|| ConfigError::new("-N", network, "expected A.B.C.D/LEN"))?;
+        .ok_or_else(|| network.err("expected A.B.C.D/LEN"))?;
     let prefix: Ipv4Addr = addr
         .parse()
-        .map_err(|_| ConfigError::new("-N", network, "not an IPv4 address before the '/'"))?;
+        .map_err(|_| network.err("not an IPv4 address before the '/'"))?;
     let len: u8 = len
         .parse()
-        .map_err(|_| ConfigError::new("-N", network, "prefix length is not a number 0-32"))?;
+        .map_err(|_| network.err("prefix length is not a number 0-32"))?;
     if len > 32 {
-        return Err(ConfigError::new(
-            "-N",
-            network,
-            "prefix length is more than 32",
-        ));
+        return Err(network.err("prefix length is more than 32"));
     }
-    let pow: u8 = number("-b", block_pow, "a block size exponent (0-7)")?;
+    let pow: u8 = block_pow.number("a block size exponent (0-7)")?;
     ManagedRange::new(prefix, len, pow).map_err(|reason| {
-        let flag = if reason.contains("network address") {
-            "-N"
+        if reason.contains("network address") {
+            network.err(reason)
         } else {
-            "-b"
-        };
-        let value = if flag == "-N" { network } else { block_pow };
-        ConfigError::new(flag, value, reason)
+            block_pow.err(reason)
+        }
     })
 }
 
@@ -234,9 +360,9 @@ fn option_byte(s: &str) -> Option<u8> {
     u8::try_from(v).ok()
 }
 
-/// Parses `CODE:LEN:P1.P2…Pn` with exactly LEN payload bytes.
-pub fn parse_option(flag: &'static str, s: &str) -> Result<DhcpOption, ConfigError> {
-    let err = |why: &str| ConfigError::new(flag, s, why.to_string());
+/// Parses `CODE:LEN:P1.P2…Pn` with exactly LEN payload bytes; errors name `flag`.
+pub fn parse_option(flag: &str, s: &str) -> Result<DhcpOption, ConfigError> {
+    let err = |why: &str| ConfigError::new(flag.to_string(), s, why.to_string());
     let mut parts = s.splitn(3, ':');
     let code: u8 = parts
         .next()
@@ -272,71 +398,138 @@ pub fn parse_option(flag: &'static str, s: &str) -> Result<DhcpOption, ConfigErr
 }
 
 impl Args {
-    /// Turns flags into a configuration or says which flag is wrong and why.
+    /// Turns flags (and the `--config` file, read here) into a configuration or says which
+    /// flag or file key is wrong and why.
     pub fn validate(&self) -> Result<Config, ConfigError> {
-        let server_iface = self
-            .server_iface
-            .clone()
-            .ok_or_else(|| ConfigError::new("-i", "", "the server interface is required"))?;
-        check_iface_name("-i", &server_iface)?;
-        let client_iface = if self.no_client {
-            None
-        } else {
-            let c = self.client_iface.clone().ok_or_else(|| {
-                ConfigError::new(
-                    "-c",
-                    "",
-                    "the client interface is required (or -S for no DHCP service)",
-                )
-            })?;
-            check_iface_name("-c", &c)?;
-            Some(c)
+        let file = match &self.config {
+            Some(path) => Some(ConfigFile::read(path)?),
+            None => None,
         };
-        let network = self.network.as_deref().ok_or_else(|| {
-            ConfigError::new("-N", "", "the managed range A.B.C.D/LEN is required")
-        })?;
-        let range = parse_range(network, &self.block_pow)?;
-        let tentative_timeout = secs_in(
+        self.validate_with(file.as_ref())
+    }
+
+    /// [`Args::validate`] with the `--config` file already read and parsed (`None`: no
+    /// file); `self.config` itself is not looked at. Makes no system calls.
+    pub fn validate_with(&self, file: Option<&ConfigFile>) -> Result<Config, ConfigError> {
+        let node = |key: &str| file.and_then(|f| f.node(key));
+        // A flag if given, else the file's key, else the default.
+        let pick = |flag: &'static str, given: Option<&String>, key: &str| -> Option<Raw> {
+            given
+                .map(|v| Raw::flag(flag, v.clone()))
+                .or_else(|| node(key).cloned())
+        };
+        let or_default = |flag: &'static str, raw: Option<Raw>, default: &'static str| {
+            raw.unwrap_or_else(|| Raw::flag(flag, default))
+        };
+        let path_pick = |given: Option<&PathBuf>, key: &str| {
+            given
+                .cloned()
+                .or_else(|| node(key).map(|r| r.text.clone().into()))
+        };
+
+        let server_iface = pick("-i", self.server_iface.as_ref(), "server-iface")
+            .ok_or_else(|| ConfigError::new("-i", "", "the server interface is required"))?
+            .iface()?;
+        let client_iface = pick("-c", self.client_iface.as_ref(), "client-iface");
+        if let Some(c) = &client_iface {
+            c.iface()?;
+        }
+        let tentative_timeout = or_default(
             "-t",
-            &self.tentative_timeout,
-            2,
-            3600,
-            " (claim rounds run every half of it)",
-        )?;
-        let block_timeout = secs_in(
+            pick("-t", self.tentative_timeout.as_ref(), "tentative-timeout"),
+            DEFAULT_TENTATIVE_TIMEOUT,
+        )
+        .secs_in(2, 3600, " (claim rounds run every half of it)")?;
+        let block_timeout = or_default(
             "-B",
-            &self.block_timeout,
-            1,
-            u64::from(u16::MAX),
-            " (the claim TTL is a 16-bit field)",
-        )?;
-        let spare: u32 = number("-s", &self.spare_leases, "a number of leases")?;
-        let block_size = range.block_size();
-        let total = u64::from(range.num_blocks()) * u64::from(block_size);
-        if u64::from(spare) > total {
+            pick("-B", self.block_timeout.as_ref(), "block-timeout"),
+            DEFAULT_BLOCK_TIMEOUT,
+        )
+        .secs_in(1, u64::from(u16::MAX), " (the claim TTL is a 16-bit field)")?;
+        let needless_timeout = or_default(
+            "-n",
+            pick("-n", self.needless_timeout.as_ref(), "needless-timeout"),
+            DEFAULT_NEEDLESS_TIMEOUT,
+        )
+        .secs_in(0, 1 << 31, "")?;
+        let block = or_default(
+            "-b",
+            pick("-b", self.block_pow.as_ref(), "block"),
+            DEFAULT_BLOCK_POW,
+        );
+        // Checked even if every pool gives its own block, as -b always was.
+        let pow: u8 = block.number("a block size exponent (0-7)")?;
+        if pow > crate::range::MAX_BLOCK_POW {
+            return Err(block.err(format!(
+                "block size 2^{pow} does not fit the ddhcpd wire format (largest is 2^{} = {} addresses)",
+                crate::range::MAX_BLOCK_POW,
+                1u32 << crate::range::MAX_BLOCK_POW
+            )));
+        }
+        let spare = or_default(
+            "-s",
+            pick("-s", self.spare_leases.as_ref(), "spare"),
+            DEFAULT_SPARE_LEASES,
+        );
+        let spare_leases: u32 = spare.number("a number of leases")?;
+        let learning = if self.no_learning {
+            false
+        } else {
+            node("learning").is_none_or(|r| r.text == "true")
+        };
+        // `-o` flags replace the file's `options` list as a whole.
+        let option_raws: Vec<Raw> = if !self.options.is_empty() || file.is_none() {
+            self.options
+                .iter()
+                .map(|o| Raw::flag("-o", o.clone()))
+                .collect()
+        } else {
+            file.map(|f| f.options().to_vec()).unwrap_or_default()
+        };
+        let options = option_raws
+            .iter()
+            .map(Raw::option)
+            .collect::<Result<Vec<_>, _>>()?;
+        let location = pick("--location", self.location.as_ref(), "location")
+            .map(|r| {
+                pool::check_tag(&r)?;
+                Ok::<_, ConfigError>(r.text)
+            })
+            .transpose()?;
+
+        let mut raw_pools = Vec::new();
+        if let Some(n) = &self.network {
+            raw_pools.push(pool::RawPool::default_pool(n));
+        }
+        if let Some(f) = file {
+            raw_pools.extend(f.pools().iter().cloned());
+        }
+        for p in &self.pools {
+            raw_pools.push(pool::RawPool::parse_flag(p)?);
+        }
+        if raw_pools.is_empty() {
             return Err(ConfigError::new(
-                "-s",
-                &self.spare_leases,
-                format!("more spare leases than the {total} addresses of the range"),
+                "-N",
+                "",
+                "the managed range A.B.C.D/LEN is required",
             ));
         }
-        let needless_timeout = secs_in("-n", &self.needless_timeout, 0, 1 << 31, "")?;
-        let options = self
-            .options
-            .iter()
-            .map(|o| {
-                let parsed = parse_option("-o", o)?;
-                crate::dhcp::options::OptionStore::validate(&parsed)
-                    .map_err(|why| ConfigError::new("-o", o, why))?;
-                Ok(parsed)
-            })
-            .collect::<Result<Vec<_>, ConfigError>>()?;
-        let node_id = self
-            .node_id
-            .as_deref()
-            .map(|s| {
-                s.parse()
-                    .map_err(|e: String| ConfigError::new("--node-id", s, e))
+        let pools = pool::build_all(
+            &raw_pools,
+            &pool::Defaults {
+                block,
+                spare,
+                client_iface,
+                no_client: self.no_client,
+                options,
+            },
+        )?;
+
+        let node_id = pick("--node-id", self.node_id.as_ref(), "node-id")
+            .map(|r| {
+                r.text
+                    .parse()
+                    .map_err(|e: String| ConfigError::new(r.at.clone(), r.text.clone(), e))
             })
             .transpose()?;
         if self.daemonize && self.foreground {
@@ -346,67 +539,67 @@ impl Args {
                 "-d and -D contradict each other",
             ));
         }
+        let fsync = or_default(
+            "--fsync",
+            pick("--fsync", self.fsync.as_ref(), "fsync"),
+            "on",
+        );
+        let fsync = match fsync.text.as_str() {
+            "on" => true,
+            "off" => false,
+            _ => return Err(fsync.err("must be on or off")),
+        };
+        let metrics = pick("--metrics", self.metrics.as_ref(), "metrics")
+            .map(|m| {
+                if cfg!(not(feature = "metrics")) {
+                    return Err(m.err("this ddhcpd was built without the metrics feature"));
+                }
+                m.text
+                    .parse()
+                    .map_err(|_| m.err("expected ADDR:PORT, e.g. 127.0.0.1:9430 or [::1]:9430"))
+            })
+            .transpose()?;
         Ok(Config {
             server_iface,
-            client_iface,
-            range,
+            pools,
+            location,
             claim: ClaimConfig {
                 tentative_timeout,
                 block_timeout,
-                // Without a client interface nobody needs addresses (as ddhcpd's -S).
-                spare_leases: if self.no_client { 0 } else { spare },
+                spare_leases,
                 needless_timeout,
-                learning: !self.no_learning,
+                learning,
             },
-            options,
-            control: self.control.clone(),
-            hook: self.hook.clone(),
+            control: path_pick(self.control.as_ref(), "control")
+                .unwrap_or_else(|| DEFAULT_CONTROL.into()),
+            hook: path_pick(self.hook.as_ref(), "hook"),
             daemonize: self.daemonize,
             verbose: self.verbose,
-            state_dir: self.state_dir.clone(),
-            fsync: match self.fsync.as_str() {
-                "on" => true,
-                "off" => false,
-                other => {
-                    return Err(ConfigError::new("--fsync", other, "must be on or off"));
-                }
-            },
+            state_dir: path_pick(self.state_dir.as_ref(), "state-dir")
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            fsync,
             node_id,
-            log_file: self.log_file.clone(),
-            audit_log: self.audit_log.clone(),
-            control_group: self.control_group.clone(),
-            metrics: self
-                .metrics
-                .as_deref()
-                .map(|m| {
-                    if cfg!(not(feature = "metrics")) {
-                        return Err(ConfigError::new(
-                            "--metrics",
-                            m,
-                            "this ddhcpd was built without the metrics feature",
-                        ));
-                    }
-                    m.parse().map_err(|_| {
-                        ConfigError::new(
-                            "--metrics",
-                            m,
-                            "expected ADDR:PORT, e.g. 127.0.0.1:9430 or [::1]:9430",
-                        )
-                    })
-                })
-                .transpose()?,
+            log_file: path_pick(self.log_file.as_ref(), "log-file"),
+            audit_log: path_pick(self.audit_log.as_ref(), "audit-log"),
+            control_group: pick(
+                "--control-group",
+                self.control_group.as_ref(),
+                "control-group",
+            )
+            .map(|r| r.text),
+            metrics,
         })
     }
 }
 
-fn check_iface_name(flag: &'static str, name: &str) -> Result<(), ConfigError> {
+fn check_iface_name(flag: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty()
         || name.len() > 15
         || name.contains(['/', '\0'])
         || name.contains(char::is_whitespace)
     {
         return Err(ConfigError::new(
-            flag,
+            flag.to_string(),
             name,
             "not a valid interface name (1-15 characters, no '/' or spaces)",
         ));
@@ -441,85 +634,4 @@ pub fn one_line_clap_error(e: &clap::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(args: &str) -> Result<Config, String> {
-        let argv = std::iter::once("ddhcpd").chain(args.split_whitespace());
-        Args::try_parse_from(argv)
-            .map_err(|e| one_line_clap_error(&e))?
-            .validate()
-            .map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn gluon_command_line() {
-        let c = parse("-D -s 2 -b 2 -B 300 -c local-node -i br-client -N 10.116.128.0/17 -t 15 -o 51:4:0.0.1.44 -o 54:4:10.116.0.1 -o 1:4:255.255.128.0").unwrap();
-        assert_eq!(c.range.num_blocks(), 8192);
-        assert_eq!(c.claim.block_timeout, Duration::from_secs(300));
-        assert_eq!(c.options.len(), 3);
-        assert_eq!(c.options[0].payload, vec![0, 0, 1, 44]);
-        assert!(c.claim.learning);
-    }
-
-    #[test]
-    fn operator_errors_name_flag_value_and_reason() {
-        let base = "-i s -c c";
-        let cases = [
-            ("-N 10.0.0.0/24 -b 8", "-b", "wire"),
-            ("-N 10.0.0.0/28 -b 5", "-b", "larger"),
-            ("-N 10.0.0.1/24", "-N", "not a network"),
-            ("-N 10.0.0.0", "-N", "A.B.C.D/LEN"),
-            ("-N 10.0.0.0/33", "-N", "more than 32"),
-            ("-N 10.0.0.0/24 -t 1", "-t", "between 2"),
-            ("-N 10.0.0.0/24 -B 0", "-B", "between 1"),
-            ("-N 10.0.0.0/24 -B 70000", "-B", "16-bit"),
-            ("-N 10.0.0.0/24 -o 3:4:1.2.3", "-o", "LEN is 4"),
-            ("-N 10.0.0.0/24 -o 3:4:1.2.3.256", "-o", "0-255"),
-            ("-N 10.0.0.0/24 -s 1000", "-s", "more spare"),
-            ("-N 10.0.0.0/24 --node-id xyz", "--node-id", "16 hex"),
-            (
-                "-N 10.0.0.0/24 --metrics localhost",
-                "--metrics",
-                if cfg!(feature = "metrics") {
-                    "ADDR:PORT"
-                } else {
-                    "without the metrics feature"
-                },
-            ),
-        ];
-        for (args, flag, why) in cases {
-            let e = parse(&format!("{base} {args}")).unwrap_err();
-            assert!(e.contains(flag) && e.contains(why), "{args}: {e}");
-            assert!(!e.contains('\n'));
-        }
-        let e = parse("-c c -N 10.0.0.0/24").unwrap_err();
-        assert!(e.contains("-i"), "{e}");
-        let e = parse("-i s -N 10.0.0.0/24").unwrap_err();
-        assert!(e.contains("-c"), "{e}");
-        let e = parse("-i s -S -N 10.0.0.0/24 -b x").unwrap_err();
-        assert!(e.contains("-b") && e.contains("'x'"), "{e}");
-        let e = parse("-i s -S -N 10.0.0.0/24 -q").unwrap_err();
-        assert!(e.contains("-q"), "{e}");
-    }
-
-    #[test]
-    fn option_bytes_like_strtoul() {
-        let o = parse_option("-o", "3:4:0x0a.010.0.1").unwrap();
-        assert_eq!(o.payload, vec![10, 8, 0, 1]);
-        assert_eq!(
-            parse_option("-o", "80:0:").unwrap().payload,
-            Vec::<u8>::new()
-        );
-        assert!(parse_option("-o", "0:1:1").is_err());
-        assert!(parse_option("-o", "3:1:1.2").is_err());
-        assert!(parse_option("-o", "3:x:1").is_err());
-    }
-
-    #[test]
-    fn no_client_needs_no_spare() {
-        let c = parse("-i s -S -N 10.0.0.0/24 -s 4").unwrap();
-        assert_eq!(c.claim.spare_leases, 0);
-        assert!(c.client_iface.is_none());
-    }
-}
+mod tests;

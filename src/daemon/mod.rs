@@ -179,13 +179,25 @@ pub async fn run(
             format!("no such network interface ({e})"),
         )
     })?;
-    let dhcp = match &cfg.client_iface {
+    // Interim until the daemon serves several pools: only the first one (being rewritten).
+    let pool = cfg.pools[0].clone();
+    if cfg.pools.len() > 1 {
+        warn!(
+            pool = %pool.name,
+            "this build serves only the first pool; the others are ignored"
+        );
+    }
+    let client_iface = match pool.use_ {
+        crate::config::PoolUse::Dhcp => pool.iface.clone(),
+        _ => None,
+    };
+    let dhcp = match &client_iface {
         Some(c) => {
             iface::index(c).map_err(|e| {
                 ConfigError::new("-c", c.clone(), format!("no such network interface ({e})"))
             })?;
             let interface_addr = iface::ipv4(c);
-            let has_54 = cfg.options.iter().any(|o| o.code == 54);
+            let has_54 = pool.options.iter().any(|o| o.code == 54);
             if interface_addr.is_none() && !has_54 {
                 return Err(ConfigError::new(
                     "-c",
@@ -195,7 +207,7 @@ pub async fn run(
                 .into());
             }
             Some(DhcpConfig {
-                options: cfg.options.clone(),
+                options: pool.options.clone(),
                 interface_addr,
             })
         }
@@ -229,7 +241,7 @@ pub async fn run(
     let started = std::time::Instant::now();
     let (store, state, load_info) = Store::open(StoreOptions {
         dir: cfg.state_dir.clone(),
-        range: cfg.range,
+        range: pool.range,
         fsync: cfg.fsync,
         compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
     })
@@ -245,7 +257,7 @@ pub async fn run(
     let loaded = crate::store::describe_load(&load_info, &state, started.elapsed());
     let listener = control::bind(&cfg.control, cfg.control_group.as_deref())?;
     let peers = PeerSockets::open(&cfg.server_iface, ifindex)?;
-    let dhcp_sock = match &cfg.client_iface {
+    let dhcp_sock = match &client_iface {
         Some(c) => Some(dhcp_socket::open(c).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot open DHCP port 67 on {c}: {e}"))
         })?),
@@ -255,8 +267,11 @@ pub async fn run(
     let now = clock.now();
     let mut node = Node::new(
         NodeConfig {
-            range: cfg.range,
-            claim: cfg.claim.clone(),
+            range: pool.range,
+            claim: crate::blocks::ClaimConfig {
+                spare_leases: pool.spare,
+                ..cfg.claim.clone()
+            },
             dhcp,
         },
         id,
@@ -264,8 +279,8 @@ pub async fn run(
         rand::random(),
     );
     node.restore(now, state.into_restored(&WallClock::now(now)));
-    info!(node_id = %id, network = %cfg.range, block_size = cfg.range.block_size(),
-          blocks = cfg.range.num_blocks(), learning = cfg.claim.learning,
+    info!(node_id = %id, network = %pool.range, block_size = pool.range.block_size(),
+          blocks = pool.range.num_blocks(), learning = cfg.claim.learning,
           state_dir = %cfg.state_dir.display(), fsync = cfg.fsync, "ddhcpd started");
     info!(truncated = load_info.truncated, "state loaded: {loaded}");
     let hook = match &cfg.hook {
@@ -526,7 +541,7 @@ impl Daemon {
     }
 
     fn event(&mut self, ev: Event) {
-        let range = self.cfg.range;
+        let range = self.cfg.pools[0].range;
         let block = |first: std::net::Ipv4Addr| format!("{first}/{}", range.block_prefix_len());
         let args: Vec<String> = match ev {
             Event::EndLearning => vec!["endlearning".into()],
