@@ -1,5 +1,6 @@
 use super::*;
-use codec::{Header, Pools, StoredRange};
+use crate::dhcp::leases::ClientKey;
+use codec::{Format, Header, Pools, StoredRange};
 
 struct TempDir(PathBuf);
 
@@ -748,4 +749,239 @@ proptest::proptest! {
         let _ = load(&d.0, &[lan(), guest()], None, true);
         let _ = load(&d.0, &[guest()], None, false);
     }
+}
+
+// The format-1 fixtures (tests/fixtures/store-v1/README.md): written by the daemon before
+// pools, for 10.0.0.0/24 in blocks of 4.
+
+fn v1_range() -> StorePool {
+    pool("lan", 0, 0, 0, 24, 2)
+}
+
+/// A copy of a fixture directory, so opening it (which starts a journal) leaves the
+/// fixture as it is.
+fn fixture(name: &str) -> TempDir {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/store-v1")
+        .join(name);
+    let d = TempDir::new(&format!("v1{name}"));
+    for e in fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), d.0.join(e.file_name())).unwrap();
+    }
+    d
+}
+
+/// The fixtures' records, in the order they were appended.
+fn v1_records() -> Vec<Change> {
+    let y2100 = Instant::from_millis(4_102_444_800_000);
+    let hw = |n: u8| {
+        let mut a = [0u8; 16];
+        a[..6].copy_from_slice(&[2, 0, 0, 0, 0, n]);
+        a
+    };
+    vec![
+        Change::BlockOwned {
+            block: 0,
+            since: Instant::from_millis(1_700_000_000_000),
+        },
+        Change::BlockOwned {
+            block: 1,
+            since: Instant::from_millis(1_700_000_001_000),
+        },
+        Change::Announced {
+            at: Instant::from_millis(1_700_000_002_000),
+            ttl: 300,
+        },
+        Change::Lease(LeaseRecord {
+            ip: Ipv4Addr::new(10, 0, 0, 2),
+            until: y2100,
+            declined: false,
+            client: Some(ClientKey::new(Some(b"laptop-id"), 1, &hw(2)[..6])),
+            chaddr: hw(2),
+            hostname: Some("laptop".into()),
+        }),
+        Change::Lease(LeaseRecord {
+            ip: Ipv4Addr::new(10, 0, 0, 5),
+            until: y2100,
+            declined: false,
+            client: Some(ClientKey::new(None, 1, &hw(5)[..6])),
+            chaddr: hw(5),
+            hostname: None,
+        }),
+        Change::BlockHold {
+            block: 1,
+            until: y2100,
+        },
+        Change::Option {
+            code: 6,
+            payload: Some(vec![10, 0, 0, 53]),
+        },
+        Change::LeaseGone(Ipv4Addr::new(10, 0, 0, 3)),
+    ]
+}
+
+fn v1_state() -> PoolState {
+    let mut s = PoolState::default();
+    for c in v1_records() {
+        s.apply(c);
+    }
+    s
+}
+
+#[test]
+fn the_v1_journal_fixture_reads_record_for_record() {
+    let d = fixture("journal");
+    let bytes = fs::read(d.0.join("journal.0000000000000000")).unwrap();
+    let (h, mut off) = Header::decode(&bytes).unwrap();
+    assert_eq!(h.pools, Pools::V1(StoredRange::of(&v1_range().range)));
+    let mut back = Vec::new();
+    while off < bytes.len() {
+        let (pool, c, n) = codec::decode(&bytes[off..], h.format()).unwrap();
+        assert_eq!(pool, 0);
+        back.push(c);
+        off += n;
+    }
+    assert_eq!(back, v1_records());
+}
+
+#[test]
+fn a_v1_store_belongs_to_the_pool_of_its_range_whatever_its_name() {
+    for name in ["journal", "compacted"] {
+        let d = fixture(name);
+        let before = contents(&d.0);
+        // `lan` second, so its index differs from the format-1 file's implicit 0.
+        let pools = vec![pool("other", 0, 1, 0, 24, 2), v1_range()];
+        let (store, state, info) = Store::open(opts_with(&d.0, pools.clone())).unwrap();
+        drop(store);
+        assert_eq!(info.records, 8, "{name}");
+        assert_eq!(info.truncated, 0, "{name}");
+        assert!(info.dropped.is_empty(), "{name}");
+        assert!(info.pools_changed, "{name}");
+        assert_eq!(state.pools.len(), 1, "{name}");
+        assert_eq!(state.pools["lan"], v1_state(), "{name}");
+        // The format-1 files were not written to; a format-2 journal was started after them.
+        for (file, bytes) in &before {
+            assert_eq!(&fs::read(d.0.join(file)).unwrap(), bytes, "{name}: {file}");
+        }
+        let newest = journal(&d.0);
+        assert_eq!(
+            Header::decode(&fs::read(&newest).unwrap()).unwrap().0.pools,
+            Pools::V2(codec::table(&pools))
+        );
+        let r = state.into_restored(&pools, &WallClock::now(Instant::from_millis(1 << 40)));
+        assert_eq!(r[0], Restored::default());
+        assert_eq!(r[1].leases.len(), 2, "{name}");
+        assert_eq!(r[1].holds.len(), 1, "{name}");
+        assert_eq!(r[1].options, vec![(6, Some(vec![10, 0, 0, 53]))]);
+    }
+}
+
+#[test]
+fn a_v1_store_of_a_range_no_pool_has_is_refused() {
+    let d = fixture("compacted");
+    let before = contents(&d.0);
+    let moved = pool("default", 0, 1, 0, 24, 2);
+    let err = Store::open(opts_with(&d.0, vec![lan(), moved]))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, StoreError::Mismatch { pool: Some(p), .. } if p == "default"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("holds pool 'default' as 10.0.0.0/24 in blocks of 4 addresses (-b 2) (a store from before pools), but this daemon configures it as 10.0.1.0/24 in blocks of 4 addresses (-b 2)"),
+        "{err}"
+    );
+    // Without a pool called default, the message names the range.
+    let err = Store::open(opts_with(&d.0, vec![pool("lan", 0, 0, 0, 24, 3)]))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, StoreError::Mismatch { pool: None, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("holds the state of 10.0.0.0/24 in blocks of 4 addresses (-b 2) (a store from before pools), but no pool this daemon configures has that range (lan: 10.0.0.0/24 in blocks of 8 addresses (-b 3))"),
+        "{err}"
+    );
+    assert_eq!(contents(&d.0), before);
+}
+
+#[test]
+fn a_migrated_v1_store_keeps_its_state_and_sheds_format_1_at_compaction() {
+    for name in ["journal", "compacted"] {
+        let d = fixture(name);
+        let pools = vec![pool("other", 0, 1, 0, 24, 2), v1_range()];
+        let o = opts_with(&d.0, pools.clone());
+        let added = Change::Lease(LeaseRecord {
+            ip: Ipv4Addr::new(10, 0, 0, 9),
+            until: Instant::from_millis(4_102_444_800_000),
+            declined: false,
+            client: None,
+            chaddr: [0; 16],
+            hostname: None,
+        });
+        let identity = WallClock {
+            core_now: Instant::from_millis(1_700_000_000_000),
+            wall_now_ms: 1_700_000_000_000,
+        };
+        let (mut store, _, _) = Store::open(o.clone()).unwrap();
+        store.append(&[(1, added.clone()), (0, lease(1, 300))], &identity);
+        store.close();
+        let mut want = v1_state();
+        want.apply(added);
+        let (store, state, info) = Store::open(o.clone()).unwrap();
+        drop(store);
+        assert!(!info.pools_changed, "{name}");
+        assert_eq!(state.pools["lan"], want, "{name}");
+        assert_eq!(state.pools["other"].leases.len(), 1, "{name}");
+        // After a compaction, only format-2 files are left, and they hold the same.
+        compact_now(&d.0, &pools);
+        let files = headers(&d.0);
+        assert!(
+            files.values().all(|h| h.format() == Format::V2),
+            "{name}: {files:?}"
+        );
+        let (store, again, info) = Store::open(o.clone()).unwrap();
+        drop(store);
+        assert_eq!(info.files, 1, "{name}");
+        // (The lease of `other` had expired by the real clock at compaction.)
+        assert_eq!(again.pools["lan"], want, "{name}");
+        // Named now: the state is bound to the name `lan`, not to the range, so a pool of
+        // that range under another name starts empty and `lan` is dropped.
+        let renamed = vec![pool("clients", 0, 0, 0, 24, 2)];
+        let (_, state, info) = Store::open(opts_with(&d.0, renamed)).unwrap();
+        assert!(state.pools.is_empty(), "{name}");
+        assert_eq!(info.dropped.len(), 2, "{name}");
+    }
+}
+
+#[test]
+fn the_writer_compacts_across_pool_tables() {
+    // Format 1, then format 2 for other pools, compacted by the writer as the journal grows.
+    let d = fixture("journal");
+    let pools = vec![v1_range(), pool("other", 0, 1, 0, 24, 2)];
+    let mut o = opts_with(&d.0, pools.clone());
+    o.compact_min_bytes = 1;
+    let (mut store, _, info) = Store::open(o.clone()).unwrap();
+    assert_eq!(info.journal_generation, 1);
+    let clock = WallClock::now(Instant::from_millis(1_000_000));
+    store.append(&[(1, lease(1, 300))], &clock);
+    // Closing waits for the compaction the batch started.
+    store.close();
+    let files = headers(&d.0);
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["journal.0000000000000002", "snapshot.0000000000000002"]
+    );
+    for h in files.values() {
+        assert_eq!(h.pools, Pools::V2(codec::table(&pools)));
+    }
+    let (_, state, info) = Store::open(o).unwrap();
+    // Folded: 2 blocks, a hold, the announcement, an option, 3 leases (no LeaseGone).
+    assert_eq!((info.files, info.records), (2, 8));
+    assert_eq!(state.pools["lan"], v1_state());
+    assert_eq!(state.pools["other"].leases.len(), 1);
 }
