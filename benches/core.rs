@@ -115,7 +115,7 @@ fn exchanges(
             let ack = node.poll_dhcp_transmit().expect("ack");
             record.clear();
             for c in node.take_changes() {
-                ddhcp::store::codec::encode(&c, |t| t.as_millis(), &mut record);
+                ddhcp::store::codec::encode(0, &c, |t| t.as_millis(), &mut record);
             }
             ack
         })

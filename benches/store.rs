@@ -24,7 +24,7 @@ use ddhcp::dhcp::leases::ClientKey;
 use ddhcp::node::{Node, NodeConfig};
 use ddhcp::persist::{Change, LeaseRecord};
 use ddhcp::range::ManagedRange;
-use ddhcp::store::{self, Store, StoreOptions, WallClock};
+use ddhcp::store::{self, Store, StoreOptions, StorePool, WallClock};
 use ddhcp::time::Instant;
 use ddhcp::wire::NodeId;
 
@@ -34,6 +34,14 @@ const NOW: Instant = Instant::from_millis(1 << 40);
 fn range() -> ManagedRange {
     // 8,388,608 addresses in 524,288 blocks of 16: room for 5 M leases.
     ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 9, 4).unwrap()
+}
+
+/// The one pool the daemon stores, as it names it.
+fn pools() -> Vec<StorePool> {
+    vec![StorePool {
+        name: "default".into(),
+        range: range(),
+    }]
 }
 
 fn node_config(range: ManagedRange) -> NodeConfig {
@@ -65,7 +73,7 @@ fn rss_kib(field: &str) -> u64 {
 fn store_opts(dir: &Path) -> StoreOptions {
     StoreOptions {
         dir: dir.to_path_buf(),
-        range: range(),
+        pools: pools(),
         fsync: false,
         compact_min_bytes: u64::MAX,
     }
@@ -79,12 +87,15 @@ fn generate(dir: &Path, n: u64) {
     let blocks = n.div_ceil(16);
     let mut batch = Vec::with_capacity(10_000);
     for b in 0..blocks {
-        batch.push(Change::BlockOwned {
-            block: b as u32,
-            since: NOW - Duration::from_secs(3600),
-        });
+        batch.push((
+            0,
+            Change::BlockOwned {
+                block: b as u32,
+                since: NOW - Duration::from_secs(3600),
+            },
+        ));
     }
-    batch.push(Change::Announced { at: NOW, ttl: 300 });
+    batch.push((0, Change::Announced { at: NOW, ttl: 300 }));
     s.append(&batch, &clock);
     batch.clear();
     for i in 0..n {
@@ -101,14 +112,17 @@ fn generate(dir: &Path, n: u64) {
         let mut client = vec![0u8, 1];
         client.extend_from_slice(&mac);
         let client = Some(ClientKey::from_slice(&client));
-        batch.push(Change::Lease(LeaseRecord {
-            ip: Ipv4Addr::from(0x0a00_0000 + i as u32),
-            until: NOW + Duration::from_secs(3600),
-            declined: false,
-            client,
-            chaddr,
-            hostname: None,
-        }));
+        batch.push((
+            0,
+            Change::Lease(LeaseRecord {
+                ip: Ipv4Addr::from(0x0a00_0000 + i as u32),
+                until: NOW + Duration::from_secs(3600),
+                declined: false,
+                client,
+                chaddr,
+                hostname: None,
+            }),
+        ));
         if batch.len() == 10_000 {
             s.append(&batch, &clock);
             batch.clear();
@@ -130,7 +144,9 @@ fn reload(dir: &Path) -> Reload {
     let t0 = WallInstant::now();
     let (s, state, _) = Store::open(store_opts(dir)).unwrap();
     let t1 = WallInstant::now();
-    let restored = state.into_restored(&WallClock::now(NOW));
+    let restored = state
+        .into_restored(&pools(), &WallClock::now(NOW))
+        .remove(0);
     let t2 = WallInstant::now();
     let leases = restored.leases.len();
     let mut node = Node::new(node_config(range()), NodeId([5; 8]), NOW, 1);
@@ -184,7 +200,9 @@ fn node_memory(dir: &Path) -> (u64, u64) {
     let before = rss_kib("VmRSS:");
     let (s, state, _) = Store::open(store_opts(dir)).unwrap();
     drop(s);
-    let restored = state.into_restored(&WallClock::now(NOW));
+    let restored = state
+        .into_restored(&pools(), &WallClock::now(NOW))
+        .remove(0);
     let mut node = Node::new(node_config(range()), NodeId([5; 8]), NOW, 1);
     node.restore(NOW, restored);
     // The replayed state is freed by now; hand its pages back so RSS shows the node.
@@ -249,9 +267,9 @@ fn main() {
         unsafe { libc::malloc_trim(0) };
         let rss_before = rss_kib("VmRSS:");
         let t0 = WallInstant::now();
-        let (state, info) = store::load(&dir, &range(), None, false).unwrap();
+        let (state, info) = store::load(&dir, &pools(), None, false).unwrap();
         let rss_state = rss_kib("VmRSS:").saturating_sub(rss_before);
-        store::write_snapshot(&dir, &range(), info.journal_generation + 1, &state).unwrap();
+        store::write_snapshot(&dir, &pools(), info.journal_generation + 1, &state).unwrap();
         compactions.push((n, t0.elapsed(), rss_state));
         drop(state);
         std::fs::remove_file(dir.join(format!("journal.{:016x}", info.journal_generation)))

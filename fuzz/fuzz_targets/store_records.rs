@@ -2,13 +2,17 @@
 //! hostile one must not panic the daemon, nor may whatever it decodes to panic the node
 //! that restores it.
 //!
-//! The input is a file body (after the header): records are read as `Store::open` reads
-//! them, skipping a byte after each damaged frame so that later frames are reached too;
-//! the header decoder sees the first 32 bytes. The replayed state is converted to core time
-//! (with the wall clock both ahead of and behind the records) and restored into a node on
-//! 10.0.0.0/24 in blocks of 4 with a DHCP service, which then runs its timers for an hour.
+//! The input is a whole file: if it starts with a header, records after it are read in
+//! its format as `Store::open` reads them; otherwise the input is read as records of both
+//! formats (version 1 without, version 2 with a pool byte). A damaged frame is skipped one
+//! byte at a time so that later frames are reached too. Records go to pools `p0`, `p1`, …
+//! by their pool byte. The replayed state is converted to core time for two configured pools
+//! (with the wall clock both ahead of and behind the records), and the first pool's state is
+//! restored into a node on 10.0.0.0/24 in blocks of 4 with a DHCP service, which then runs
+//! its timers for an hour.
 #![no_main]
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -16,24 +20,38 @@ use ddhcp::blocks::ClaimConfig;
 use ddhcp::dhcp::DhcpConfig;
 use ddhcp::node::{Node, NodeConfig};
 use ddhcp::range::ManagedRange;
-use ddhcp::store::codec::{self, Header};
-use ddhcp::store::{State, WallClock};
+use ddhcp::store::codec::{self, Format, Header};
+use ddhcp::store::{PoolState, State, StorePool, WallClock};
 use ddhcp::time::Instant;
 use ddhcp::wire::NodeId;
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = Header::decode(data);
-    let mut state = State::default();
+/// Replays `data` as records of `format` into `pools`, keyed by pool byte.
+fn replay(data: &[u8], format: Format, pools: &mut BTreeMap<String, PoolState>) {
     let mut off = 0;
     while off < data.len() {
-        match codec::decode(&data[off..]) {
-            Ok((change, n)) => {
+        match codec::decode(&data[off..], format) {
+            Ok((pool, change, n)) => {
                 assert!(n > 0 && off + n <= data.len());
-                state.apply(change);
+                pools.entry(format!("p{pool}")).or_default().apply(change);
                 off += n;
             }
             Err(_) => off += 1,
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut state = State::default();
+    match Header::decode(data) {
+        Ok((header, len)) => {
+            assert!(len <= data.len());
+            replay(&data[len..], header.format(), &mut state.pools);
+        }
+        Err(_) => {
+            let _ = codec::within_header(data);
+            replay(data, Format::V1, &mut state.pools);
+            replay(data, Format::V2, &mut state.pools);
         }
     }
     let range = ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 24, 2).unwrap();
@@ -51,12 +69,25 @@ fuzz_target!(|data: &[u8]| {
             interface_addr: Some(Ipv4Addr::new(10, 0, 0, 1)),
         }),
     };
+    let pools = [
+        StorePool {
+            name: "p0".into(),
+            range,
+        },
+        StorePool {
+            name: "p1".into(),
+            range: ManagedRange::new(Ipv4Addr::new(10, 0, 1, 0), 24, 2).unwrap(),
+        },
+    ];
     let now = Instant::from_millis(1 << 40);
     for wall_now_ms in [0, 1_700_000_000_000, u64::MAX / 2] {
-        let restored = state.clone().into_restored(&WallClock {
+        let clock = WallClock {
             core_now: now,
             wall_now_ms,
-        });
+        };
+        let mut restored = state.clone().into_restored(&pools, &clock);
+        assert_eq!(restored.len(), pools.len());
+        let restored = restored.swap_remove(0);
         let mut node = Node::new(cfg.clone(), NodeId([5; 8]), now, 7);
         node.restore(now, restored);
         let mut t = now;

@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Config, ConfigError};
 use crate::dhcp::{DhcpConfig, DhcpTransmit, LeaseEvent};
 use crate::node::{Channel, Event, Node, NodeConfig, Transmit, derive_node_id};
-use crate::store::{Store, StoreError, StoreOptions, WallClock};
+use crate::store::{Store, StoreError, StoreOptions, StorePool, WallClock};
 use crate::time::Instant;
 use crate::wire::NodeId;
 use hook::Hook;
@@ -239,9 +239,14 @@ pub async fn run(
         )
     })?;
     let started = std::time::Instant::now();
+    // One pool until the daemon is multi-pool (being rewritten on another branch).
+    let pools = vec![StorePool {
+        name: "default".into(),
+        range: pool.range,
+    }];
     let (store, state, load_info) = Store::open(StoreOptions {
         dir: cfg.state_dir.clone(),
-        range: pool.range,
+        pools: pools.clone(),
         fsync: cfg.fsync,
         compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
     })
@@ -278,7 +283,8 @@ pub async fn run(
         now,
         rand::random(),
     );
-    node.restore(now, state.into_restored(&WallClock::now(now)));
+    let restored = state.into_restored(&pools, &WallClock::now(now));
+    node.restore(now, restored.into_iter().next().unwrap_or_default());
     info!(node_id = %id, network = %pool.range, block_size = pool.range.block_size(),
           blocks = pool.range.num_blocks(), learning = cfg.claim.learning,
           state_dir = %cfg.state_dir.display(), fsync = cfg.fsync, "ddhcpd started");
@@ -471,7 +477,12 @@ impl Daemon {
         let Some(store) = self.store.as_mut() else {
             return 0;
         };
-        let changes = self.node.take_changes();
+        let changes: Vec<_> = self
+            .node
+            .take_changes()
+            .into_iter()
+            .map(|c| (0, c))
+            .collect();
         store.append(&changes, &WallClock::now(self.clock.now()))
     }
 

@@ -1,33 +1,56 @@
-//! The store's file format: a fixed header, then framed records.
+//! The store's file format: a header, then framed records.
 //!
 //! ```text
-//! header (32 bytes): magic "DDHCPSTO" | version u16 | kind u8 | prefix len u8 |
-//!                    network u32 | block pow u8 | 3 zero bytes | generation u64 |
-//!                    crc32 of the 28 bytes before u32
-//! record:            body length u32 | crc32 of body u32 | body (kind u8, fields)
+//! header, version 2:
+//!   fixed (32 bytes): magic "DDHCPSTO" | version u16 (2) | kind u8 | 1 zero byte |
+//!                     table length u32 | 4 zero bytes | generation u64 |
+//!                     crc32 of the 28 bytes before u32
+//!   pool table:       pool count u8 | per pool: name length u8 (1-32) | name (UTF-8) |
+//!                     network u32 | prefix len u8 | block pow u8
+//!   table crc:        crc32 of the pool table (its "table length" bytes) u32
+//! record:             body length u32 | crc32 of body u32 |
+//!                     body (kind u8, pool u8 = index into the file's table, fields)
+//!
+//! header, version 1 (before pools; read to migrate, never written):
+//!   32 bytes: magic "DDHCPSTO" | version u16 (1) | kind u8 | prefix len u8 | network u32 |
+//!             block pow u8 | 3 zero bytes | generation u64 | crc32 of the 28 bytes before u32
+//! record:     as in version 2, but the body has no pool byte (every record is the one range's)
 //! ```
 //!
 //! All integers little-endian, times in milliseconds since the Unix epoch. The CRC per record
-//! lets a reader tell where a torn write begins; the header binds the file to one network
-//! and block size, so a store cannot be mixed into another range. Written by hand, like the
-//! peer protocol: a few fixed layouts do not need a serialisation framework, and the layout
-//! is the compatibility contract (documented in `docs/storage.md`).
+//! lets a reader tell where a torn write begins; the header binds the file to a set of named
+//! pools, each with its network and block size, so a pool's state cannot be mixed into
+//! another range. The table is in the header rather than in records so that a record costs
+//! one byte for its pool, and a file says up front which pools it may hold. The generation
+//! sits at the same offset in both versions. Written by hand, like the peer protocol: a few
+//! fixed layouts do not need a serialisation framework, and the layout is the compatibility
+//! contract (documented in `docs/storage.md`).
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
+use super::StorePool;
 use crate::dhcp::leases::ClientKey;
 use crate::persist::{Change, LeaseRecord};
 use crate::range::ManagedRange;
 use crate::time::Instant;
 
 pub const MAGIC: [u8; 8] = *b"DDHCPSTO";
-pub const VERSION: u16 = 1;
-pub const HEADER_LEN: usize = 32;
+/// The version this code writes.
+pub const VERSION: u16 = 2;
+/// Length of the fixed part of a header, the whole header in version 1.
+pub const FIXED_LEN: usize = 32;
 /// Bytes before each record body.
 pub const FRAME_LEN: usize = 8;
 /// No record body is longer (a lease with a 256-byte client key and a 255-byte hostname is
 /// about 560); a longer length field means the frame is damaged.
 pub const MAX_BODY: usize = 1024;
+/// Pools a file can name: the pool index in a record is one byte.
+pub const MAX_POOLS: usize = 255;
+/// Longest pool name, in bytes: names go into log lines and error messages.
+pub const MAX_POOL_NAME: usize = 32;
+/// Longest pool table: every pool with the longest name.
+const MAX_TABLE: usize = 1 + MAX_POOLS * (1 + MAX_POOL_NAME + 6);
 
 const BLOCK_OWNED: u8 = 1;
 const BLOCK_GONE: u8 = 2;
@@ -43,77 +66,31 @@ pub enum FileKind {
     Snapshot = 2,
 }
 
-/// What a store file says about itself.
+/// How a file's records are laid out, from its header's version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Header {
-    pub kind: FileKind,
+pub enum Format {
+    /// One range, no pool byte.
+    V1,
+    /// A pool byte after the kind.
+    V2,
+}
+
+/// A range as a file states it. Not a [`ManagedRange`]: a file may state what no longer
+/// validates, and it still has to be named in the error that refuses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredRange {
     pub network: Ipv4Addr,
     pub prefix_len: u8,
     pub block_pow: u8,
-    pub generation: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum HeaderError {
-    #[error("shorter than a header")]
-    Short,
-    #[error("not a ddhcpd store file")]
-    Magic,
-    #[error("store format version {0}, this ddhcpd reads version {VERSION}")]
-    Version(u16),
-    #[error("header checksum mismatch")]
-    Crc,
-}
-
-impl Header {
-    pub fn new(kind: FileKind, range: &ManagedRange, generation: u64) -> Self {
-        Header {
-            kind,
+impl StoredRange {
+    pub fn of(range: &ManagedRange) -> Self {
+        StoredRange {
             network: range.prefix(),
             prefix_len: range.prefix_len(),
             block_pow: range.block_pow(),
-            generation,
         }
-    }
-
-    pub fn encode(&self) -> [u8; HEADER_LEN] {
-        let mut h = [0u8; HEADER_LEN];
-        h[..8].copy_from_slice(&MAGIC);
-        h[8..10].copy_from_slice(&VERSION.to_le_bytes());
-        h[10] = self.kind as u8;
-        h[11] = self.prefix_len;
-        h[12..16].copy_from_slice(&u32::from(self.network).to_le_bytes());
-        h[16] = self.block_pow;
-        h[20..28].copy_from_slice(&self.generation.to_le_bytes());
-        let crc = crc32fast::hash(&h[..28]);
-        h[28..32].copy_from_slice(&crc.to_le_bytes());
-        h
-    }
-
-    pub fn decode(b: &[u8]) -> Result<Header, HeaderError> {
-        let h = b.get(..HEADER_LEN).ok_or(HeaderError::Short)?;
-        if h[..8] != MAGIC {
-            return Err(HeaderError::Magic);
-        }
-        if crc32fast::hash(&h[..28]) != u32::from_le_bytes(h[28..32].try_into().unwrap()) {
-            return Err(HeaderError::Crc);
-        }
-        let version = u16::from_le_bytes([h[8], h[9]]);
-        if version != VERSION {
-            return Err(HeaderError::Version(version));
-        }
-        let kind = match h[10] {
-            1 => FileKind::Journal,
-            2 => FileKind::Snapshot,
-            _ => return Err(HeaderError::Magic),
-        };
-        Ok(Header {
-            kind,
-            prefix_len: h[11],
-            network: Ipv4Addr::from(u32::from_le_bytes(h[12..16].try_into().unwrap())),
-            block_pow: h[16],
-            generation: u64::from_le_bytes(h[20..28].try_into().unwrap()),
-        })
     }
 
     /// "10.0.0.0/16 in blocks of 4 addresses (-b 2)", for error messages.
@@ -126,40 +103,271 @@ impl Header {
             self.block_pow
         )
     }
+}
 
-    pub fn matches(&self, range: &ManagedRange) -> bool {
-        self.network == range.prefix()
-            && self.prefix_len == range.prefix_len()
-            && self.block_pow == range.block_pow()
+/// One pool of a file's table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableEntry {
+    pub name: String,
+    pub range: StoredRange,
+}
+
+/// The table a file for these pools carries, in their order (a record's pool byte is the
+/// index into the configuration, so appends need no lookup).
+pub fn table(pools: &[StorePool]) -> Vec<TableEntry> {
+    pools
+        .iter()
+        .map(|p| TableEntry {
+            name: p.name.clone(),
+            range: StoredRange::of(&p.range),
+        })
+        .collect()
+}
+
+/// Why a set of pools cannot be written into a table; the reader refuses the same.
+pub fn check_table(pools: &[TableEntry]) -> Result<(), String> {
+    if pools.len() > MAX_POOLS {
+        return Err(format!(
+            "{} pools, a store file holds at most {MAX_POOLS}",
+            pools.len()
+        ));
+    }
+    let mut names = BTreeSet::new();
+    for p in pools {
+        if p.name.is_empty() || p.name.len() > MAX_POOL_NAME {
+            return Err(format!(
+                "pool name '{}' is {} bytes long, it must be 1 to {MAX_POOL_NAME}",
+                p.name,
+                p.name.len()
+            ));
+        }
+        if !names.insert(p.name.as_str()) {
+            return Err(format!("pool name '{}' is given twice", p.name));
+        }
+    }
+    Ok(())
+}
+
+/// Which pools a file is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pools {
+    /// A version-1 file: one range, nameless.
+    V1(StoredRange),
+    /// A version-2 file's table; a record's pool byte indexes it.
+    V2(Vec<TableEntry>),
+}
+
+/// What a store file says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub kind: FileKind,
+    pub generation: u64,
+    pub pools: Pools,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("shorter than a header")]
+    Short,
+    #[error("not a ddhcpd store file")]
+    Magic,
+    #[error("store format version {0}, this ddhcpd reads versions 1 and {VERSION}")]
+    Version(u16),
+    #[error("header checksum mismatch")]
+    Crc,
+    /// The checksum holds, yet the pool table makes no sense.
+    #[error("bad pool table ({0})")]
+    Table(&'static str),
+}
+
+impl Header {
+    /// A header of the current version for `pools` (checked with [`check_table`]).
+    pub fn new(kind: FileKind, pools: &[StorePool], generation: u64) -> Self {
+        Header {
+            kind,
+            generation,
+            pools: Pools::V2(table(pools)),
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        match self.pools {
+            Pools::V1(_) => Format::V1,
+            Pools::V2(_) => Format::V2,
+        }
+    }
+
+    /// The header's bytes. A table that [`check_table`] refuses is cut to what fits, so
+    /// the bytes still decode; the store never writes one.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut h = vec![0u8; FIXED_LEN];
+        h[..8].copy_from_slice(&MAGIC);
+        h[10] = self.kind as u8;
+        h[20..28].copy_from_slice(&self.generation.to_le_bytes());
+        match &self.pools {
+            Pools::V1(r) => {
+                h[8..10].copy_from_slice(&1u16.to_le_bytes());
+                h[11] = r.prefix_len;
+                h[12..16].copy_from_slice(&u32::from(r.network).to_le_bytes());
+                h[16] = r.block_pow;
+            }
+            Pools::V2(pools) => {
+                h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+                let pools = &pools[..pools.len().min(MAX_POOLS)];
+                h.push(pools.len() as u8);
+                for p in pools {
+                    let mut n = p.name.len().min(MAX_POOL_NAME);
+                    while !p.name.is_char_boundary(n) {
+                        n -= 1;
+                    }
+                    h.push(n as u8);
+                    h.extend_from_slice(&p.name.as_bytes()[..n]);
+                    h.extend_from_slice(&u32::from(p.range.network).to_le_bytes());
+                    h.push(p.range.prefix_len);
+                    h.push(p.range.block_pow);
+                }
+                let table_len = (h.len() - FIXED_LEN) as u32;
+                h[12..16].copy_from_slice(&table_len.to_le_bytes());
+                let crc = crc32fast::hash(&h[FIXED_LEN..]);
+                h.extend_from_slice(&crc.to_le_bytes());
+            }
+        }
+        let crc = crc32fast::hash(&h[..28]);
+        h[28..32].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    /// Reads the header at the start of `b`; returns it and its length (where the records
+    /// begin).
+    pub fn decode(b: &[u8]) -> Result<(Header, usize), HeaderError> {
+        let h = b.get(..FIXED_LEN).ok_or(HeaderError::Short)?;
+        if h[..8] != MAGIC {
+            return Err(HeaderError::Magic);
+        }
+        if crc32fast::hash(&h[..28]) != le32(&h[28..32]) {
+            return Err(HeaderError::Crc);
+        }
+        let version = u16::from_le_bytes([h[8], h[9]]);
+        let kind = match h[10] {
+            1 => FileKind::Journal,
+            2 => FileKind::Snapshot,
+            _ => return Err(HeaderError::Magic),
+        };
+        let generation = u64::from_le_bytes(h[20..28].try_into().unwrap_or_default());
+        match version {
+            1 => {
+                let range = StoredRange {
+                    prefix_len: h[11],
+                    network: Ipv4Addr::from(le32(&h[12..16])),
+                    block_pow: h[16],
+                };
+                let header = Header {
+                    kind,
+                    generation,
+                    pools: Pools::V1(range),
+                };
+                Ok((header, FIXED_LEN))
+            }
+            VERSION => {
+                let table_len = le32(&h[12..16]) as usize;
+                if !(1..=MAX_TABLE).contains(&table_len) {
+                    return Err(HeaderError::Table("length out of bounds"));
+                }
+                let end = FIXED_LEN + table_len;
+                let table = b.get(FIXED_LEN..end).ok_or(HeaderError::Short)?;
+                let crc = b.get(end..end + 4).ok_or(HeaderError::Short)?;
+                if crc32fast::hash(table) != le32(crc) {
+                    return Err(HeaderError::Crc);
+                }
+                let header = Header {
+                    kind,
+                    generation,
+                    pools: Pools::V2(decode_table(table)?),
+                };
+                Ok((header, end + 4))
+            }
+            v => Err(HeaderError::Version(v)),
+        }
     }
 }
 
-/// Appends one framed record. `wall` turns core instants into Unix milliseconds.
-pub fn encode(change: &Change, wall: impl Fn(Instant) -> u64, out: &mut Vec<u8>) {
+/// Whether `b` can be the start of a header that a crash cut short: all of it, if a header
+/// is as long as it claims. A journal's header is synced before any record is appended, so
+/// a file longer than its header with a damaged header is damage, not a torn write.
+pub fn within_header(b: &[u8]) -> bool {
+    if b.len() <= FIXED_LEN {
+        return true;
+    }
+    let fixed = &b[..FIXED_LEN];
+    let intact_v2 = fixed[..8] == MAGIC
+        && crc32fast::hash(&fixed[..28]) == le32(&fixed[28..32])
+        && u16::from_le_bytes([fixed[8], fixed[9]]) == VERSION;
+    intact_v2 && b.len() <= FIXED_LEN + le32(&fixed[12..16]) as usize + 4
+}
+
+fn le32(b: &[u8]) -> u32 {
+    u32::from_le_bytes(b.try_into().unwrap_or_default())
+}
+
+fn decode_table(table: &[u8]) -> Result<Vec<TableEntry>, HeaderError> {
+    let mut b = Body(table);
+    let bad = HeaderError::Table;
+    let count = b.u8().ok_or(bad("no pool count"))?;
+    let mut pools = Vec::with_capacity(count.into());
+    for _ in 0..count {
+        let n = b.u8().ok_or(bad("cut short"))? as usize;
+        let name = b.take(n).ok_or(bad("cut short"))?;
+        let name = std::str::from_utf8(name).map_err(|_| bad("name not UTF-8"))?;
+        let network = Ipv4Addr::from(b.u32().ok_or(bad("cut short"))?);
+        let prefix_len = b.u8().ok_or(bad("cut short"))?;
+        let block_pow = b.u8().ok_or(bad("cut short"))?;
+        if prefix_len > 32 {
+            return Err(bad("prefix length over 32"));
+        }
+        pools.push(TableEntry {
+            name: name.into(),
+            range: StoredRange {
+                network,
+                prefix_len,
+                block_pow,
+            },
+        });
+    }
+    if !b.0.is_empty() {
+        return Err(bad("bytes after the last pool"));
+    }
+    check_table(&pools).map_err(|_| bad("pool name empty, too long or given twice"))?;
+    Ok(pools)
+}
+
+/// Appends one framed record (current version) of the pool at index `pool` of the file's
+/// table. `wall` turns core instants into Unix milliseconds.
+pub fn encode(pool: u8, change: &Change, wall: impl Fn(Instant) -> u64, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_LEN]);
+    let kind = |out: &mut Vec<u8>, k: u8| out.extend_from_slice(&[k, pool]);
     match change {
         Change::BlockOwned { block, since } => {
-            out.push(BLOCK_OWNED);
+            kind(out, BLOCK_OWNED);
             out.extend_from_slice(&block.to_le_bytes());
             out.extend_from_slice(&wall(*since).to_le_bytes());
         }
         Change::BlockGone { block } => {
-            out.push(BLOCK_GONE);
+            kind(out, BLOCK_GONE);
             out.extend_from_slice(&block.to_le_bytes());
         }
         Change::BlockHold { block, until } => {
-            out.push(BLOCK_HOLD);
+            kind(out, BLOCK_HOLD);
             out.extend_from_slice(&block.to_le_bytes());
             out.extend_from_slice(&wall(*until).to_le_bytes());
         }
         Change::Announced { at, ttl } => {
-            out.push(ANNOUNCED);
+            kind(out, ANNOUNCED);
             out.extend_from_slice(&wall(*at).to_le_bytes());
             out.extend_from_slice(&ttl.to_le_bytes());
         }
         Change::Lease(l) => {
-            out.push(LEASE);
+            kind(out, LEASE);
             out.extend_from_slice(&u32::from(l.ip).to_le_bytes());
             out.extend_from_slice(&wall(l.until).to_le_bytes());
             out.push(u8::from(l.declined));
@@ -176,11 +384,11 @@ pub fn encode(change: &Change, wall: impl Fn(Instant) -> u64, out: &mut Vec<u8>)
             out.extend_from_slice(host);
         }
         Change::LeaseGone(ip) => {
-            out.push(LEASE_GONE);
+            kind(out, LEASE_GONE);
             out.extend_from_slice(&u32::from(*ip).to_le_bytes());
         }
         Change::Option { code, payload } => {
-            out.push(OPTION);
+            kind(out, OPTION);
             out.push(*code);
             match payload {
                 Some(p) => {
@@ -227,23 +435,25 @@ impl FrameError {
     }
 }
 
-/// Reads the record starting at `data[0]`: the change (times in Unix milliseconds, as
-/// [`Instant`]s from the epoch) and the bytes it took.
-pub fn decode(data: &[u8]) -> Result<(Change, usize), FrameError> {
+/// Reads the record starting at `data[0]` in a file of `format`: the index of its pool in
+/// the file's table (0 in version 1), the change (times in Unix milliseconds, as
+/// [`Instant`]s from the epoch) and the bytes it took. The index is not checked against the
+/// table here; the caller knows the table.
+pub fn decode(data: &[u8], format: Format) -> Result<(u8, Change, usize), FrameError> {
     let frame = data.get(..FRAME_LEN).ok_or(FrameError::Short)?;
-    let len = u32::from_le_bytes(frame[..4].try_into().unwrap()) as usize;
+    let len = le32(&frame[..4]) as usize;
     if len == 0 || len > MAX_BODY {
         return Err(FrameError::Length(len));
     }
-    let crc = u32::from_le_bytes(frame[4..8].try_into().unwrap());
+    let crc = le32(&frame[4..8]);
     let body = data
         .get(FRAME_LEN..FRAME_LEN + len)
         .ok_or(FrameError::Short)?;
     if crc32fast::hash(body) != crc {
         return Err(FrameError::Crc);
     }
-    let change = decode_body(body).ok_or(FrameError::Body("bad body"))?;
-    Ok((change, FRAME_LEN + len))
+    let (pool, change) = decode_body(body, format).ok_or(FrameError::Body("bad body"))?;
+    Ok((pool, change, FRAME_LEN + len))
 }
 
 /// A cursor over a body; `None` on running out, so no read can panic.
@@ -265,18 +475,22 @@ impl<'a> Body<'a> {
         self.take(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        self.take(4).map(le32)
     }
     fn time(&mut self) -> Option<Instant> {
-        self.take(8)
-            .map(|b| Instant::from_millis(u64::from_le_bytes(b.try_into().unwrap())))
+        let b: [u8; 8] = self.take(8)?.try_into().ok()?;
+        Some(Instant::from_millis(u64::from_le_bytes(b)))
     }
 }
 
-fn decode_body(body: &[u8]) -> Option<Change> {
+fn decode_body(body: &[u8], format: Format) -> Option<(u8, Change)> {
     let mut b = Body(body);
-    let change = match b.u8()? {
+    let kind = b.u8()?;
+    let pool = match format {
+        Format::V1 => 0,
+        Format::V2 => b.u8()?,
+    };
+    let change = match kind {
         BLOCK_OWNED => Change::BlockOwned {
             block: b.u32()?,
             since: b.time()?,
@@ -329,7 +543,7 @@ fn decode_body(body: &[u8]) -> Option<Change> {
         }
         _ => return None,
     };
-    b.0.is_empty().then_some(change)
+    b.0.is_empty().then_some((pool, change))
 }
 
 #[cfg(test)]
@@ -380,14 +594,15 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let mut buf = Vec::new();
-        for c in all() {
-            encode(&c, |t| t.as_millis(), &mut buf);
+        for (i, c) in all().iter().enumerate() {
+            encode(i as u8 % 3, c, |t| t.as_millis(), &mut buf);
         }
         let mut off = 0;
         let mut back = Vec::new();
         while off < buf.len() {
-            let (c, n) = decode(&buf[off..]).unwrap();
+            let (pool, c, n) = decode(&buf[off..], Format::V2).unwrap();
             back.push(c);
+            assert_eq!(pool, (back.len() - 1) as u8 % 3);
             off += n;
         }
         assert_eq!(back, all());
@@ -397,9 +612,10 @@ mod tests {
     #[test]
     fn golden_lease_bytes() {
         let mut buf = Vec::new();
-        encode(&lease(), |t| t.as_millis(), &mut buf);
+        encode(3, &lease(), |t| t.as_millis(), &mut buf);
         let body: &[u8] = &[
             4, // lease
+            3, // pool 3 of the file's table
             2, 1, 0, 10, // 10.0.1.2
             0xe0, 0xfb, 0xe9, 0xcf, 0x8b, 0x01, 0, 0, // 1_700_000_300_000 ms
             0, // not declined
@@ -412,26 +628,101 @@ mod tests {
         assert_eq!(buf[4..8], crc32fast::hash(body).to_le_bytes());
     }
 
+    /// Version 1 records (no pool byte), as the daemon before pools wrote them, still
+    /// decode, into pool 0.
+    #[test]
+    fn golden_v1_lease_bytes() {
+        let body: &[u8] = &[
+            4, 2, 1, 0, 10, 0xe0, 0xfb, 0xe9, 0xcf, 0x8b, 0x01, 0, 0, 0, 6, 2, 0, 0, 0, 0, 7, 8, 0,
+            0, 1, 2, 0, 0, 0, 0, 7, 6, b'l', b'a', b'p', b't', b'o', b'p',
+        ];
+        let mut buf = (body.len() as u32).to_le_bytes().to_vec();
+        buf.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        buf.extend_from_slice(body);
+        assert_eq!(decode(&buf, Format::V1), Ok((0, lease(), buf.len())));
+        // Read as version 2, the kind's first field is taken for the pool: refused.
+        assert!(matches!(decode(&buf, Format::V2), Err(FrameError::Body(_))));
+    }
+
     #[test]
     fn every_truncation_and_bit_flip_is_detected() {
         let mut buf = Vec::new();
-        encode(&lease(), |t| t.as_millis(), &mut buf);
+        encode(1, &lease(), |t| t.as_millis(), &mut buf);
         for cut in 0..buf.len() {
-            assert!(decode(&buf[..cut]).unwrap_err().is_torn(), "cut at {cut}");
+            let e = decode(&buf[..cut], Format::V2).unwrap_err();
+            assert!(e.is_torn(), "cut at {cut}");
         }
         for i in 0..buf.len() * 8 {
             let mut b = buf.clone();
             b[i / 8] ^= 1 << (i % 8);
-            assert!(decode(&b).is_err(), "bit {i}");
+            assert!(decode(&b, Format::V2).is_err(), "bit {i}");
         }
+    }
+
+    fn pools() -> Vec<StorePool> {
+        vec![
+            StorePool {
+                name: "lan".into(),
+                range: ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 24, 2).unwrap(),
+            },
+            StorePool {
+                name: "gäste".into(),
+                range: ManagedRange::new(Ipv4Addr::new(10, 64, 0, 0), 10, 4).unwrap(),
+            },
+        ]
+    }
+
+    /// The version-2 header and a record after it, byte for byte: the layout is pinned.
+    #[test]
+    fn golden_v2_header_and_record() {
+        let h = Header::new(FileKind::Journal, &pools(), 0x0102_0304_0506_0708);
+        let mut file = h.encode();
+        encode(
+            1,
+            &Change::LeaseGone(Ipv4Addr::new(10, 64, 0, 9)),
+            |t| t.as_millis(),
+            &mut file,
+        );
+        #[rustfmt::skip]
+        let want: &[u8] = &[
+            // fixed part
+            b'D', b'D', b'H', b'C', b'P', b'S', b'T', b'O',
+            2, 0, // version 2
+            1, // journal
+            0,
+            24, 0, 0, 0, // table length
+            0, 0, 0, 0,
+            8, 7, 6, 5, 4, 3, 2, 1, // generation
+            0xd8, 0x2b, 0x49, 0xeb, // crc32 of the 28 bytes before
+            // pool table
+            2, // pools
+            3, b'l', b'a', b'n', 0, 0, 0, 10, 24, 2, // lan 10.0.0.0/24 -b 2
+            6, b'g', 0xc3, 0xa4, b's', b't', b'e', 0, 0, 64, 10, 10, 4, // gäste 10.64.0.0/10 -b 4
+            0x52, 0x0e, 0x79, 0xc8, // crc32 of the table
+            // record
+            6, 0, 0, 0, // body length
+            0x31, 0xf0, 0xcb, 0xb1, // crc32 of the body
+            5, 1, 9, 0, 64, 10, // lease gone, pool 1, 10.64.0.9
+        ];
+        assert_eq!(file, want, "{file:02x?}");
+        let (back, len) = Header::decode(&file).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(len, FIXED_LEN + 24 + 4);
+        let (pool, c, n) = decode(&file[len..], Format::V2).unwrap();
+        assert_eq!((pool, n), (1, file.len() - len));
+        assert_eq!(c, Change::LeaseGone(Ipv4Addr::new(10, 64, 0, 9)));
     }
 
     proptest::proptest! {
         /// A store file is input too: no bytes may panic the reader.
         #[test]
         fn decode_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
-            let _ = decode(&data);
-            let _ = Header::decode(&data);
+            let _ = decode(&data, Format::V1);
+            let _ = decode(&data, Format::V2);
+            if let Ok((_, len)) = Header::decode(&data) {
+                proptest::prop_assert!(len <= data.len());
+            }
+            let _ = within_header(&data);
         }
 
         /// Well-framed garbage (a valid CRC over random bytes) is refused, not misread.
@@ -440,27 +731,109 @@ mod tests {
             let mut buf = (body.len() as u32).to_le_bytes().to_vec();
             buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
             buf.extend_from_slice(&body);
-            if let Ok((_, n)) = decode(&buf) {
-                proptest::prop_assert_eq!(n, buf.len());
+            for format in [Format::V1, Format::V2] {
+                if let Ok((_, _, n)) = decode(&buf, format) {
+                    proptest::prop_assert_eq!(n, buf.len());
+                }
             }
+        }
+
+        /// A header whose checksums hold over arbitrary table bytes: refused or read, never
+        /// a panic, and what is read is a table the writer could have written.
+        #[test]
+        fn checksummed_garbage_tables_never_panic(
+            table in proptest::collection::vec(proptest::num::u8::ANY, 1..400),
+            kind in 1u8..3,
+        ) {
+            let mut h = vec![0u8; FIXED_LEN];
+            h[..8].copy_from_slice(&MAGIC);
+            h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+            h[10] = kind;
+            h[12..16].copy_from_slice(&(table.len() as u32).to_le_bytes());
+            let crc = crc32fast::hash(&h[..28]);
+            h[28..32].copy_from_slice(&crc.to_le_bytes());
+            h.extend_from_slice(&table);
+            h.extend_from_slice(&crc32fast::hash(&table).to_le_bytes());
+            if let Ok((header, len)) = Header::decode(&h) {
+                proptest::prop_assert_eq!(len, h.len());
+                let Pools::V2(t) = &header.pools else { unreachable!() };
+                proptest::prop_assert_eq!(check_table(t), Ok(()));
+                proptest::prop_assert_eq!(header.encode(), h);
+            }
+        }
+
+        /// Every cut of a valid header is seen as a header cut short, and no other error.
+        #[test]
+        fn a_cut_header_is_short(cut in 0usize..64) {
+            let bytes = Header::new(FileKind::Snapshot, &pools(), 7).encode();
+            let cut = cut.min(bytes.len() - 1);
+            proptest::prop_assert_eq!(Header::decode(&bytes[..cut]), Err(HeaderError::Short));
+            proptest::prop_assert!(within_header(&bytes[..cut]));
         }
     }
 
     #[test]
     fn header_round_trip_and_checks() {
-        let range = ManagedRange::new(Ipv4Addr::new(10, 64, 0, 0), 10, 4).unwrap();
-        let h = Header::new(FileKind::Journal, &range, 42);
+        let h = Header::new(FileKind::Snapshot, &pools(), 42);
         let bytes = h.encode();
-        assert_eq!(Header::decode(&bytes), Ok(h));
-        assert!(h.matches(&range));
+        let (back, len) = Header::decode(&bytes).unwrap();
+        assert_eq!((back, len), (h.clone(), bytes.len()));
+        assert!(within_header(&bytes));
+        let mut more = bytes.clone();
+        more.push(0);
+        assert!(!within_header(&more));
         assert_eq!(
-            h.describe(),
+            StoredRange::of(&pools()[1].range).describe(),
             "10.64.0.0/10 in blocks of 16 addresses (-b 4)"
         );
-        let mut bad = bytes;
-        bad[12] ^= 1;
-        assert_eq!(Header::decode(&bad), Err(HeaderError::Crc));
+        // The fixed part and the table are each checked.
+        for at in [12, FIXED_LEN + 3] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 1;
+            assert_eq!(Header::decode(&bad), Err(HeaderError::Crc), "byte {at}");
+        }
         assert_eq!(Header::decode(&bytes[..31]), Err(HeaderError::Short));
         assert_eq!(Header::decode(&[0u8; 32]), Err(HeaderError::Magic));
+        // No pools is a table too (a daemon with none configured).
+        let empty = Header::new(FileKind::Journal, &[], 1);
+        assert_eq!(Header::decode(&empty.encode()).unwrap().0, empty);
+    }
+
+    #[test]
+    fn a_version_1_header_reads_as_its_one_range() {
+        // The header of tests/fixtures/store-v1/journal/journal.0000000000000000.
+        let v1: [u8; 32] = [
+            0x44, 0x44, 0x48, 0x43, 0x50, 0x53, 0x54, 0x4f, 0x01, 0x00, 0x01, 0x18, 0x00, 0x00,
+            0x00, 0x0a, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0xd5, 0xdb, 0x1f, 0x36,
+        ];
+        let (h, len) = Header::decode(&v1).unwrap();
+        assert_eq!(len, 32);
+        assert_eq!(h.format(), Format::V1);
+        let range = ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 24, 2).unwrap();
+        assert_eq!(h.pools, Pools::V1(StoredRange::of(&range)));
+        assert_eq!((h.kind, h.generation), (FileKind::Journal, 0));
+        assert_eq!(h.encode(), v1);
+        let mut future = v1;
+        future[8] = 3;
+        let crc = crc32fast::hash(&future[..28]);
+        future[28..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(Header::decode(&future), Err(HeaderError::Version(3)));
+    }
+
+    #[test]
+    fn tables_the_writer_refuses() {
+        let entry = |name: &str| TableEntry {
+            name: name.into(),
+            range: StoredRange::of(&pools()[0].range),
+        };
+        assert!(check_table(&[entry("a"), entry("b")]).is_ok());
+        assert!(check_table(&[entry("")]).is_err());
+        assert!(check_table(&[entry(&"x".repeat(33))]).is_err());
+        assert!(check_table(&[entry(&"x".repeat(32))]).is_ok());
+        assert!(check_table(&[entry("a"), entry("a")]).is_err());
+        let many: Vec<TableEntry> = (0..256).map(|i| entry(&format!("p{i}"))).collect();
+        assert!(check_table(&many).is_err());
+        assert!(check_table(&many[..255]).is_ok());
     }
 }

@@ -8,10 +8,20 @@
 //! - `journal.<gen>`: [`Change`] records in the order the core made them;
 //! - `snapshot.<gen>`: the state that all journals before `<gen>` add up to.
 //!
-//! Loading reads the newest snapshot and the journals from its generation on. A damaged
-//! record at the end of the newest journal is what a crash during an append leaves (nothing
-//! after it was ever acknowledged, since replies wait for the sync), so the journal is cut
-//! there; damage anywhere else is refused, like a store of another network or block size.
+//! One store holds the state of several pools (named ranges). Every file's header carries
+//! the table of pools it was written for; records name their pool by its index in that
+//! table. Loading reads the newest snapshot and the journals from its generation on. A
+//! damaged record at the end of the newest journal is what a crash during an append leaves
+//! (nothing after it was ever acknowledged, since replies wait for the sync), so the journal
+//! is cut there; damage anywhere else is refused, like a pool stored with another network or
+//! block size than configured.
+//!
+//! The pool set may change between runs. A file's table is the configuration of the daemon
+//! that wrote it, and that daemon had dropped every pool its configuration lacked; so while
+//! replaying, a pool missing from a file's table is dropped at that file, and a journal is
+//! only appended to by a daemon with the same table (else it starts a new generation).
+//! Files of format 1 (before pools: one range, no names) are read as the pool of that range,
+//! and rewritten in format 2 by the next compaction.
 //!
 //! Writing happens on a thread of its own: the daemon appends encoded records to a shared
 //! buffer, the thread writes whatever has gathered and syncs it once, and reports how far
@@ -37,17 +47,25 @@ use crate::hash::FxHashMap;
 use crate::persist::{Change, LeaseRecord, Restored};
 use crate::range::ManagedRange;
 use crate::time::Instant;
-use codec::{FileKind, HEADER_LEN, Header};
+use codec::{FileKind, Format, Header, Pools, StoredRange, TableEntry};
 
 /// A journal is compacted once it is larger than this and than the last snapshot, so the
 /// store stays within about twice the live state plus this much.
 pub const COMPACT_MIN_BYTES: u64 = 4 << 20;
 
+/// One pool as the store knows it: the name is the key, the range is checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorePool {
+    pub name: String,
+    pub range: ManagedRange,
+}
+
 /// How the store is run.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     pub dir: PathBuf,
-    pub range: ManagedRange,
+    /// The configured pools; a change's pool is its index here (see [`Store::append`]).
+    pub pools: Vec<StorePool>,
     /// Sync every batch before replies go out (`--fsync on`). Off, the store survives a
     /// daemon crash (the data is in the page cache) but not a power loss.
     pub fsync: bool,
@@ -60,14 +78,18 @@ pub enum StoreError {
         "--state-dir {dir} is in use by another running ddhcpd; stop it or give this one another --state-dir"
     )]
     Locked { dir: String },
-    #[error(
-        "--state-dir {dir} holds the state of {stored}, but this daemon manages {ours}; give another --state-dir or move the old state away"
-    )]
+    /// A pool's state is for another range than configured: mixing them would put leases
+    /// into blocks that mean other addresses. `pool` is `None` for a format-1 store whose
+    /// range no configured pool has (`ours` then lists the configured ones).
+    #[error("{}", mismatch_text(.dir, .pool.as_deref(), .stored, .ours))]
     Mismatch {
         dir: String,
+        pool: Option<String>,
         stored: String,
         ours: String,
     },
+    #[error("cannot keep the state of these pools: {why}")]
+    Pools { why: String },
     #[error(
         "{file} is damaged at byte {offset} ({why}); move it out of the state directory to start without it (the leases in it are lost)"
     )]
@@ -78,6 +100,18 @@ pub enum StoreError {
     },
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
+}
+
+fn mismatch_text(dir: &str, pool: Option<&str>, stored: &str, ours: &str) -> String {
+    let advice = "give another --state-dir or move the old state away";
+    match pool {
+        Some(pool) => format!(
+            "--state-dir {dir} holds pool '{pool}' as {stored}, but this daemon configures it as {ours}; {advice}"
+        ),
+        None => format!(
+            "--state-dir {dir} holds the state of {stored}, but no pool this daemon configures has that range ({ours}); {advice}"
+        ),
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -120,6 +154,71 @@ impl WallClock {
 /// replaying the files gives, and what a snapshot holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
+    /// Keyed by pool name: names survive a reordered configuration, indexes would not.
+    pub pools: BTreeMap<String, PoolState>,
+}
+
+impl State {
+    /// Forgets bindings that ran out by `wall_ms`, in every pool.
+    pub fn drop_expired(&mut self, wall_ms: u64) {
+        for p in self.pools.values_mut() {
+            p.drop_expired(wall_ms);
+        }
+    }
+
+    /// Bindings (leases and quarantined addresses) in all pools.
+    pub fn leases(&self) -> usize {
+        self.pools.values().map(|p| p.leases.len()).sum()
+    }
+
+    /// Owned blocks in all pools.
+    pub fn blocks(&self) -> usize {
+        self.pools.values().map(|p| p.blocks.len()).sum()
+    }
+
+    /// The state of each of `pools` in core time, as the node takes it back, without what
+    /// expired; a pool the store knows nothing of comes back empty. The wall clock is judged
+    /// against the latest write of any pool: a clock that went back went back for all.
+    pub fn into_restored(mut self, pools: &[StorePool], clock: &WallClock) -> Vec<Restored> {
+        let last = self
+            .pools
+            .values()
+            .map(PoolState::last_written)
+            .max()
+            .unwrap_or(0);
+        let (clock, went_back) = trusted_clock(clock, last);
+        pools
+            .iter()
+            .map(|p| {
+                self.pools
+                    .remove(&p.name)
+                    .map_or_else(Restored::default, |s| s.restore(&clock, went_back))
+            })
+            .collect()
+    }
+}
+
+/// The clock to restore with, and whether the wall clock reads earlier than `last_written`
+/// (then it is held at that time: we assume no time passed, so leases keep at most what
+/// they had left).
+fn trusted_clock(clock: &WallClock, last_written: u64) -> (WallClock, bool) {
+    if clock.wall_now_ms >= last_written {
+        return (*clock, false);
+    }
+    warn!(
+        behind_ms = last_written - clock.wall_now_ms,
+        "the wall clock is behind the state store's last write; treating every claim as lapsed"
+    );
+    let held = WallClock {
+        wall_now_ms: last_written,
+        ..*clock
+    };
+    (held, true)
+}
+
+/// The durable state of one pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolState {
     pub blocks: BTreeMap<u32, Instant>,
     pub holds: BTreeMap<u32, Instant>,
     pub announced: Option<(Instant, u16)>,
@@ -127,7 +226,7 @@ pub struct State {
     pub options: BTreeMap<u8, Option<Vec<u8>>>,
 }
 
-impl State {
+impl PoolState {
     pub fn apply(&mut self, c: Change) {
         match c {
             Change::BlockOwned { block, since } => {
@@ -192,23 +291,14 @@ impl State {
         announced.max(claimed.unwrap_or(0))
     }
 
-    /// The state in core time, as the node takes it back, without what expired.
+    /// The state in core time, as a node of this one pool takes it back, without what
+    /// expired. (For several pools, [`State::into_restored`] judges the clock once.)
     pub fn into_restored(self, clock: &WallClock) -> Restored {
-        let last = self.last_written();
-        let clock_went_back = clock.wall_now_ms < last;
-        let clock = &if clock_went_back {
-            warn!(
-                behind_ms = last - clock.wall_now_ms,
-                "the wall clock is behind the state store's last write; treating every claim as lapsed"
-            );
-            // Assume no time passed: leases keep at most what they had left.
-            WallClock {
-                wall_now_ms: last,
-                ..*clock
-            }
-        } else {
-            *clock
-        };
+        let (clock, went_back) = trusted_clock(clock, self.last_written());
+        self.restore(&clock, went_back)
+    }
+
+    fn restore(self, clock: &WallClock, clock_went_back: bool) -> Restored {
         let leases: Vec<LeaseRecord> = self
             .leases
             .into_values()
@@ -254,6 +344,12 @@ pub struct LoadInfo {
     pub journal_exists: bool,
     /// Size of the newest snapshot, for the compaction threshold.
     pub snapshot_bytes: u64,
+    /// The newest journal was written for other pools, or in format 1: it is left as it is
+    /// (its records index its own table) and the next generation is to be started.
+    pub pools_changed: bool,
+    /// Pools the store held that are not configured, with how many bindings each had:
+    /// their state is not in the loaded [`State`].
+    pub dropped: Vec<(String, usize)>,
 }
 
 fn file_name(kind: FileKind, generation: u64) -> String {
@@ -286,110 +382,271 @@ fn scan(dir: &Path) -> Result<(BTreeSet<u64>, BTreeSet<u64>), StoreError> {
     Ok((snapshots, journals))
 }
 
-/// Reads one file into `state`. With `torn_ok`, damage that an interrupted append leaves
-/// is cut off (and reported in the result); otherwise it is an error.
-fn read_file(
-    path: &Path,
-    kind: FileKind,
-    range: &ManagedRange,
-    torn_ok: bool,
-    state: &mut State,
-    info: &mut LoadInfo,
-) -> Result<(), StoreError> {
-    let data = fs::read(path).map_err(io_err(path))?;
-    let corrupt = |offset: usize, why: String| StoreError::Corrupt {
-        file: path.display().to_string(),
-        offset: offset as u64,
-        why,
-    };
-    let header = match Header::decode(&data) {
-        Ok(h) => h,
-        // A journal whose header never made it to disk: created just before a crash. (The
-        // header is synced before any record is appended, so one followed by records is
-        // damage, not a torn write.)
-        Err(codec::HeaderError::Short | codec::HeaderError::Crc)
-            if torn_ok && data.len() <= HEADER_LEN =>
-        {
-            warn!(file = %path.display(), "journal without a complete header; starting it afresh");
-            info.truncated += data.len() as u64;
-            let mut f = OpenOptions::new()
+/// Replays files in order, following which pools each is about.
+struct Replay<'a> {
+    dir: &'a Path,
+    pools: &'a [StorePool],
+    /// State of the named pools after the files read so far.
+    named: BTreeMap<String, PoolState>,
+    /// The table of the last format-2 file read.
+    table: Option<Vec<TableEntry>>,
+    /// State of format-1 files, which have no pool names. The first format-2 file after them
+    /// was written by the daemon that migrated them, so its pool of that range is theirs;
+    /// with no such file, the configured pool of that range is.
+    v1: Option<(StoredRange, PoolState)>,
+    /// A torn tail to cut off, once the store is known to be for our pools (a refused
+    /// store is left as it is).
+    cut: Option<(PathBuf, u64)>,
+    info: LoadInfo,
+}
+
+impl Replay<'_> {
+    /// Reads one file. With `torn_ok`, damage that an interrupted append leaves is cut off
+    /// (and reported in the result); otherwise it is an error. Returns false for a journal
+    /// whose header never made it to disk (created just before a crash): it holds nothing,
+    /// and is to be created afresh.
+    fn read_file(
+        &mut self,
+        path: &Path,
+        kind: FileKind,
+        torn_ok: bool,
+    ) -> Result<bool, StoreError> {
+        let data = fs::read(path).map_err(io_err(path))?;
+        let corrupt = |offset: usize, why: String| StoreError::Corrupt {
+            file: path.display().to_string(),
+            offset: offset as u64,
+            why,
+        };
+        let (header, start) = match Header::decode(&data) {
+            Ok(h) => h,
+            Err(codec::HeaderError::Short | codec::HeaderError::Crc)
+                if torn_ok && codec::within_header(&data) =>
+            {
+                warn!(file = %path.display(), "journal without a complete header; starting it afresh");
+                self.info.truncated += data.len() as u64;
+                return Ok(false);
+            }
+            Err(e) => return Err(corrupt(0, e.to_string())),
+        };
+        if header.kind != kind {
+            return Err(corrupt(10, "file kind does not match its name".into()));
+        }
+        let mut slots = self.enter(&header.pools, &corrupt)?;
+        if let [only] = &mut slots[..] {
+            // Room for every record being a lease, so the table never rehashes while loading.
+            let more = (data.len() / 40).saturating_sub(only.leases.len());
+            only.leases.reserve(more);
+        }
+        let format = header.format();
+        let mut off = start;
+        while off < data.len() {
+            match codec::decode(&data[off..], format) {
+                Ok((pool, change, n)) => {
+                    let Some(slot) = slots.get_mut(usize::from(pool)) else {
+                        let why = format!(
+                            "record of pool {pool}, but the file's table has {} pools",
+                            slots.len()
+                        );
+                        return Err(corrupt(off, why));
+                    };
+                    slot.apply(change);
+                    self.info.records += 1;
+                    off += n;
+                }
+                Err(e) if torn_ok && e.is_torn() && !intact_record_after(&data, off, format) => {
+                    let cut = data.len() - off;
+                    warn!(file = %path.display(), offset = off, bytes = cut, error = %e,
+                          "torn record at the end of the journal (interrupted write); cutting it off");
+                    self.cut = Some((path.to_path_buf(), off as u64));
+                    self.info.truncated += cut as u64;
+                    break;
+                }
+                Err(e) => return Err(corrupt(off, e.to_string())),
+            }
+        }
+        if kind == FileKind::Journal {
+            self.info.pools_changed = header.pools != Pools::V2(codec::table(self.pools));
+        }
+        self.leave(header.pools, slots);
+        self.info.files += 1;
+        self.info.bytes += data.len() as u64;
+        Ok(true)
+    }
+
+    /// Takes out the state of the pools of a file's table, in its order.
+    fn enter(
+        &mut self,
+        pools: &Pools,
+        corrupt: &impl Fn(usize, String) -> StoreError,
+    ) -> Result<Vec<PoolState>, StoreError> {
+        match pools {
+            Pools::V1(range) => {
+                // Format 1 is never written, so no format-1 file follows a format-2 one.
+                if self.table.is_some() {
+                    return Err(corrupt(8, "a format-1 file after format-2 files".into()));
+                }
+                match self.v1.take() {
+                    Some((r, st)) if r == *range => Ok(vec![st]),
+                    Some((r, _)) => Err(corrupt(
+                        11,
+                        format!(
+                            "format-1 file of {}, but the files before are of {}",
+                            range.describe(),
+                            r.describe()
+                        ),
+                    )),
+                    None => Ok(vec![PoolState::default()]),
+                }
+            }
+            Pools::V2(table) => {
+                if let Some((range, st)) = self.v1.take()
+                    && let Some(e) = table.iter().find(|e| e.range == range)
+                {
+                    self.named.insert(e.name.clone(), st);
+                }
+                for e in table {
+                    let before = self.table.iter().flatten().find(|p| p.name == e.name);
+                    if let Some(p) = before.filter(|p| p.range != e.range) {
+                        let why = format!(
+                            "pool '{}' is {} here but {} in the file before",
+                            e.name,
+                            e.range.describe(),
+                            p.range.describe()
+                        );
+                        return Err(corrupt(codec::FIXED_LEN, why));
+                    }
+                }
+                let slots = table
+                    .iter()
+                    .map(|e| self.named.remove(&e.name).unwrap_or_default())
+                    .collect();
+                // What this file's table lacks, the daemon that wrote it had dropped.
+                self.named.clear();
+                Ok(slots)
+            }
+        }
+    }
+
+    /// Puts back what [`Self::enter`] took out, with the file's records applied.
+    fn leave(&mut self, pools: Pools, slots: Vec<PoolState>) {
+        match pools {
+            Pools::V1(range) => self.v1 = slots.into_iter().next().map(|s| (range, s)),
+            Pools::V2(table) => {
+                for (e, s) in table.iter().zip(slots) {
+                    self.named.insert(e.name.clone(), s);
+                }
+                self.table = Some(table);
+            }
+        }
+    }
+
+    /// Checks what was read against the configured pools and drops the pools no longer
+    /// configured.
+    fn finish(mut self) -> Result<(State, LoadInfo), StoreError> {
+        let dir = self.dir.display().to_string();
+        let ours = |p: &StorePool| StoredRange::of(&p.range);
+        if let Some((range, st)) = self.v1.take() {
+            let Some(p) = self.pools.iter().find(|p| ours(p) == range) else {
+                let stored = format!("{} (a store from before pools)", range.describe());
+                // The range of a daemon from before pools is the pool it now calls default.
+                if let Some(p) = self.pools.iter().find(|p| p.name == "default") {
+                    return Err(StoreError::Mismatch {
+                        dir,
+                        pool: Some(p.name.clone()),
+                        stored,
+                        ours: ours(p).describe(),
+                    });
+                }
+                let configured: Vec<String> = self
+                    .pools
+                    .iter()
+                    .map(|p| format!("{}: {}", p.name, ours(p).describe()))
+                    .collect();
+                let configured = if configured.is_empty() {
+                    "it configures none".to_string()
+                } else {
+                    configured.join(", ")
+                };
+                return Err(StoreError::Mismatch {
+                    dir,
+                    pool: None,
+                    stored,
+                    ours: configured,
+                });
+            };
+            self.named.insert(p.name.clone(), st);
+            self.table = Some(vec![TableEntry {
+                name: p.name.clone(),
+                range,
+            }]);
+        }
+        for e in self.table.iter().flatten() {
+            if let Some(p) = self.pools.iter().find(|p| p.name == e.name)
+                && ours(p) != e.range
+            {
+                return Err(StoreError::Mismatch {
+                    dir,
+                    pool: Some(e.name.clone()),
+                    stored: e.range.describe(),
+                    ours: ours(p).describe(),
+                });
+            }
+        }
+        let pools = self.pools;
+        let gone: Vec<String> = self
+            .named
+            .keys()
+            .filter(|&n| !pools.iter().any(|p| p.name == *n))
+            .cloned()
+            .collect();
+        for name in gone {
+            let leases = self.named.remove(&name).map_or(0, |s| s.leases.len());
+            self.info.dropped.push((name, leases));
+        }
+        self.named.retain(|_, s| *s != PoolState::default());
+        if let Some((path, len)) = self.cut.take() {
+            let f = OpenOptions::new()
                 .write(true)
-                .truncate(true)
-                .open(path)
-                .map_err(io_err(path))?;
-            f.write_all(&Header::new(kind, range, info.journal_generation).encode())
-                .and_then(|()| f.sync_all())
-                .map_err(io_err(path))?;
-            return Ok(());
+                .open(&path)
+                .map_err(io_err(&path))?;
+            f.set_len(len).map_err(io_err(&path))?;
+            f.sync_all().map_err(io_err(&path))?;
         }
-        Err(e) => return Err(corrupt(0, e.to_string())),
-    };
-    if header.kind != kind {
-        return Err(corrupt(10, "file kind does not match its name".into()));
+        Ok((State { pools: self.named }, self.info))
     }
-    if !header.matches(range) {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        return Err(StoreError::Mismatch {
-            dir: dir.display().to_string(),
-            stored: header.describe(),
-            ours: Header::new(kind, range, 0).describe(),
-        });
-    }
-    // Room for every record being a lease, so the table never rehashes while loading.
-    state
-        .leases
-        .reserve((data.len() / 40).saturating_sub(state.leases.len()));
-    let mut off = HEADER_LEN;
-    while off < data.len() {
-        match codec::decode(&data[off..]) {
-            Ok((change, n)) => {
-                state.apply(change);
-                info.records += 1;
-                off += n;
-            }
-            Err(e) if torn_ok && e.is_torn() && !intact_record_after(&data, off) => {
-                let cut = data.len() - off;
-                warn!(file = %path.display(), offset = off, bytes = cut, error = %e,
-                      "torn record at the end of the journal (interrupted write); cutting it off");
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(io_err(path))?;
-                f.set_len(off as u64).map_err(io_err(path))?;
-                f.sync_all().map_err(io_err(path))?;
-                info.truncated += cut as u64;
-                break;
-            }
-            Err(e) => return Err(corrupt(off, e.to_string())),
-        }
-    }
-    info.files += 1;
-    info.bytes += data.len() as u64;
-    Ok(())
 }
 
 /// A torn write damages only the end of a journal. An intact record after the damage
 /// means the damage is something else (a bad sector, a bit flip), and cutting there would
 /// drop acknowledged records. Tails longer than any append are treated the same way.
-fn intact_record_after(data: &[u8], bad: usize) -> bool {
+fn intact_record_after(data: &[u8], bad: usize, format: Format) -> bool {
     const MAX_TORN_TAIL: usize = 16 << 20;
     if data.len() - bad > MAX_TORN_TAIL {
         return true;
     }
-    (bad + 1..data.len()).any(|p| codec::decode(&data[p..]).is_ok())
+    (bad + 1..data.len()).any(|p| codec::decode(&data[p..], format).is_ok())
 }
 
-/// Replays the store in `dir`: the newest snapshot (up to generation `upto`), then the
-/// journals after it. `recover`: cut a torn tail off the newest journal instead of failing.
+/// Replays the store in `dir` for `pools`: the newest snapshot (up to generation `upto`),
+/// then the journals after it. `recover`: cut a torn tail off the newest journal instead of
+/// failing. Refuses a store that holds one of `pools` with another range; drops (and lists
+/// in [`LoadInfo::dropped`]) the state of pools not in `pools`.
 pub fn load(
     dir: &Path,
-    range: &ManagedRange,
+    pools: &[StorePool],
     upto: Option<u64>,
     recover: bool,
 ) -> Result<(State, LoadInfo), StoreError> {
     let (snapshots, journals) = scan(dir)?;
-    let mut state = State::default();
-    let mut info = LoadInfo::default();
+    let mut replay = Replay {
+        dir,
+        pools,
+        named: BTreeMap::new(),
+        table: None,
+        v1: None,
+        cut: None,
+        info: LoadInfo::default(),
+    };
     let snap = snapshots
         .iter()
         .rev()
@@ -397,16 +654,9 @@ pub fn load(
         .copied();
     if let Some(g) = snap {
         let path = dir.join(file_name(FileKind::Snapshot, g));
-        read_file(
-            &path,
-            FileKind::Snapshot,
-            range,
-            false,
-            &mut state,
-            &mut info,
-        )?;
-        info.snapshot_bytes = fs::metadata(&path).map_or(0, |m| m.len());
-        info.journal_generation = g;
+        replay.read_file(&path, FileKind::Snapshot, false)?;
+        replay.info.snapshot_bytes = fs::metadata(&path).map_or(0, |m| m.len());
+        replay.info.journal_generation = g;
     }
     let first = snap.unwrap_or(0);
     let todo: Vec<u64> = journals
@@ -416,17 +666,16 @@ pub fn load(
         .collect();
     for (i, &g) in todo.iter().enumerate() {
         let last = i + 1 == todo.len();
-        info.journal_generation = g;
+        replay.info.journal_generation = g;
         let path = dir.join(file_name(FileKind::Journal, g));
-        read_file(
-            &path,
-            FileKind::Journal,
-            range,
-            recover && last,
-            &mut state,
-            &mut info,
-        )?;
-        info.journal_exists = true;
+        replay.info.journal_exists = replay.read_file(&path, FileKind::Journal, recover && last)?;
+    }
+    let (state, mut info) = replay.finish()?;
+    if info.journal_exists && info.pools_changed {
+        info.journal_generation += 1;
+        info.journal_exists = false;
+    } else {
+        info.pools_changed = false;
     }
     Ok((state, info))
 }
@@ -436,39 +685,50 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn create_journal(dir: &Path, range: &ManagedRange, generation: u64) -> io::Result<File> {
+/// Creates journal `generation` for `pools`, header synced; returns it and its size.
+fn create_journal(dir: &Path, pools: &[StorePool], generation: u64) -> io::Result<(File, u64)> {
     let path = dir.join(file_name(FileKind::Journal, generation));
     let mut f = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .open(&path)?;
-    f.write_all(&Header::new(FileKind::Journal, range, generation).encode())?;
+    let header = Header::new(FileKind::Journal, pools, generation).encode();
+    f.write_all(&header)?;
     f.sync_all()?;
     sync_dir(dir)?;
-    Ok(f)
+    Ok((f, header.len() as u64))
 }
 
-/// Writes `state` as snapshot `generation` (to a temporary name, synced, then renamed),
-/// and returns its size.
+/// Writes the state of `pools` as snapshot `generation` (to a temporary name, synced, then
+/// renamed), and returns its size. Pools of `state` not in `pools` are left out.
 pub fn write_snapshot(
     dir: &Path,
-    range: &ManagedRange,
+    pools: &[StorePool],
     generation: u64,
     state: &State,
 ) -> io::Result<u64> {
+    codec::check_table(&codec::table(pools))
+        .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
     let name = file_name(FileKind::Snapshot, generation);
     let tmp = dir.join(format!("{name}.tmp"));
     let f = File::create(&tmp)?;
     let mut w = io::BufWriter::with_capacity(1 << 20, f);
-    w.write_all(&Header::new(FileKind::Snapshot, range, generation).encode())?;
+    let header = Header::new(FileKind::Snapshot, pools, generation).encode();
+    w.write_all(&header)?;
     let mut buf = Vec::with_capacity(256);
-    let mut size = HEADER_LEN as u64;
-    for c in state.records() {
-        buf.clear();
-        codec::encode(&c, |t| t.as_millis(), &mut buf);
-        w.write_all(&buf)?;
-        size += buf.len() as u64;
+    let mut size = header.len() as u64;
+    for (i, p) in pools.iter().enumerate() {
+        let Some(pool) = state.pools.get(&p.name) else {
+            continue;
+        };
+        for c in pool.records() {
+            buf.clear();
+            // At most MAX_POOLS pools, checked above.
+            codec::encode(i as u8, &c, |t| t.as_millis(), &mut buf);
+            w.write_all(&buf)?;
+            size += buf.len() as u64;
+        }
     }
     let f = w.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
@@ -479,11 +739,11 @@ pub fn write_snapshot(
 
 /// Folds journals up to `generation` into snapshot `generation + 1` and deletes what it
 /// replaces. Runs on its own thread, on files the writer no longer appends to.
-fn compact(dir: &Path, range: &ManagedRange, generation: u64) -> Result<u64, StoreError> {
+fn compact(dir: &Path, pools: &[StorePool], generation: u64) -> Result<u64, StoreError> {
     let started = std::time::Instant::now();
-    let (mut state, info) = load(dir, range, Some(generation), false)?;
+    let (mut state, info) = load(dir, pools, Some(generation), false)?;
     state.drop_expired(WallClock::now(Instant::ZERO).wall_now_ms);
-    let size = write_snapshot(dir, range, generation + 1, &state).map_err(io_err(dir))?;
+    let size = write_snapshot(dir, pools, generation + 1, &state).map_err(io_err(dir))?;
     let (snapshots, journals) = scan(dir)?;
     for g in journals.range(..=generation) {
         let _ = fs::remove_file(dir.join(file_name(FileKind::Journal, *g)));
@@ -495,7 +755,8 @@ fn compact(dir: &Path, range: &ManagedRange, generation: u64) -> Result<u64, Sto
         generation = generation + 1,
         records_in = info.records,
         bytes_in = info.bytes,
-        leases = state.leases.len(),
+        pools = state.pools.len(),
+        leases = state.leases(),
         bytes_out = size,
         ms = started.elapsed().as_millis() as u64,
         "store compacted"
@@ -536,6 +797,8 @@ pub struct StoreStats {
 pub struct Store {
     shared: Shared,
     pub stats: Arc<StoreStats>,
+    /// How many pools the journal's table has.
+    pools: usize,
     seq: u64,
     synced: tokio::sync::watch::Receiver<Synced>,
     writer: Option<JoinHandle<()>>,
@@ -573,21 +836,33 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
 impl Store {
     /// Locks the directory, loads what is there and starts the writer.
     pub fn open(opts: StoreOptions) -> Result<(Store, State, LoadInfo), StoreError> {
+        codec::check_table(&codec::table(&opts.pools)).map_err(|why| StoreError::Pools { why })?;
         let lock = lock(&opts.dir)?;
-        let (state, info) = load(&opts.dir, &opts.range, None, true)?;
+        let (state, info) = load(&opts.dir, &opts.pools, None, true)?;
+        for (pool, leases) in &info.dropped {
+            warn!(pool = %pool, leases, "pool no longer configured; its state is dropped");
+        }
+        if info.pools_changed {
+            info!(
+                generation = info.journal_generation,
+                "the configured pools are not those of the newest journal; starting a new one"
+            );
+        }
         let path = opts
             .dir
             .join(file_name(FileKind::Journal, info.journal_generation));
-        let file = if info.journal_exists {
-            OpenOptions::new()
+        let (file, size) = if info.journal_exists {
+            let f = OpenOptions::new()
                 .append(true)
                 .open(&path)
-                .map_err(io_err(&path))?
+                .map_err(io_err(&path))?;
+            let size = f.metadata().map_err(io_err(&path))?.len();
+            (f, size)
         } else {
-            create_journal(&opts.dir, &opts.range, info.journal_generation)
+            create_journal(&opts.dir, &opts.pools, info.journal_generation)
                 .map_err(io_err(&path))?
         };
-        let size = file.metadata().map_err(io_err(&path))?.len();
+        let pools_len = opts.pools.len();
         let shared: Shared = Arc::default();
         let stats: Arc<StoreStats> = Arc::default();
         let (tx, rx) = tokio::sync::watch::channel(Synced::default());
@@ -609,6 +884,7 @@ impl Store {
             Store {
                 shared,
                 stats,
+                pools: pools_len,
                 seq: 0,
                 synced: rx,
                 writer: Some(handle),
@@ -619,16 +895,28 @@ impl Store {
         ))
     }
 
-    /// Queues changes for the writer; returns the sequence number that becomes durable
-    /// with them (unchanged if `changes` is empty).
-    pub fn append(&mut self, changes: &[Change], clock: &WallClock) -> u64 {
-        if changes.is_empty() {
+    /// Queues changes for the writer, each with the index of its pool in
+    /// [`StoreOptions::pools`]; returns the sequence number that becomes durable with them
+    /// (unchanged if nothing was queued).
+    pub fn append(&mut self, changes: &[(usize, Change)], clock: &WallClock) -> u64 {
+        // A record of a pool outside the journal's table would make the journal unreadable;
+        // losing the change is the lesser harm (and a bug to fix).
+        let known = |&&(pool, _): &&(usize, Change)| pool < self.pools;
+        if let Some((pool, _)) = changes.iter().find(|c| !known(c)) {
+            debug_assert!(false, "change for pool {pool} of {}", self.pools);
+            error!(
+                pool,
+                "change for a pool the store was not opened with; not stored"
+            );
+        }
+        let mut changes = changes.iter().filter(known).peekable();
+        if changes.peek().is_none() {
             return self.seq;
         }
         let (lock, cv) = &*self.shared;
         let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
-        for c in changes {
-            codec::encode(c, |t| clock.wall(t), &mut p.buf);
+        for (pool, c) in changes {
+            codec::encode(*pool as u8, c, |t| clock.wall(t), &mut p.buf);
         }
         self.seq += 1;
         p.seq = self.seq;
@@ -757,10 +1045,10 @@ impl Writer {
             return;
         }
         let next = self.generation + 1;
-        match create_journal(&self.opts.dir, &self.opts.range, next) {
-            Ok(f) => {
+        match create_journal(&self.opts.dir, &self.opts.pools, next) {
+            Ok((f, size)) => {
                 self.file = f;
-                self.size = HEADER_LEN as u64;
+                self.size = size;
             }
             Err(e) => {
                 error!(error = %e, "cannot start a new journal; compaction postponed");
@@ -770,10 +1058,10 @@ impl Writer {
         let old = self.generation;
         self.generation = next;
         let dir = self.opts.dir.clone();
-        let range = self.opts.range;
+        let pools = self.opts.pools.clone();
         self.compactor = std::thread::Builder::new()
             .name("ddhcpd-compact".into())
-            .spawn(move || compact(&dir, &range, old))
+            .spawn(move || compact(&dir, &pools, old))
             .ok();
     }
 }
@@ -781,12 +1069,13 @@ impl Writer {
 /// Time to load a store, for the start-up log.
 pub fn describe_load(info: &LoadInfo, state: &State, took: Duration) -> String {
     format!(
-        "{} files, {} records, {} bytes, {} blocks, {} bindings in {} ms",
+        "{} pools, {} files, {} records, {} bytes, {} blocks, {} bindings in {} ms",
+        state.pools.len(),
         info.files,
         info.records,
         info.bytes,
-        state.blocks.len(),
-        state.leases.len(),
+        state.blocks(),
+        state.leases(),
         took.as_millis()
     )
 }

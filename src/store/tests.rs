@@ -1,4 +1,6 @@
 use super::*;
+use crate::dhcp::leases::ClientKey;
+use codec::{Format, Header, Pools, StoredRange};
 
 struct TempDir(PathBuf);
 
@@ -20,17 +22,39 @@ impl Drop for TempDir {
     }
 }
 
-fn range() -> ManagedRange {
-    ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 16, 2).unwrap()
+fn pool(name: &str, a: u8, b: u8, c: u8, len: u8, pow: u8) -> StorePool {
+    StorePool {
+        name: name.into(),
+        range: ManagedRange::new(Ipv4Addr::new(10, a, b, c), len, pow).unwrap(),
+    }
+}
+
+/// 10.0.0.0/16 in blocks of 4, the pool of the single-pool tests.
+fn lan() -> StorePool {
+    pool("lan", 0, 0, 0, 16, 2)
+}
+
+/// 10.1.0.0/24 in blocks of 4.
+fn guest() -> StorePool {
+    pool("guest", 1, 0, 0, 24, 2)
 }
 
 fn opts(dir: &Path) -> StoreOptions {
+    opts_with(dir, vec![lan()])
+}
+
+fn opts_with(dir: &Path, pools: Vec<StorePool>) -> StoreOptions {
     StoreOptions {
         dir: dir.to_path_buf(),
-        range: range(),
+        pools,
         fsync: true,
         compact_min_bytes: COMPACT_MIN_BYTES,
     }
+}
+
+/// Changes all of the pool at index `pool`.
+fn to(pool: usize, changes: &[Change]) -> Vec<(usize, Change)> {
+    changes.iter().map(|c| (pool, c.clone())).collect()
 }
 
 /// A clock at core time 1000 s and wall time 1.7e12 ms.
@@ -40,6 +64,10 @@ fn clock() -> WallClock {
         wall_now_ms: 1_700_000_000_000,
     }
 }
+
+/// A lease duration that outlives any compaction (which drops what expired by the real
+/// clock): until 2103 by [`clock`].
+const FOREVER: u64 = 2_500_000_000;
 
 fn lease(n: u32, until_s: u64) -> Change {
     let mut chaddr = [0u8; 16];
@@ -64,7 +92,11 @@ fn lease(n: u32, until_s: u64) -> Change {
 }
 
 fn write_all(dir: &Path, changes: &[Change]) {
-    let (mut store, _, _) = Store::open(opts(dir)).unwrap();
+    write_to(opts(dir), &to(0, changes));
+}
+
+fn write_to(opts: StoreOptions, changes: &[(usize, Change)]) {
+    let (mut store, _, _) = Store::open(opts).unwrap();
     store.append(changes, &clock());
     let s = store.close();
     assert!(!s.failed);
@@ -74,6 +106,45 @@ fn write_all(dir: &Path, changes: &[Change]) {
 fn journal(dir: &Path) -> PathBuf {
     let (_, journals) = scan(dir).unwrap();
     dir.join(file_name(FileKind::Journal, *journals.last().unwrap()))
+}
+
+/// Folds every journal into a snapshot, as the compaction thread does.
+fn compact_now(dir: &Path, pools: &[StorePool]) {
+    let (_, journals) = scan(dir).unwrap();
+    compact(dir, pools, *journals.last().unwrap()).unwrap();
+}
+
+/// The headers of every file in `dir`, by file name.
+fn headers(dir: &Path) -> BTreeMap<String, Header> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name() != "lock")
+        .map(|e| {
+            let bytes = fs::read(e.path()).unwrap();
+            let name = e.file_name().into_string().unwrap();
+            (name, Header::decode(&bytes).unwrap().0)
+        })
+        .collect()
+}
+
+fn header_len(path: &Path) -> usize {
+    Header::decode(&fs::read(path).unwrap()).unwrap().1
+}
+
+/// Every file's bytes but the lock's, to show that a refused store is left as it was.
+fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name() != "lock")
+        .map(|e| {
+            (
+                e.file_name().into_string().unwrap(),
+                fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -106,7 +177,7 @@ fn state_comes_back_in_core_time() {
         core_now: Instant::from_millis(5_000),
         wall_now_ms: 1_700_000_100_000,
     };
-    let r = state.into_restored(&later);
+    let r = state.into_restored(&[lan()], &later).remove(0);
     assert_eq!(r.blocks, vec![(3, Instant::ZERO)]);
     assert_eq!(r.announced, Some((Instant::ZERO, 30)));
     assert_eq!(r.leases.len(), 1);
@@ -120,7 +191,11 @@ fn state_comes_back_in_core_time() {
     };
     let (store, state, _) = Store::open(opts(&d.0)).unwrap();
     drop(store);
-    assert!(state.into_restored(&much_later).leases.is_empty());
+    assert!(
+        state.into_restored(&[lan()], &much_later)[0]
+            .leases
+            .is_empty()
+    );
 }
 
 #[test]
@@ -131,20 +206,20 @@ fn a_torn_last_record_is_cut_and_the_rest_loads() {
     let good = fs::metadata(&path).unwrap().len();
     // Half of a third record, as a crash in the middle of an append leaves it.
     let mut third = Vec::new();
-    codec::encode(&lease(3, 300), |t| t.as_millis(), &mut third);
+    codec::encode(0, &lease(3, 300), |t| t.as_millis(), &mut third);
     let mut f = OpenOptions::new().append(true).open(&path).unwrap();
     f.write_all(&third[..third.len() / 2]).unwrap();
     drop(f);
     let (store, state, info) = Store::open(opts(&d.0)).unwrap();
-    assert_eq!(state.leases.len(), 2);
+    assert_eq!(state.leases(), 2);
     assert_eq!(info.truncated, third.len() as u64 / 2);
     assert_eq!(fs::metadata(&path).unwrap().len(), good);
     // Appending after the cut gives a clean journal.
     let mut store = store;
-    store.append(&[lease(4, 300)], &clock());
+    store.append(&to(0, &[lease(4, 300)]), &clock());
     store.close();
     let (_, state, info) = Store::open(opts(&d.0)).unwrap();
-    assert_eq!(state.leases.len(), 3);
+    assert_eq!(state.leases(), 3);
     assert_eq!(info.truncated, 0);
 }
 
@@ -154,11 +229,16 @@ fn damage_followed_by_intact_records_is_refused() {
     write_all(&d.0, &[lease(1, 300), lease(2, 300), lease(3, 300)]);
     let path = journal(&d.0);
     let mut bytes = fs::read(&path).unwrap();
-    bytes[HEADER_LEN + 12] ^= 0x40; // inside the first record
+    let first = header_len(&path);
+    bytes[first + 12] ^= 0x40; // inside the first record
     fs::write(&path, &bytes).unwrap();
     let err = Store::open(opts(&d.0)).err().unwrap();
-    assert!(matches!(err, StoreError::Corrupt { offset, .. } if offset == HEADER_LEN as u64));
-    assert!(err.to_string().contains("is damaged at byte 32"), "{err}");
+    assert!(matches!(err, StoreError::Corrupt { offset, .. } if offset == first as u64));
+    assert!(
+        err.to_string()
+            .contains(&format!("is damaged at byte {first}")),
+        "{err}"
+    );
     // Nothing was cut.
     assert_eq!(fs::read(&path).unwrap(), bytes);
 }
@@ -167,16 +247,25 @@ fn damage_followed_by_intact_records_is_refused() {
 fn a_store_of_another_network_or_block_size_is_refused() {
     let d = TempDir::new("mismatch");
     write_all(&d.0, &[lease(1, 300)]);
-    let mut o = opts(&d.0);
-    o.range = ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 16, 3).unwrap();
-    let err = Store::open(o).err().unwrap();
-    assert!(matches!(err, StoreError::Mismatch { .. }));
-    let text = err.to_string();
-    assert!(
-        text.contains("10.0.0.0/16 in blocks of 4 addresses (-b 2)")
-            && text.contains("10.0.0.0/16 in blocks of 8 addresses (-b 3)"),
-        "{text}"
-    );
+    let before = contents(&d.0);
+    for other in [pool("lan", 0, 0, 0, 16, 3), pool("lan", 0, 0, 0, 17, 2)] {
+        let err = Store::open(opts_with(&d.0, vec![other.clone()]))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, StoreError::Mismatch { pool: Some(p), .. } if p == "lan"),
+            "{err}"
+        );
+        let ours = StoredRange::of(&other.range).describe();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "--state-dir {} holds pool 'lan' as 10.0.0.0/16 in blocks of 4 addresses (-b 2), but this daemon configures it as {ours}; give another --state-dir or move the old state away",
+                d.0.display()
+            )
+        );
+    }
+    assert_eq!(contents(&d.0), before);
 }
 
 #[test]
@@ -200,7 +289,7 @@ fn compaction_keeps_the_store_proportional_to_live_state() {
     let clock = WallClock::now(Instant::from_millis(1_000_000));
     // 200 live leases renewed 500 times: ~100,000 records, ~4 MB of journal.
     for round in 0..500u64 {
-        let batch: Vec<Change> = (0..200).map(|n| lease(n, 300 + round)).collect();
+        let batch: Vec<(usize, Change)> = (0..200).map(|n| (0, lease(n, 300 + round))).collect();
         store.append(&batch, &clock);
         // Let the writer keep up, so it gets to compact between batches.
         while store.synced().seq < store.written() {
@@ -214,7 +303,7 @@ fn compaction_keeps_the_store_proportional_to_live_state() {
     // (appends never wait for it); one more batch lets the writer catch up, and closing
     // waits for the compaction it starts.
     let (mut store, _, _) = Store::open(o.clone()).unwrap();
-    store.append(&[lease(0, 300 + 499)], &clock);
+    store.append(&to(0, &[lease(0, 300 + 499)]), &clock);
     store.close();
     let total: u64 = fs::read_dir(&d.0)
         .unwrap()
@@ -227,13 +316,15 @@ fn compaction_keeps_the_store_proportional_to_live_state() {
     );
     assert!(journals.len() <= 1, "{journals:?}");
     let (_, state, _) = Store::open(o).unwrap();
-    assert_eq!(state.leases.len(), 200);
+    assert_eq!(state.leases(), 200);
     let Change::Lease(last) = lease(7, 300 + 499) else {
         unreachable!()
     };
     let wall = clock.wall(last.until);
     assert_eq!(
-        state.leases[&Ipv4Addr::new(10, 0, 0, 7)].until.as_millis(),
+        state.pools["lan"].leases[&Ipv4Addr::new(10, 0, 0, 7)]
+            .until
+            .as_millis(),
         wall
     );
 }
@@ -243,11 +334,12 @@ fn a_crash_between_snapshot_and_cleanup_loads_the_snapshot_once() {
     let d = TempDir::new("crashcompact");
     write_all(&d.0, &[lease(1, 300), lease(2, 300)]);
     // Snapshot 1 written, journal 0 not yet deleted, journal 1 with one more change.
-    let (state, _) = load(&d.0, &range(), None, false).unwrap();
-    write_snapshot(&d.0, &range(), 1, &state).unwrap();
-    let mut f = create_journal(&d.0, &range(), 1).unwrap();
+    let (state, _) = load(&d.0, &[lan()], None, false).unwrap();
+    write_snapshot(&d.0, &[lan()], 1, &state).unwrap();
+    let (mut f, _) = create_journal(&d.0, &[lan()], 1).unwrap();
     let mut buf = Vec::new();
     codec::encode(
+        0,
         &Change::LeaseGone(Ipv4Addr::new(10, 0, 0, 1)),
         |t| t.as_millis(),
         &mut buf,
@@ -256,7 +348,7 @@ fn a_crash_between_snapshot_and_cleanup_loads_the_snapshot_once() {
     fs::write(d.0.join("snapshot.0000000000000002.tmp"), b"half").unwrap();
     let (store, state, info) = Store::open(opts(&d.0)).unwrap();
     drop(store);
-    assert_eq!(state.leases.len(), 1);
+    assert_eq!(state.leases(), 1);
     assert_eq!(info.files, 2);
     assert!(!d.0.join("snapshot.0000000000000002.tmp").exists());
 }
@@ -285,7 +377,7 @@ fn a_clock_behind_the_store_trusts_no_claim() {
         core_now: Instant::from_millis(5_000),
         wall_now_ms: 1_700_000_000_000 - 86_400_000,
     };
-    let r = state.into_restored(&behind);
+    let r = state.into_restored(&[lan()], &behind).remove(0);
     assert!(r.clock_went_back);
     // The lease keeps the 300 s it had left when last written, no more.
     assert_eq!(r.leases[0].until, Instant::from_millis(5_000 + 300_000));
@@ -301,9 +393,10 @@ fn a_journal_cut_inside_its_header_starts_afresh_but_a_damaged_header_is_refused
     fs::write(&path, &bytes[..20]).unwrap();
     let (store, state, info) = Store::open(opts(&d.0)).unwrap();
     drop(store);
-    assert!(state.leases.is_empty());
+    assert!(state.pools.is_empty());
     assert_eq!(info.truncated, 20);
-    assert_eq!(fs::metadata(&path).unwrap().len(), HEADER_LEN as u64);
+    let header = Header::new(FileKind::Journal, &[lan()], 0).encode();
+    assert_eq!(fs::read(&path).unwrap(), header);
     // A header damaged in a journal that has records: refused, nothing changed.
     let mut bad = bytes.clone();
     bad[12] ^= 1;
@@ -314,4 +407,581 @@ fn a_journal_cut_inside_its_header_starts_afresh_but_a_damaged_header_is_refused
         "{err}"
     );
     assert_eq!(fs::read(&path).unwrap(), bad);
+}
+
+#[test]
+fn a_journal_cut_inside_its_pool_table_starts_afresh() {
+    let d = TempDir::new("table");
+    let pools = vec![lan(), guest()];
+    write_to(opts_with(&d.0, pools.clone()), &[(1, lease(1, 300))]);
+    let path = journal(&d.0);
+    let bytes = fs::read(&path).unwrap();
+    let len = header_len(&path);
+    for cut in [codec::FIXED_LEN + 1, len - 1, len] {
+        fs::write(&path, &bytes[..cut]).unwrap();
+        let (store, state, info) = Store::open(opts_with(&d.0, pools.clone())).unwrap();
+        drop(store);
+        assert!(state.pools.is_empty(), "cut at {cut}");
+        // A whole header is no torn write; the table is damaged only if its CRC is.
+        let torn = if cut == len { 0 } else { cut as u64 };
+        assert_eq!(info.truncated, torn, "cut at {cut}");
+        assert_eq!(fs::read(&path).unwrap(), bytes[..len], "cut at {cut}");
+    }
+}
+
+#[test]
+fn two_pools_interleaved_come_back_each_into_its_own() {
+    let d = TempDir::new("two");
+    let pools = vec![lan(), guest()];
+    let owned = |block| Change::BlockOwned {
+        block,
+        since: Instant::from_millis(990_000),
+    };
+    let guest_lease = |n: u32| {
+        let Change::Lease(mut l) = lease(n, 300) else {
+            unreachable!()
+        };
+        l.ip = Ipv4Addr::from(0x0a01_0000 + n);
+        Change::Lease(l)
+    };
+    let dns = Change::Option {
+        code: 6,
+        payload: Some(vec![10, 1, 0, 1]),
+    };
+    let batches = [
+        vec![
+            (0, owned(1)),
+            (1, owned(1)),
+            (1, guest_lease(5)),
+            (0, lease(5, 300)),
+        ],
+        vec![(1, dns.clone()), (0, lease(6, 300)), (1, owned(2))],
+        vec![
+            (0, Change::LeaseGone(Ipv4Addr::new(10, 0, 0, 5))),
+            (1, guest_lease(6)),
+        ],
+    ];
+    let (mut store, _, _) = Store::open(opts_with(&d.0, pools.clone())).unwrap();
+    for b in &batches {
+        store.append(b, &clock());
+    }
+    assert_eq!(store.close().seq, 3);
+    let (store, state, info) = Store::open(opts_with(&d.0, pools.clone())).unwrap();
+    drop(store);
+    assert_eq!(info.records, 9);
+    assert!(!info.pools_changed);
+    assert_eq!(info.journal_generation, 0);
+    let mut want = State::default();
+    for (pool, c) in batches.iter().flatten() {
+        let name = &pools[*pool].name;
+        let mut one = c.clone();
+        // The store keeps wall-clock time.
+        if let Change::Lease(l) = &mut one {
+            l.until = Instant::from_millis(clock().wall(l.until));
+        }
+        if let Change::BlockOwned { since, .. } = &mut one {
+            *since = Instant::from_millis(clock().wall(*since));
+        }
+        want.pools.entry(name.clone()).or_default().apply(one);
+    }
+    assert_eq!(state, want);
+    let lan_ips: BTreeSet<_> = state.pools["lan"].leases.keys().copied().collect();
+    assert_eq!(lan_ips, BTreeSet::from([Ipv4Addr::new(10, 0, 0, 6)]));
+    assert_eq!(state.pools["guest"].leases.len(), 2);
+    assert_eq!(state.pools["guest"].blocks.len(), 2);
+    assert!(state.pools["lan"].options.is_empty());
+    // Restored in the order asked for; a pool without state comes back empty.
+    let other = pool("other", 2, 0, 0, 24, 2);
+    let r = state.into_restored(&[guest(), other, lan()], &clock());
+    assert_eq!(r.len(), 3);
+    assert_eq!(r[0].leases.len(), 2);
+    assert_eq!(r[0].options, vec![(6, Some(vec![10, 1, 0, 1]))]);
+    assert_eq!(r[1], Restored::default());
+    assert_eq!(r[2].leases.len(), 1);
+    assert_eq!(r[2].blocks, vec![(1, Instant::from_millis(990_000))]);
+}
+
+#[test]
+fn a_pool_added_starts_empty_in_a_new_journal() {
+    let d = TempDir::new("added");
+    write_all(&d.0, &[lease(1, FOREVER)]);
+    let old = journal(&d.0);
+    let old_bytes = fs::read(&old).unwrap();
+    let pools = vec![lan(), guest()];
+    let (mut store, state, info) = Store::open(opts_with(&d.0, pools.clone())).unwrap();
+    assert!(info.pools_changed);
+    assert_eq!((info.journal_generation, info.journal_exists), (1, false));
+    assert_eq!(state.leases(), 1);
+    assert!(!state.pools.contains_key("guest"));
+    store.append(&[(1, lease(2, FOREVER)), (0, lease(3, FOREVER))], &clock());
+    store.close();
+    // The old journal, written for another table, was not appended to.
+    assert_eq!(fs::read(&old).unwrap(), old_bytes);
+    let (store, state, info) = Store::open(opts_with(&d.0, pools.clone())).unwrap();
+    drop(store);
+    assert!(!info.pools_changed);
+    assert_eq!((info.files, info.journal_generation), (2, 1));
+    assert_eq!(state.pools["lan"].leases.len(), 2);
+    assert_eq!(state.pools["guest"].leases.len(), 1);
+    // Compacted, both are in one snapshot.
+    compact_now(&d.0, &pools);
+    let (store, again, _) = Store::open(opts_with(&d.0, pools)).unwrap();
+    drop(store);
+    assert_eq!(again, state);
+}
+
+#[test]
+fn a_pool_removed_is_dropped_and_gone_after_compaction() {
+    let d = TempDir::new("removed");
+    let both = vec![lan(), guest()];
+    write_to(
+        opts_with(&d.0, both.clone()),
+        &[
+            (0, lease(1, FOREVER)),
+            (1, lease(2, 300)),
+            (1, lease(3, 300)),
+        ],
+    );
+    let (mut store, state, info) = Store::open(opts(&d.0)).unwrap();
+    assert_eq!(info.dropped, vec![("guest".to_string(), 2)]);
+    assert!(info.pools_changed);
+    assert_eq!(state.pools.keys().collect::<Vec<_>>(), ["lan"]);
+    store.append(&to(0, &[lease(4, FOREVER)]), &clock());
+    store.close();
+    // Configured again before a compaction: what was dropped stays dropped.
+    let (store, state, info) = Store::open(opts_with(&d.0, both.clone())).unwrap();
+    drop(store);
+    assert!(info.dropped.is_empty());
+    assert!(!state.pools.contains_key("guest"));
+    assert_eq!(state.pools["lan"].leases.len(), 2);
+    // Another removal and a compaction: no file names the pool any more.
+    let (store, _, info) = Store::open(opts(&d.0)).unwrap();
+    store.close();
+    assert_eq!(info.dropped, vec![("guest".to_string(), 0)]);
+    compact_now(&d.0, &[lan()]);
+    let files = headers(&d.0);
+    assert_eq!(files.len(), 1, "{files:?}");
+    for h in files.values() {
+        assert_eq!(h.pools, Pools::V2(codec::table(&[lan()])));
+    }
+    let (_, state, _) = Store::open(opts(&d.0)).unwrap();
+    assert_eq!(state.pools["lan"].leases.len(), 2);
+    assert_eq!(state.pools.len(), 1);
+}
+
+#[test]
+fn a_pool_removed_may_come_back_with_another_range() {
+    let d = TempDir::new("readd");
+    write_to(
+        opts_with(&d.0, vec![lan(), guest()]),
+        &[(0, lease(1, 300)), (1, lease(2, 300))],
+    );
+    Store::open(opts(&d.0)).unwrap().0.close();
+    let moved = pool("guest", 1, 0, 0, 24, 3);
+    let (store, state, info) = Store::open(opts_with(&d.0, vec![lan(), moved])).unwrap();
+    drop(store);
+    assert!(info.dropped.is_empty());
+    assert_eq!(state.pools.keys().collect::<Vec<_>>(), ["lan"]);
+}
+
+#[test]
+fn a_range_change_is_refused_naming_the_pool_and_changes_nothing() {
+    let d = TempDir::new("moved");
+    write_to(
+        opts_with(&d.0, vec![lan(), guest()]),
+        &[(0, lease(1, 300)), (1, lease(2, 300))],
+    );
+    // A torn tail, which a store that is ours would lose.
+    let mut f = OpenOptions::new().append(true).open(journal(&d.0)).unwrap();
+    f.write_all(&[9, 0, 0]).unwrap();
+    drop(f);
+    // Also when another pool is added and the moved one is second in the configuration.
+    let moved = pool("guest", 1, 0, 0, 24, 3);
+    let before = contents(&d.0);
+    let other = pool("other", 2, 0, 0, 24, 2);
+    let err = Store::open(opts_with(&d.0, vec![other, moved, lan()]))
+        .err()
+        .unwrap();
+    let text = err.to_string();
+    assert!(
+        text.contains("holds pool 'guest' as 10.1.0.0/24 in blocks of 4 addresses (-b 2), but this daemon configures it as 10.1.0.0/24 in blocks of 8 addresses (-b 3)"),
+        "{text}"
+    );
+    assert!(!text.contains('\n'));
+    assert_eq!(contents(&d.0), before);
+}
+
+#[test]
+fn reordered_pools_keep_their_state() {
+    let d = TempDir::new("reorder");
+    write_to(
+        opts_with(&d.0, vec![lan(), guest()]),
+        &[(0, lease(1, 300)), (1, lease(2, 300))],
+    );
+    let swapped = vec![guest(), lan()];
+    let (mut store, state, info) = Store::open(opts_with(&d.0, swapped.clone())).unwrap();
+    // Indexes in the old journal mean other pools now: it is not appended to.
+    assert!(info.pools_changed);
+    assert_eq!(state.pools["lan"].leases.len(), 1);
+    store.append(&[(0, lease(3, 300)), (1, lease(4, 300))], &clock());
+    store.close();
+    let (store, state, _) = Store::open(opts_with(&d.0, swapped)).unwrap();
+    drop(store);
+    let ips = |p: &str| {
+        let mut v: Vec<Ipv4Addr> = state.pools[p].leases.keys().copied().collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        ips("lan"),
+        [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 4)]
+    );
+    assert_eq!(
+        ips("guest"),
+        [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)]
+    );
+}
+
+#[test]
+fn a_torn_record_is_cut_with_several_pools_too() {
+    let d = TempDir::new("torn2");
+    let pools = vec![lan(), guest()];
+    write_to(
+        opts_with(&d.0, pools.clone()),
+        &[(1, lease(1, 300)), (0, lease(2, 300))],
+    );
+    let path = journal(&d.0);
+    let good = fs::metadata(&path).unwrap().len();
+    let mut third = Vec::new();
+    codec::encode(1, &lease(3, 300), |t| t.as_millis(), &mut third);
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(&third[..third.len() - 1]).unwrap();
+    drop(f);
+    let (store, state, info) = Store::open(opts_with(&d.0, pools)).unwrap();
+    drop(store);
+    assert_eq!(info.truncated, third.len() as u64 - 1);
+    assert_eq!(fs::metadata(&path).unwrap().len(), good);
+    assert_eq!(state.pools["guest"].leases.len(), 1);
+    assert_eq!(state.pools["lan"].leases.len(), 1);
+}
+
+#[test]
+fn a_record_of_a_pool_beyond_the_table_is_damage() {
+    let d = TempDir::new("beyond");
+    write_to(opts_with(&d.0, vec![lan(), guest()]), &[(0, lease(1, 300))]);
+    let path = journal(&d.0);
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    let mut rec = Vec::new();
+    codec::encode(2, &lease(2, 300), |t| t.as_millis(), &mut rec);
+    f.write_all(&rec).unwrap();
+    drop(f);
+    let err = Store::open(opts_with(&d.0, vec![lan(), guest()]))
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("record of pool 2, but the file's table has 2 pools"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pools_a_file_cannot_name_are_refused_before_anything_is_touched() {
+    let d = TempDir::new("badpools");
+    let sub = d.0.join("state");
+    for pools in [
+        vec![lan(), lan()],
+        vec![pool("", 0, 0, 0, 16, 2)],
+        vec![pool(&"x".repeat(33), 0, 0, 0, 16, 2)],
+    ] {
+        let err = Store::open(opts_with(&sub, pools)).err().unwrap();
+        assert!(matches!(err, StoreError::Pools { .. }), "{err}");
+        assert!(!sub.exists());
+    }
+    let many: Vec<StorePool> = (0..256)
+        .map(|i| pool(&format!("p{i}"), 0, 0, 0, 16, 2))
+        .collect();
+    assert!(write_snapshot(&d.0, &many, 1, &State::default()).is_err());
+}
+
+#[test]
+fn an_append_for_an_unknown_pool_stores_nothing() {
+    let d = TempDir::new("unknown");
+    let (mut store, _, _) = Store::open(opts(&d.0)).unwrap();
+    let seq = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        store.append(&[(1, lease(1, 300))], &clock())
+    }));
+    // A bug in the caller: loud in debug builds, harmless to the journal in release ones.
+    if let Ok(seq) = seq {
+        assert_eq!(seq, 0);
+    }
+    store.close();
+    let (_, state, info) = Store::open(opts(&d.0)).unwrap();
+    assert_eq!((info.records, state.leases()), (0, 0));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// No journal bytes panic the loader, with a valid header in front or without.
+    #[test]
+    fn loading_arbitrary_bytes_never_panics(
+        body in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        with_header in proptest::bool::ANY,
+        v1 in proptest::bool::ANY,
+    ) {
+        let d = TempDir::new("prop");
+        let mut bytes = Vec::new();
+        if with_header {
+            let header = if v1 {
+                Header {
+                    kind: FileKind::Journal,
+                    generation: 0,
+                    pools: Pools::V1(StoredRange::of(&lan().range)),
+                }
+            } else {
+                Header::new(FileKind::Journal, &[lan(), guest()], 0)
+            };
+            bytes.extend_from_slice(&header.encode());
+        }
+        bytes.extend_from_slice(&body);
+        fs::write(d.0.join(file_name(FileKind::Journal, 0)), &bytes).unwrap();
+        let _ = load(&d.0, &[lan(), guest()], None, true);
+        let _ = load(&d.0, &[guest()], None, false);
+    }
+}
+
+// The format-1 fixtures (tests/fixtures/store-v1/README.md): written by the daemon before
+// pools, for 10.0.0.0/24 in blocks of 4.
+
+fn v1_range() -> StorePool {
+    pool("lan", 0, 0, 0, 24, 2)
+}
+
+/// A copy of a fixture directory, so opening it (which starts a journal) leaves the
+/// fixture as it is.
+fn fixture(name: &str) -> TempDir {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/store-v1")
+        .join(name);
+    let d = TempDir::new(&format!("v1{name}"));
+    for e in fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), d.0.join(e.file_name())).unwrap();
+    }
+    d
+}
+
+/// The fixtures' records, in the order they were appended.
+fn v1_records() -> Vec<Change> {
+    let y2100 = Instant::from_millis(4_102_444_800_000);
+    let hw = |n: u8| {
+        let mut a = [0u8; 16];
+        a[..6].copy_from_slice(&[2, 0, 0, 0, 0, n]);
+        a
+    };
+    vec![
+        Change::BlockOwned {
+            block: 0,
+            since: Instant::from_millis(1_700_000_000_000),
+        },
+        Change::BlockOwned {
+            block: 1,
+            since: Instant::from_millis(1_700_000_001_000),
+        },
+        Change::Announced {
+            at: Instant::from_millis(1_700_000_002_000),
+            ttl: 300,
+        },
+        Change::Lease(LeaseRecord {
+            ip: Ipv4Addr::new(10, 0, 0, 2),
+            until: y2100,
+            declined: false,
+            client: Some(ClientKey::new(Some(b"laptop-id"), 1, &hw(2)[..6])),
+            chaddr: hw(2),
+            hostname: Some("laptop".into()),
+        }),
+        Change::Lease(LeaseRecord {
+            ip: Ipv4Addr::new(10, 0, 0, 5),
+            until: y2100,
+            declined: false,
+            client: Some(ClientKey::new(None, 1, &hw(5)[..6])),
+            chaddr: hw(5),
+            hostname: None,
+        }),
+        Change::BlockHold {
+            block: 1,
+            until: y2100,
+        },
+        Change::Option {
+            code: 6,
+            payload: Some(vec![10, 0, 0, 53]),
+        },
+        Change::LeaseGone(Ipv4Addr::new(10, 0, 0, 3)),
+    ]
+}
+
+fn v1_state() -> PoolState {
+    let mut s = PoolState::default();
+    for c in v1_records() {
+        s.apply(c);
+    }
+    s
+}
+
+#[test]
+fn the_v1_journal_fixture_reads_record_for_record() {
+    let d = fixture("journal");
+    let bytes = fs::read(d.0.join("journal.0000000000000000")).unwrap();
+    let (h, mut off) = Header::decode(&bytes).unwrap();
+    assert_eq!(h.pools, Pools::V1(StoredRange::of(&v1_range().range)));
+    let mut back = Vec::new();
+    while off < bytes.len() {
+        let (pool, c, n) = codec::decode(&bytes[off..], h.format()).unwrap();
+        assert_eq!(pool, 0);
+        back.push(c);
+        off += n;
+    }
+    assert_eq!(back, v1_records());
+}
+
+#[test]
+fn a_v1_store_belongs_to_the_pool_of_its_range_whatever_its_name() {
+    for name in ["journal", "compacted"] {
+        let d = fixture(name);
+        let before = contents(&d.0);
+        // `lan` second, so its index differs from the format-1 file's implicit 0.
+        let pools = vec![pool("other", 0, 1, 0, 24, 2), v1_range()];
+        let (store, state, info) = Store::open(opts_with(&d.0, pools.clone())).unwrap();
+        drop(store);
+        assert_eq!(info.records, 8, "{name}");
+        assert_eq!(info.truncated, 0, "{name}");
+        assert!(info.dropped.is_empty(), "{name}");
+        assert!(info.pools_changed, "{name}");
+        assert_eq!(state.pools.len(), 1, "{name}");
+        assert_eq!(state.pools["lan"], v1_state(), "{name}");
+        // The format-1 files were not written to; a format-2 journal was started after them.
+        for (file, bytes) in &before {
+            assert_eq!(&fs::read(d.0.join(file)).unwrap(), bytes, "{name}: {file}");
+        }
+        let newest = journal(&d.0);
+        assert_eq!(
+            Header::decode(&fs::read(&newest).unwrap()).unwrap().0.pools,
+            Pools::V2(codec::table(&pools))
+        );
+        let r = state.into_restored(&pools, &WallClock::now(Instant::from_millis(1 << 40)));
+        assert_eq!(r[0], Restored::default());
+        assert_eq!(r[1].leases.len(), 2, "{name}");
+        assert_eq!(r[1].holds.len(), 1, "{name}");
+        assert_eq!(r[1].options, vec![(6, Some(vec![10, 0, 0, 53]))]);
+    }
+}
+
+#[test]
+fn a_v1_store_of_a_range_no_pool_has_is_refused() {
+    let d = fixture("compacted");
+    let before = contents(&d.0);
+    let moved = pool("default", 0, 1, 0, 24, 2);
+    let err = Store::open(opts_with(&d.0, vec![lan(), moved]))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, StoreError::Mismatch { pool: Some(p), .. } if p == "default"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("holds pool 'default' as 10.0.0.0/24 in blocks of 4 addresses (-b 2) (a store from before pools), but this daemon configures it as 10.0.1.0/24 in blocks of 4 addresses (-b 2)"),
+        "{err}"
+    );
+    // Without a pool called default, the message names the range.
+    let err = Store::open(opts_with(&d.0, vec![pool("lan", 0, 0, 0, 24, 3)]))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, StoreError::Mismatch { pool: None, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("holds the state of 10.0.0.0/24 in blocks of 4 addresses (-b 2) (a store from before pools), but no pool this daemon configures has that range (lan: 10.0.0.0/24 in blocks of 8 addresses (-b 3))"),
+        "{err}"
+    );
+    assert_eq!(contents(&d.0), before);
+}
+
+#[test]
+fn a_migrated_v1_store_keeps_its_state_and_sheds_format_1_at_compaction() {
+    for name in ["journal", "compacted"] {
+        let d = fixture(name);
+        let pools = vec![pool("other", 0, 1, 0, 24, 2), v1_range()];
+        let o = opts_with(&d.0, pools.clone());
+        let added = Change::Lease(LeaseRecord {
+            ip: Ipv4Addr::new(10, 0, 0, 9),
+            until: Instant::from_millis(4_102_444_800_000),
+            declined: false,
+            client: None,
+            chaddr: [0; 16],
+            hostname: None,
+        });
+        let identity = WallClock {
+            core_now: Instant::from_millis(1_700_000_000_000),
+            wall_now_ms: 1_700_000_000_000,
+        };
+        let (mut store, _, _) = Store::open(o.clone()).unwrap();
+        store.append(&[(1, added.clone()), (0, lease(1, 300))], &identity);
+        store.close();
+        let mut want = v1_state();
+        want.apply(added);
+        let (store, state, info) = Store::open(o.clone()).unwrap();
+        drop(store);
+        assert!(!info.pools_changed, "{name}");
+        assert_eq!(state.pools["lan"], want, "{name}");
+        assert_eq!(state.pools["other"].leases.len(), 1, "{name}");
+        // After a compaction, only format-2 files are left, and they hold the same.
+        compact_now(&d.0, &pools);
+        let files = headers(&d.0);
+        assert!(
+            files.values().all(|h| h.format() == Format::V2),
+            "{name}: {files:?}"
+        );
+        let (store, again, info) = Store::open(o.clone()).unwrap();
+        drop(store);
+        assert_eq!(info.files, 1, "{name}");
+        // (The lease of `other` had expired by the real clock at compaction.)
+        assert_eq!(again.pools["lan"], want, "{name}");
+        // Named now: the state is bound to the name `lan`, not to the range, so a pool of
+        // that range under another name starts empty and `lan` is dropped.
+        let renamed = vec![pool("clients", 0, 0, 0, 24, 2)];
+        let (_, state, info) = Store::open(opts_with(&d.0, renamed)).unwrap();
+        assert!(state.pools.is_empty(), "{name}");
+        assert_eq!(info.dropped.len(), 2, "{name}");
+    }
+}
+
+#[test]
+fn the_writer_compacts_across_pool_tables() {
+    // Format 1, then format 2 for other pools, compacted by the writer as the journal grows.
+    let d = fixture("journal");
+    let pools = vec![v1_range(), pool("other", 0, 1, 0, 24, 2)];
+    let mut o = opts_with(&d.0, pools.clone());
+    o.compact_min_bytes = 1;
+    let (mut store, _, info) = Store::open(o.clone()).unwrap();
+    assert_eq!(info.journal_generation, 1);
+    let clock = WallClock::now(Instant::from_millis(1_000_000));
+    store.append(&[(1, lease(1, 300))], &clock);
+    // Closing waits for the compaction the batch started.
+    store.close();
+    let files = headers(&d.0);
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["journal.0000000000000002", "snapshot.0000000000000002"]
+    );
+    for h in files.values() {
+        assert_eq!(h.pools, Pools::V2(codec::table(&pools)));
+    }
+    let (_, state, info) = Store::open(o).unwrap();
+    // Folded: 2 blocks, a hold, the announcement, an option, 3 leases (no LeaseGone).
+    assert_eq!((info.files, info.records), (2, 8));
+    assert_eq!(state.pools["lan"], v1_state());
+    assert_eq!(state.pools["other"].leases.len(), 1);
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use cnode::{CConfig, CNode, CState};
 use ddhcp::blocks::ClaimConfig;
 use ddhcp::node::{Channel, Dest, Event, Node, NodeConfig, derive_node_id};
-use ddhcp::store::{State, WallClock};
+use ddhcp::store::{PoolState, WallClock};
 use ddhcp::time::Instant;
 use ddhcp::wire::NodeId;
 use rand::rngs::StdRng;
@@ -71,7 +71,7 @@ struct Slot {
     sent_bytes: u64,
     /// What the node's store holds: every change it made, applied at once (the daemon lets
     /// nothing out before its store has it, so a crash between steps loses nothing).
-    durable: State,
+    durable: PoolState,
 }
 
 struct Delivery {
@@ -209,7 +209,7 @@ impl Sim {
             group: 0,
             sent_pkts: 0,
             sent_bytes: 0,
-            durable: State::default(),
+            durable: PoolState::default(),
         });
         self.start(i);
         i
@@ -276,7 +276,7 @@ impl Sim {
     /// Deletes a stopped node's store, so its next start is a fresh one.
     pub fn wipe(&mut self, i: usize) {
         assert!(self.slots[i].node.is_none(), "node {i} is running");
-        self.slots[i].durable = State::default();
+        self.slots[i].durable = PoolState::default();
     }
 
     /// Stops a node at once (crash or kill): it sends nothing more.
