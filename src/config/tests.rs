@@ -501,7 +501,7 @@ fn pools_against_each_other() {
     .unwrap();
 }
 
-/// The example of docs/operations.md, line for line (the tests refer to line numbers).
+/// Every key of the file (close to the example in docs/operations.md).
 const EXAMPLE: &str = r#"server-iface = "bat0"
 client-iface = "br-client"
 location = "rack1"
@@ -545,14 +545,18 @@ use = "api"
 spare = 0
 "#;
 
-#[test]
-fn file_with_every_key() {
-    let text = if cfg!(feature = "metrics") {
+/// [`EXAMPLE`], without `metrics` in a build without the metrics feature (same lines).
+fn example() -> String {
+    if cfg!(feature = "metrics") {
         EXAMPLE.to_string()
     } else {
         EXAMPLE.replace("metrics = \"127.0.0.1:9430\"", "")
-    };
-    let (_f, r) = with_file(&text, "");
+    }
+}
+
+#[test]
+fn file_with_every_key() {
+    let (_f, r) = with_file(&example(), "");
     let c = r.unwrap();
     assert_eq!(c.server_iface, "bat0");
     assert_eq!(c.location.as_deref(), Some("rack1"));
@@ -616,7 +620,7 @@ fn file_with_every_key() {
 #[test]
 fn flags_override_the_file() {
     let (_f, r) = with_file(
-        EXAMPLE,
+        &example(),
         "-i br0 -c cl1 -b 3 -s 1 -t 30 -B 90 -n 60 --location rack9 -o 15:3:a.b -o 6:4:1.1.1.1 \
          --state-dir /tmp/s -C /tmp/c --fsync on --node-id 00000000000000AA -H /bin/true \
          --control-group wheel --log-file /tmp/l --audit-log /tmp/a --metrics 127.0.0.1:1",
@@ -624,7 +628,7 @@ fn flags_override_the_file() {
     // 15:3:a.b is a bad option: the error names -o, not the file.
     assert!(r.unwrap_err().contains("for -o:"));
     let (_f, r) = with_file(
-        EXAMPLE,
+        &example(),
         "-i br0 -c cl1 -b 3 -s 1 -t 30 -B 90 -n 60 --location rack9 -o 6:4:1.1.1.1 \
          --state-dir /tmp/s -C /tmp/c --fsync on --node-id 00000000000000AA -H /bin/true \
          --control-group wheel --log-file /tmp/l --audit-log /tmp/a",
