@@ -450,6 +450,17 @@ impl Blocks {
         self.peers.live(now, self.cfg.block_timeout * 2)
     }
 
+    /// Peers heard within two block timeouts, so a node can count them over its pools.
+    pub fn live_peers(&self, now: Instant) -> impl Iterator<Item = (NodeId, Ipv6Addr)> + '_ {
+        let horizon = self.cfg.block_timeout * 2;
+        self.peers
+            .slots
+            .iter()
+            .flatten()
+            .filter(move |p| now.saturating_since(p.last_seen) <= horizon)
+            .map(|p| (p.id, p.addr))
+    }
+
     /// The owner of a block another node claims, with the address to reach it.
     pub fn owner_of(&self, block: u32) -> Option<(NodeId, Ipv6Addr)> {
         match self.states.get(block as usize)? {
@@ -549,6 +560,8 @@ impl Blocks {
             self.refresh(now);
             self.peers.collect(now, self.cfg.block_timeout * 2);
             let hold = self.lapse_hold;
+            // A pure filter: the order of the visit reaches nothing.
+            #[allow(clippy::disallowed_methods)]
             self.lapsed.retain(|_, at| now.saturating_since(*at) < hold);
             self.next_refresh = now + self.cfg.refresh_interval();
         }

@@ -6,7 +6,7 @@
 //! recently before ones with a remembered owner. Declined addresses are quarantined.
 //! Deadlines live in an ordered set, so expiry never scans the table.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -192,7 +192,7 @@ pub struct LeaseTable {
     changed: BTreeMap<u32, u32>,
     /// Addresses never handed out; one still bound when it became reserved is reserved
     /// as soon as its client lets go of it.
-    reserved: HashSet<Ipv4Addr>,
+    reserved: BTreeSet<Ipv4Addr>,
     /// Addresses whose durable view (bound or not, to whom, until when) changed since the
     /// last [`LeaseTable::take_dirty`].
     dirty: FxHashSet<Ipv4Addr>,
@@ -215,7 +215,7 @@ impl LeaseTable {
             active: 0,
             offered: 0,
             changed: BTreeMap::new(),
-            reserved: HashSet::new(),
+            reserved: BTreeSet::new(),
             dirty: FxHashSet::default(),
         }
     }
@@ -224,7 +224,7 @@ impl LeaseTable {
     /// addresses of owned blocks follow at once; bound ones when they are released or
     /// expire. Returns the addresses that are still bound to a client.
     pub fn set_reserved(&mut self, addrs: impl IntoIterator<Item = Ipv4Addr>) -> Vec<Ipv4Addr> {
-        let new: HashSet<Ipv4Addr> = addrs.into_iter().collect();
+        let new: BTreeSet<Ipv4Addr> = addrs.into_iter().collect();
         let released: Vec<Ipv4Addr> = self.reserved.difference(&new).copied().collect();
         let wanted: Vec<Ipv4Addr> = new.iter().copied().collect();
         self.reserved = new;
@@ -503,6 +503,9 @@ impl LeaseTable {
 
     /// The durable view of the addresses that changed since the last call, for the store.
     pub fn take_dirty(&mut self, out: &mut Vec<Change>) {
+        // The Fx hash has a fixed seed, so this order is the same in every run; the records
+        // are of distinct addresses, so their order within a batch means nothing.
+        #[allow(clippy::disallowed_methods)]
         for ip in self.dirty.drain() {
             let rec = self
                 .range
@@ -698,6 +701,8 @@ impl LeaseTable {
 
     /// Every bound record, for `ddhcpctl leases`.
     pub fn iter(&self) -> impl Iterator<Item = (Ipv4Addr, u32, &Record)> + '_ {
+        // Callers that show or send the rows sort them (`Dhcp::lease_list`).
+        #[allow(clippy::disallowed_methods)]
         self.blocks.iter().flat_map(move |(&b, bl)| {
             bl.records
                 .iter()
@@ -843,7 +848,7 @@ mod tests {
     /// by its record's client, no client has two entries, and every client an address is
     /// offered or leased to finds it.
     fn check_index(l: &LeaseTable) {
-        let mut seen = HashSet::new();
+        let mut seen = std::collections::HashSet::new();
         for &ip in l.by_client.table.iter() {
             let k = client_of(&l.range, &l.blocks, ip).expect("indexed record names a client");
             assert_eq!(
