@@ -44,27 +44,38 @@ fn message(msg_type: u8, mac: u32, opts: &[(u8, &[u8])]) -> Vec<u8> {
 /// benchmark configures it; `-b 2` gives a table of a million blocks).
 fn busy_node(pow: u8) -> Node {
     let range = ManagedRange::new(Ipv4Addr::new(10, 64, 0, 0), 10, pow).unwrap();
-    let cfg = NodeConfig {
+    let cfg = NodeConfig::single(
         range,
-        claim: ClaimConfig {
+        ClaimConfig {
             tentative_timeout: Duration::from_secs(2),
             block_timeout: Duration::from_secs(30),
             spare_leases: 1_000_000,
             needless_timeout: Duration::from_secs(300),
             learning: false,
         },
-        dhcp: Some(DhcpConfig {
+        Some(DhcpConfig {
             options: vec![],
             interface_addr: Some(Ipv4Addr::new(10, 0, 0, 1)),
         }),
-    };
+    );
     let mut n = Node::new(cfg, NodeId([5; 8]), Instant::ZERO, 1);
     // Enough rounds to own ~1500 blocks of 128 (192k addresses).
     for s in 0..=20 {
         n.handle_timeout(Instant::from_millis(s * 1000));
     }
-    while n.poll_transmit().is_some() {}
+    while n.poll_output().is_some() {}
     n
+}
+
+/// The first DHCP datagram among the node's outputs (the rest are dropped).
+fn dhcp_reply(node: &mut Node) -> Option<ddhcp::dhcp::DhcpTransmit> {
+    let mut reply = None;
+    while let Some(o) = node.poll_output() {
+        if let ddhcp::node::Output::Dhcp { transmit, .. } = o {
+            reply.get_or_insert(transmit);
+        }
+    }
+    reply
 }
 
 fn dhcp_exchange(c: &mut Criterion) {
@@ -83,7 +94,7 @@ fn exchanges(
     clients: u32,
 ) {
     let mut node = busy_node(pow);
-    let owned = node.blocks().owned_count() as u32 * node.config().range.block_size();
+    let owned = node.blocks().owned_count() as u32 * node.pool(0).range().block_size();
     assert!(owned > clients, "{owned} addresses owned");
     let prl: &[u8] = &[1, 3, 6, 15, 28, 51, 54];
     let mut mac = 0u32;
@@ -93,15 +104,15 @@ fn exchanges(
     let name = format!(
         "4-way exchange + store record, {}k clients, /10 in {} blocks of {}",
         clients / 1000,
-        node.config().range.num_blocks(),
-        node.config().range.block_size()
+        node.pool(0).range().num_blocks(),
+        node.pool(0).range().block_size()
     );
     g.bench_function(name, |b| {
         b.iter(|| {
             mac = mac.wrapping_add(1) % clients;
             now += 1;
-            node.handle_dhcp(Instant::from_millis(now), &message(1, mac, &[(55, prl)]));
-            let offer = node.poll_dhcp_transmit().expect("offer");
+            node.handle_dhcp(Instant::from_millis(now), 0, &message(1, mac, &[(55, prl)]));
+            let offer = dhcp_reply(&mut node).expect("offer");
             let ip = [
                 offer.payload[16],
                 offer.payload[17],
@@ -110,12 +121,13 @@ fn exchanges(
             ];
             node.handle_dhcp(
                 Instant::from_millis(now),
+                0,
                 &message(3, mac, &[(50, &ip), (54, &[10, 0, 0, 1]), (55, prl)]),
             );
-            let ack = node.poll_dhcp_transmit().expect("ack");
+            let ack = dhcp_reply(&mut node).expect("ack");
             record.clear();
-            for c in node.take_changes() {
-                ddhcp::store::codec::encode(0, &c, |t| t.as_millis(), &mut record);
+            for (pool, c) in node.take_changes() {
+                ddhcp::store::codec::encode(pool as u8, &c, |t| t.as_millis(), &mut record);
             }
             ack
         })
@@ -124,7 +136,7 @@ fn exchanges(
 
 fn peer_claim(c: &mut Criterion) {
     let mut node = busy_node(7);
-    let range = node.config().range;
+    let range = *node.pool(0).range();
     let entries: Vec<ClaimEntry> = (0..173)
         .map(|i| ClaimEntry {
             block: 5000 + i,

@@ -19,6 +19,7 @@
 //! * `BENCH_RELOAD_N` — leases in the reload store (default 1,000,000).
 //! * `BENCH_AMP_N`, `BENCH_AMP_KEYS` — updates and distinct keys of the growth workload
 //!   (defaults 1,000,000 and 10,000).
+#![allow(clippy::disallowed_methods)] // outside the core: real clocks and OS randomness
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};

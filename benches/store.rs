@@ -13,6 +13,7 @@
 //! `BENCH_DIR` (default `target/store-bench`, must be on a real disk), `BENCH_RUNS` (3),
 //! `BENCH_KEEP=1` keeps each store (as a snapshot, in `BENCH_DIR/<n>`) to start a real
 //! `ddhcpd -N 10.0.0.0/9 -b 4 --state-dir BENCH_DIR/<n>` on it.
+#![allow(clippy::disallowed_methods)] // outside the core: real clocks and OS randomness
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -45,20 +46,20 @@ fn pools() -> Vec<StorePool> {
 }
 
 fn node_config(range: ManagedRange) -> NodeConfig {
-    NodeConfig {
+    NodeConfig::single(
         range,
-        claim: ClaimConfig {
+        ClaimConfig {
             tentative_timeout: Duration::from_secs(15),
             block_timeout: Duration::from_secs(300),
             spare_leases: 16,
             needless_timeout: Duration::from_secs(300),
             learning: true,
         },
-        dhcp: Some(DhcpConfig {
+        Some(DhcpConfig {
             options: vec![],
             interface_addr: Some(Ipv4Addr::new(10, 0, 0, 1)),
         }),
-    }
+    )
 }
 
 fn rss_kib(field: &str) -> u64 {
@@ -150,7 +151,7 @@ fn reload(dir: &Path) -> Reload {
     let t2 = WallInstant::now();
     let leases = restored.leases.len();
     let mut node = Node::new(node_config(range()), NodeId([5; 8]), NOW, 1);
-    node.restore(NOW, restored);
+    node.restore(NOW, vec![restored]);
     let t3 = WallInstant::now();
     assert_eq!(node.dhcp().unwrap().leases.active(), leases);
     drop(s);
@@ -204,7 +205,7 @@ fn node_memory(dir: &Path) -> (u64, u64) {
         .into_restored(&pools(), &WallClock::now(NOW))
         .remove(0);
     let mut node = Node::new(node_config(range()), NodeId([5; 8]), NOW, 1);
-    node.restore(NOW, restored);
+    node.restore(NOW, vec![restored]);
     // The replayed state is freed by now; hand its pages back so RSS shows the node.
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };

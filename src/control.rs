@@ -18,22 +18,39 @@ pub const MAX_REQUEST: usize = 4096;
 /// A client must send its whole request within this time.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A command, as sent on the socket.
+/// A command, as sent on the socket. `pool` names the pool a command is about; without it,
+/// the pool `default`, else the only pool (so a client of a single-pool daemon never needs
+/// it, and requests from older clients keep working).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Request {
     Status,
-    Blocks,
-    Leases,
-    Options,
+    Blocks {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pool: Option<String>,
+    },
+    Leases {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pool: Option<String>,
+    },
+    Options {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pool: Option<String>,
+    },
     SetOption {
         option: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pool: Option<String>,
     },
     RemoveOption {
         code: u8,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pool: Option<String>,
     },
     LeaseTime {
         secs: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pool: Option<String>,
     },
     LogLevel {
         level: String,
@@ -104,17 +121,33 @@ mod tests {
     fn round_trip_and_rejections() {
         for r in [
             Request::Status,
-            Request::Blocks,
+            Request::Blocks { pool: None },
+            Request::Blocks {
+                pool: Some("lan".into()),
+            },
             Request::SetOption {
                 option: "3:4:10.0.0.1".into(),
+                pool: None,
             },
-            Request::RemoveOption { code: 3 },
+            Request::RemoveOption {
+                code: 3,
+                pool: Some("lan".into()),
+            },
         ] {
             assert_eq!(Request::parse(r.to_line().as_bytes()).unwrap(), r);
         }
         assert_eq!(
             Request::parse(br#"{"cmd":"status"}"#).unwrap(),
             Request::Status
+        );
+        // What clients from before pools send still parses.
+        assert_eq!(
+            Request::parse(br#"{"cmd":"blocks"}"#).unwrap(),
+            Request::Blocks { pool: None }
+        );
+        assert_eq!(
+            Request::Leases { pool: None }.to_line(),
+            "{\"cmd\":\"leases\"}\n"
         );
         for bad in [
             &b""[..],

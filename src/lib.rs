@@ -12,8 +12,11 @@ pub mod dhcp;
 pub mod hash;
 pub mod node;
 pub mod persist;
+pub mod pool;
 pub mod range;
 pub mod stats;
 pub mod store;
+#[doc(hidden)]
+pub mod testing;
 pub mod time;
 pub mod wire;

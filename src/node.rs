@@ -1,32 +1,55 @@
-//! One node: the block protocol plus peer message handling, inputs in, outputs out.
+//! One node: the endpoint of the peer protocol, with its pools; inputs in, outputs out.
 //!
-//! The shell feeds datagrams and "the time is now" in and drains transmits, events and the
-//! next wake-up instant, in the manner of `quinn-proto`. Nothing here touches a socket, a
-//! clock or an unseeded random source, so the simulator can run hundreds of nodes in one
-//! process reproducibly.
+//! The shell feeds datagrams, control queries and "the time is now" in and drains durable
+//! changes, outputs and the next wake-up instant, in the manner of `quinn-proto`. Nothing
+//! here touches a socket, a clock or an unseeded random source, so the simulator can run
+//! hundreds of nodes in one process reproducibly.
+//!
+//! The node owns what is shared by its pools (node id, duplicate-id detection, counters of
+//! the server link) and hands every datagram to the [`Pool`] its header names: a message
+//! carries the range's prefix, prefix length and block size, and those identify the pool.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tracing::{debug, error, info};
 
-use crate::blocks::{BlockEvent, BlockView, Blocks, ClaimConfig, Output};
-use crate::dhcp::{Dhcp, DhcpConfig, DhcpTransmit, LeaseEvent};
-use crate::persist::{Change, LeaseRecord, Restored};
+use crate::blocks::{BlockView, Blocks};
+use crate::config::DhcpOption;
+use crate::dhcp::options::OptionStore;
+use crate::dhcp::{Dhcp, DhcpTransmit, LeaseEvent};
+use crate::persist::{Change, Restored};
+use crate::pool::{Pool, PoolOutput};
 use crate::range::ManagedRange;
 use crate::stats::{Counter, Counters};
 use crate::time::Instant;
 use crate::wire::{self, Message, NodeId, Packet};
 
-/// What a node needs to know about the swarm it is part of.
+pub use crate::pool::{PoolConfig, ServiceConfig};
+
+/// What a node is configured with.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
-    pub range: ManagedRange,
-    pub claim: ClaimConfig,
-    /// `None` with `-S`: no DHCP service.
-    pub dhcp: Option<DhcpConfig>,
+    /// In a stable order: the index of a pool is how changes and outputs name it.
+    pub pools: Vec<PoolConfig>,
+    /// This node's location: it claims only in pools of this location or of none.
+    pub location: Option<String>,
+}
+
+impl NodeConfig {
+    /// A node with the one pool `-N/-b/-c/-o` describe.
+    pub fn single(
+        range: ManagedRange,
+        claim: crate::blocks::ClaimConfig,
+        dhcp: Option<crate::dhcp::DhcpConfig>,
+    ) -> Self {
+        NodeConfig {
+            pools: vec![PoolConfig::default_pool(range, claim, dhcp)],
+            location: None,
+        }
+    }
 }
 
 /// Which socket a datagram arrived on. Like the C daemon, the multicast socket carries only
@@ -52,20 +75,26 @@ pub struct Transmit {
     pub payload: Vec<u8>,
 }
 
-/// Things that happened, for logs, hooks and the state store.
+/// Things that happened, for logs, hooks and the audit log. `pool` is the pool's index in
+/// [`NodeConfig::pools`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    EndLearning,
+    EndLearning {
+        pool: usize,
+    },
     BlockClaimed {
+        pool: usize,
         block: u32,
         first: Ipv4Addr,
     },
     BlockDropped {
+        pool: usize,
         block: u32,
         first: Ipv4Addr,
     },
     /// A greater node id took a block we owned.
     BlockLost {
+        pool: usize,
         block: u32,
         first: Ipv4Addr,
         to: NodeId,
@@ -75,173 +104,410 @@ pub enum Event {
         old: NodeId,
         new: NodeId,
     },
-    /// A DHCP allocation or release.
-    Lease(LeaseEvent),
+    /// A DHCP allocation or release in a pool.
+    Lease(usize, LeaseEvent),
+}
+
+/// A control request, as the core takes it. `pool: None` means the pool named `default`,
+/// else the only pool; with several pools and none named `default` it is refused with the
+/// list of pools.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Query {
+    Status,
+    Blocks {
+        pool: Option<String>,
+    },
+    Leases {
+        pool: Option<String>,
+    },
+    Options {
+        pool: Option<String>,
+    },
+    SetOption {
+        pool: Option<String>,
+        option: DhcpOption,
+    },
+    RemoveOption {
+        pool: Option<String>,
+        code: u8,
+    },
+    LeaseTime {
+        pool: Option<String>,
+        secs: u32,
+    },
+}
+
+/// One pool in `status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub name: String,
+    pub range: ManagedRange,
+    /// `"dhcp"` or `"none"` (no service: `-S`, or another location's pool).
+    pub use_: &'static str,
+    pub location: Option<String>,
+    /// Whether this node claims in it (its location matches).
+    pub claims: bool,
+    pub learning: bool,
+    pub blocks_owned: usize,
+    pub leases_active: usize,
 }
 
 /// The numbers `ddhcpctl status` shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
     pub node_id: NodeId,
-    pub learning: bool,
-    pub range: ManagedRange,
-    pub blocks_owned: usize,
-    pub leases_active: usize,
+    /// Index into `pools` of the pool a command without `--pool` means, if any.
+    pub default_pool: Option<usize>,
+    pub pools: Vec<PoolStatus>,
     pub peers: usize,
 }
 
-/// How fast new clients arrive, to claim blocks before they are needed: new addresses
-/// handed out per claim round, over the last claim time.
-#[derive(Debug, Default)]
-struct Demand {
-    since: Instant,
-    rounds: VecDeque<u64>,
+/// One lease row of `ddhcpctl leases`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub state: &'static str,
+    pub expires_in: u64,
+    pub block: u32,
 }
 
+/// The core's answer to a [`Query`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Status(Status),
+    Blocks {
+        pool: String,
+        node_id: NodeId,
+        blocks: Vec<BlockView>,
+    },
+    Leases {
+        pool: String,
+        leases: Vec<LeaseRow>,
+    },
+    Options {
+        pool: String,
+        options: Vec<DhcpOption>,
+        lease_time: u32,
+    },
+    /// A change was made (it is durable once the answer leaves, see [`Node`]).
+    Done,
+    Refused(String),
+}
+
+/// What the node produced, in the order it did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// A datagram for the server link.
+    Peer(Transmit),
+    /// A datagram for a client or relay on pool `pool`'s client interface.
+    Dhcp {
+        pool: usize,
+        transmit: DhcpTransmit,
+    },
+    Event(Event),
+    /// The answer to the query with this id.
+    Answer {
+        id: u64,
+        answer: Answer,
+    },
+}
+
+/// The endpoint of the peer protocol and the pools behind it.
+///
+/// # Polling contract
+///
+/// After feeding any input (`handle_*`, `restore`), the shell
+///
+/// 1. calls [`Node::take_changes`] and hands the changes to the store, **then**
+/// 2. drains [`Node::poll_output`] until it returns `None`, and lets each output leave the
+///    process only once the store holds every change taken in step 1 (or earlier), and
+/// 3. sleeps until [`Node::poll_timeout`] or the next input.
+///
+/// Why this order: an output may state something only a durable change makes true (a DHCP
+/// ACK promises the lease; a claim announcement promises we will honour the block after a
+/// crash; `set-option`'s answer promises the option survives a restart). Taking the changes
+/// first, and holding outputs behind the batch that holds them, means nothing promised is
+/// lost in a crash. Outputs come in the order they were produced, and the shell keeps that
+/// order: a hook sees `claim` before the `lease` in that block, and a query answered after
+/// a change sees it. Changes may be taken more often than outputs (a change with no output
+/// yet is simply written early), never less.
 pub struct Node {
-    cfg: NodeConfig,
     id: NodeId,
-    blocks: Blocks,
+    location: Option<String>,
+    pools: Vec<Pool>,
     rng: StdRng,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<Event>,
+    out: VecDeque<Output>,
     counters: Counters,
-    dhcp: Option<Dhcp>,
-    demand: Demand,
-    /// Durable changes not yet handed to the store.
-    changes: Vec<Change>,
-    /// Leases from before a restart in blocks whose claims lapsed meanwhile, by block,
-    /// until we own the block again or someone else does.
-    pending_restore: HashMap<u32, Vec<LeaseRecord>>,
-    /// When `pending_restore` is next checked (once per claim round, not per timer).
-    next_restore_check: Instant,
 }
 
 impl Node {
     /// `seed` makes every random choice of the node reproducible; the daemon passes OS
     /// randomness, the simulator a per-node seed.
     pub fn new(cfg: NodeConfig, id: NodeId, now: Instant, seed: u64) -> Self {
-        let blocks = Blocks::new(cfg.claim.clone(), cfg.range, now);
-        let dhcp = cfg.dhcp.as_ref().map(|d| Dhcp::new(d, cfg.range));
+        let pools = cfg
+            .pools
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| Pool::new(i, p, cfg.location.as_deref(), now))
+            .collect();
         let mut node = Node {
-            dhcp,
-            demand: Demand {
-                since: now,
-                rounds: VecDeque::new(),
-            },
-            cfg,
             id,
-            blocks,
+            location: cfg.location,
+            pools,
             rng: StdRng::seed_from_u64(seed),
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            out: VecDeque::new(),
             counters: Counters::default(),
-            changes: Vec::new(),
-            pending_restore: HashMap::new(),
-            next_restore_check: now,
         };
-        node.drain_blocks(now);
+        for i in 0..node.pools.len() {
+            node.flush_pool(i);
+        }
         node
     }
 
     /// Takes back the state of a previous run, read from the store, right after
-    /// [`Node::new`]. Blocks whose claims peers still honour are ours at once, announced now,
-    /// and served from (renewals and new clients alike), learning phase or not; blocks whose
-    /// claims lapsed are claimed back first once claiming is allowed, and their leases come
-    /// back with them. Expired leases must already be gone.
-    pub fn restore(&mut self, now: Instant, r: Restored) {
-        let (announced, ttl) = r.announced.unwrap_or((Instant::ZERO, 0));
-        let ttl = std::time::Duration::from_secs(u64::from(ttl));
-        let with_leases: std::collections::HashSet<u32> = r
-            .leases
-            .iter()
-            .filter_map(|l| self.cfg.range.locate(l.ip).map(|(b, _)| b))
-            .collect();
-        let mut owned = Vec::new();
-        let mut lapsed = Vec::new();
-        for &(block, since) in &r.blocks {
-            if !r.clock_went_back && since.max(announced) + ttl > now {
-                owned.push((block, since));
-            } else if with_leases.contains(&block) {
-                lapsed.push(block);
-            } else {
-                self.changes.push(Change::BlockGone { block });
-            }
+    /// [`Node::new`]: one [`Restored`] per pool, in the order of [`NodeConfig::pools`].
+    /// Blocks whose claims peers still honour are ours at once, announced now, and served
+    /// from (renewals and new clients alike), learning phase or not; blocks whose claims
+    /// lapsed are claimed back first once claiming is allowed, and their leases come back
+    /// with them. Expired leases must already be gone.
+    pub fn restore(&mut self, now: Instant, restored: Vec<Restored>) {
+        for (i, r) in restored.into_iter().enumerate().take(self.pools.len()) {
+            self.pools[i].restore(now, r);
+            self.flush_pool(i);
         }
-        self.blocks.restore(now, &owned, &lapsed);
-        for &(block, _) in &owned {
-            if self.blocks.owns(block) {
-                self.events.push_back(Event::BlockClaimed {
-                    block,
-                    first: self.cfg.range.block_first(block),
-                });
-            }
-        }
-        info!(
-            valid = owned.len(),
-            lapsed = lapsed.len(),
-            leases = r.leases.len(),
-            "state restored"
-        );
-        if let Some(d) = self.dhcp.as_mut() {
-            d.restore_options(&r.options);
-            let holds: HashMap<u32, Instant> = r.holds.iter().copied().collect();
-            for &(block, since) in &owned {
-                if self.blocks.owns(block) {
-                    let hold = holds.get(&block).copied().filter(|&h| h > now);
-                    d.restore_block(block, since, hold);
-                }
-            }
-            for lease in d.leases.restore(r.leases) {
-                match self.cfg.range.locate(lease.ip) {
-                    Some((b, _)) if self.blocks.is_wanted(b) => {
-                        self.pending_restore.entry(b).or_default().push(lease)
-                    }
-                    _ => self.changes.push(Change::LeaseGone(lease.ip)),
-                }
-            }
-        }
-        self.drain_blocks(now);
     }
 
-    /// Durable changes since the last call, in the order they happened. The shell writes them
-    /// out before anything produced since then leaves the process.
-    pub fn take_changes(&mut self) -> Vec<Change> {
-        if let Some(d) = self.dhcp.as_mut() {
-            d.take_changes(&mut self.changes);
+    /// Durable changes since the last call, in the order they happened, each with the
+    /// index of its pool. See the polling contract on [`Node`].
+    pub fn take_changes(&mut self) -> Vec<(usize, Change)> {
+        let mut v = Vec::new();
+        for p in &mut self.pools {
+            p.take_changes(&mut v);
         }
-        std::mem::take(&mut self.changes)
+        v
     }
 
     pub fn id(&self) -> NodeId {
         self.id
     }
 
-    pub fn config(&self) -> &NodeConfig {
-        &self.cfg
+    pub fn location(&self) -> Option<&str> {
+        self.location.as_deref()
     }
 
+    pub fn pools(&self) -> &[Pool] {
+        &self.pools
+    }
+
+    pub fn pool(&self, i: usize) -> &Pool {
+        &self.pools[i]
+    }
+
+    /// The block table of the first pool: what a single-pool node (and most tests) mean.
     pub fn blocks(&self) -> &Blocks {
-        &self.blocks
+        self.pools[0].blocks()
     }
 
-    pub fn counters(&self) -> &Counters {
-        &self.counters
+    /// The DHCP service of the first pool, if it has one.
+    pub fn dhcp(&self) -> Option<&Dhcp> {
+        self.pools[0].dhcp()
     }
 
-    pub fn status(&self, now: Instant) -> Status {
-        Status {
-            node_id: self.id,
-            learning: self.blocks.is_learning(),
-            range: self.cfg.range,
-            blocks_owned: self.blocks.owned_count(),
-            leases_active: self.dhcp.as_ref().map_or(0, |d| d.leases.active()),
-            peers: self.blocks.peer_count(now),
+    /// For unit tests that stage a service's state directly.
+    #[cfg(test)]
+    pub(crate) fn dhcp_mut(&mut self) -> Option<&mut Dhcp> {
+        self.pools[0].dhcp_mut()
+    }
+
+    /// Counters of the node and all its pools, summed (`ddhcpctl stats`).
+    pub fn counters(&self) -> Counters {
+        let mut c = self.counters.clone();
+        for p in &self.pools {
+            for &k in Counter::ALL {
+                c.add(k, p.counters().get(k));
+            }
+        }
+        c
+    }
+
+    /// The pool a command means: by name, or without one the pool `default`, else the
+    /// only pool.
+    pub fn find_pool(&self, name: Option<&str>) -> Result<usize, String> {
+        match name {
+            Some(n) => self
+                .pools
+                .iter()
+                .position(|p| p.name() == n)
+                .ok_or_else(|| format!("no pool named '{n}' (pools: {})", self.pool_names())),
+            None => self
+                .pools
+                .iter()
+                .position(|p| p.name() == "default")
+                .or_else(|| (self.pools.len() == 1).then_some(0))
+                .ok_or_else(|| {
+                    format!(
+                        "this node has several pools, name one with --pool (pools: {})",
+                        self.pool_names()
+                    )
+                }),
         }
     }
 
+    fn pool_names(&self) -> String {
+        let names: Vec<&str> = self.pools.iter().map(Pool::name).collect();
+        names.join(", ")
+    }
+
+    pub fn status(&self, now: Instant) -> Status {
+        let mut peers = std::collections::BTreeSet::new();
+        for p in &self.pools {
+            peers.extend(p.blocks().live_peers(now));
+        }
+        Status {
+            node_id: self.id,
+            default_pool: self.find_pool(None).ok(),
+            pools: self
+                .pools
+                .iter()
+                .map(|p| PoolStatus {
+                    name: p.name().to_string(),
+                    range: *p.range(),
+                    use_: p.config().use_name(),
+                    location: p.config().location.clone(),
+                    claims: p.claims(),
+                    learning: p.blocks().is_learning(),
+                    blocks_owned: p.blocks().owned_count(),
+                    leases_active: p.leases_active(),
+                })
+                .collect(),
+            peers: peers.len(),
+        }
+    }
+
+    /// Blocks of the first pool that are not free, as `ddhcpctl blocks` shows them.
     pub fn blocks_view(&self, now: Instant) -> Vec<BlockView> {
-        self.blocks.view(now, self.id)
+        self.pools[0].blocks_view(now, self.id)
+    }
+
+    /// A control query; its answer comes out of [`Node::poll_output`] with the same `id`.
+    pub fn handle_query(&mut self, now: Instant, id: u64, q: Query) {
+        let answer = self.answer(now, q);
+        self.out.push_back(Output::Answer { id, answer });
+    }
+
+    fn answer(&mut self, now: Instant, q: Query) -> Answer {
+        let pool_of = |n: &Node, name: &Option<String>| n.find_pool(name.as_deref());
+        let no_dhcp = |p: &Pool| {
+            Answer::Refused(format!(
+                "pool '{}' has no DHCP service ({})",
+                p.name(),
+                if p.claims() {
+                    "-S"
+                } else {
+                    "not of this node's location"
+                }
+            ))
+        };
+        match q {
+            Query::Status => Answer::Status(self.status(now)),
+            Query::Blocks { pool } => match pool_of(self, &pool) {
+                Ok(i) => Answer::Blocks {
+                    pool: self.pools[i].name().to_string(),
+                    node_id: self.id,
+                    blocks: self.pools[i].blocks_view(now, self.id),
+                },
+                Err(e) => Answer::Refused(e),
+            },
+            Query::Leases { pool } => {
+                let i = match pool_of(self, &pool) {
+                    Ok(i) => i,
+                    Err(e) => return Answer::Refused(e),
+                };
+                let p = &self.pools[i];
+                let Some(d) = p.dhcp() else { return no_dhcp(p) };
+                let leases = d
+                    .lease_list(now)
+                    .into_iter()
+                    .map(|(ip, mac, state, expires_in, block)| LeaseRow {
+                        ip,
+                        mac,
+                        state,
+                        expires_in,
+                        block,
+                    })
+                    .collect();
+                Answer::Leases {
+                    pool: p.name().to_string(),
+                    leases,
+                }
+            }
+            Query::Options { pool } => {
+                let i = match pool_of(self, &pool) {
+                    Ok(i) => i,
+                    Err(e) => return Answer::Refused(e),
+                };
+                let p = &self.pools[i];
+                let Some(d) = p.dhcp() else { return no_dhcp(p) };
+                Answer::Options {
+                    pool: p.name().to_string(),
+                    options: d.store().iter().cloned().collect(),
+                    lease_time: d.store().lease_time(),
+                }
+            }
+            Query::SetOption { pool, option } => self.change_options(&pool, |d| {
+                OptionStore::validate(&option)?;
+                info!(code = option.code, "option set");
+                d.set_option(option);
+                Ok(())
+            }),
+            Query::RemoveOption { pool, code } => self.change_options(&pool, |d| {
+                if !d.remove_option(code) {
+                    return Err(format!("option {code} is not set"));
+                }
+                info!(code, "option removed");
+                Ok(())
+            }),
+            Query::LeaseTime { pool, secs } => self.change_options(&pool, |d| {
+                if secs == 0 {
+                    return Err("a lease time of 0 seconds makes no sense".into());
+                }
+                d.set_option(DhcpOption {
+                    code: crate::dhcp::options::LEASE_TIME,
+                    payload: secs.to_be_bytes().to_vec(),
+                });
+                info!(secs, "lease time set");
+                Ok(())
+            }),
+        }
+    }
+
+    fn change_options(
+        &mut self,
+        pool: &Option<String>,
+        f: impl FnOnce(&mut Dhcp) -> Result<(), String>,
+    ) -> Answer {
+        let i = match self.find_pool(pool.as_deref()) {
+            Ok(i) => i,
+            Err(e) => return Answer::Refused(e),
+        };
+        let p = &mut self.pools[i];
+        let name = p.name().to_string();
+        let claims = p.claims();
+        let Some(d) = p.dhcp_mut() else {
+            return Answer::Refused(format!(
+                "pool '{name}' has no DHCP service ({})",
+                if claims {
+                    "-S"
+                } else {
+                    "not of this node's location"
+                }
+            ));
+        };
+        match f(d) {
+            Ok(()) => Answer::Done,
+            Err(e) => Answer::Refused(e),
+        }
     }
 
     /// A datagram from `from` on the server interface.
@@ -260,51 +526,30 @@ impl Node {
                 return;
             }
         };
-        if packet.swarm != self.cfg.range.swarm() {
+        let Some(i) = self.pools.iter().position(|p| p.swarm() == packet.swarm) else {
             self.counters.inc(Counter::DropForeignSwarm);
-            debug!(%from, swarm = ?packet.swarm, "message from another swarm ignored");
+            debug!(%from, swarm = ?packet.swarm, "message for no pool of ours ignored");
             return;
-        }
+        };
         if packet.node_id == self.id {
             // Multicast loop is off, so this is another host using our id.
             self.duplicate_id(now, from);
         }
-        let invalid_before = self.blocks.invalid_entries;
+        let me = self.id;
+        let pool = &mut self.pools[i];
         match (channel, &packet.message) {
             (Channel::Multicast, Message::Inquire(blocks)) => {
                 self.counters.inc(Counter::McastRecvInquire);
-                self.blocks.on_inquire(now, self.id, packet.node_id, blocks);
+                pool.on_inquire(now, me, packet.node_id, blocks);
             }
             (Channel::Multicast, Message::UpdateClaim(entries)) => {
                 self.counters.inc(Counter::McastRecvUpdateClaim);
-                self.blocks
-                    .on_claim(now, self.id, packet.node_id, from, entries);
+                pool.on_claim(now, me, packet.node_id, from, entries);
             }
             (Channel::Unicast, Message::RenewLease(p)) => {
                 self.counters.inc(Counter::DirectRecvRenewLease);
-                let answer = match self.dhcp.as_mut() {
-                    Some(d) => d.handle_renew(now, from, &self.blocks, p),
-                    // Without a DHCP service we own nothing: as ddhcpd, refuse what is in
-                    // range and ignore the rest.
-                    None => {
-                        let marked = p.lease_seconds == crate::dhcp::roaming::RENEW_MARK;
-                        let mut nak = *p;
-                        if marked {
-                            nak.lease_seconds = 0;
-                        }
-                        p.addresses()
-                            .iter()
-                            .take(if marked { 1 } else { 2 })
-                            .any(|a| self.cfg.range.locate(*a).is_some())
-                            .then_some(Message::LeaseNak(nak))
-                    }
-                };
-                if let Some(m) = answer {
-                    self.counters.inc(match m {
-                        Message::LeaseAck(_) => Counter::DirectSendLeaseAck,
-                        _ => Counter::DirectSendLeaseNak,
-                    });
-                    self.send(Dest::Unicast(from), m);
+                if let Some(m) = pool.on_renew(now, from, p) {
+                    self.send(i, Dest::Unicast(from), m);
                 }
             }
             (Channel::Unicast, Message::LeaseAck(p) | Message::LeaseNak(p)) => {
@@ -314,9 +559,8 @@ impl Node {
                 } else {
                     Counter::DirectRecvLeaseNak
                 });
-                match self.dhcp.as_mut() {
-                    Some(d) => d.handle_forward_answer(from, p, ack),
-                    None => self.counters.inc(Counter::DropUnhandled),
+                if !pool.on_forward_answer(from, p, ack) {
+                    self.counters.inc(Counter::DropUnhandled);
                 }
             }
             (_, m) => {
@@ -324,108 +568,40 @@ impl Node {
                 debug!(%from, kind = m.name(), ?channel, "message on the wrong socket ignored");
             }
         }
-        let invalid = self.blocks.invalid_entries - invalid_before;
-        self.counters.add(Counter::DropInvalidBlock, invalid);
-        self.drain_blocks(now);
+        self.pools[i].drain(now);
+        self.flush_pool(i);
     }
 
-    /// A datagram from a client or relay on the client interface.
-    pub fn handle_dhcp(&mut self, now: Instant, data: &[u8]) {
-        if let Some(d) = self.dhcp.as_mut() {
-            d.handle_packet(now, &self.blocks, data);
-            self.drain_blocks(now);
-        }
+    /// A datagram from a client or relay on pool `pool`'s client interface.
+    pub fn handle_dhcp(&mut self, now: Instant, pool: usize, data: &[u8]) {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        p.handle_dhcp(now, data);
+        p.drain(now);
+        self.flush_pool(pool);
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(d) = self.dhcp.as_mut() {
-            d.handle_timeout(now);
+        // Every pool looks at its timers; each does only what is due.
+        for i in 0..self.pools.len() {
+            self.pools[i].handle_timeout(now, &mut self.rng);
+            self.flush_pool(i);
         }
-        self.sample_demand(now);
-        self.blocks.handle_timeout(now, &mut self.rng);
-        self.drain_blocks(now);
-        self.forget_lost_restores(now);
-    }
-
-    /// Drops leases from before a restart whose block another node owns now. Checked once
-    /// per claim round, when `wanted` can have changed; expired leases wait for their
-    /// block's fate (they are dropped when it comes back).
-    fn forget_lost_restores(&mut self, now: Instant) {
-        if self.pending_restore.is_empty() || now < self.next_restore_check {
-            return;
-        }
-        self.next_restore_check = now + self.cfg.claim.round_interval();
-        let blocks = &self.blocks;
-        let changes = &mut self.changes;
-        self.pending_restore.retain(|&block, leases| {
-            if blocks.is_wanted(block) {
-                return true;
-            }
-            changes.extend(leases.iter().map(|l| Change::LeaseGone(l.ip)));
-            if !blocks.owns(block) {
-                changes.push(Change::BlockGone { block });
-            }
-            false
-        });
     }
 
     /// When [`Node::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Instant {
-        let b = self.blocks.poll_timeout();
-        match self.dhcp.as_ref().and_then(Dhcp::next_deadline) {
-            Some(d) => b.min(d),
-            None => b,
-        }
+        self.pools
+            .iter()
+            .map(Pool::poll_timeout)
+            .min()
+            .unwrap_or(Instant::from_millis(u64::MAX))
     }
 
-    pub fn poll_dhcp_transmit(&mut self) -> Option<DhcpTransmit> {
-        self.dhcp.as_mut()?.poll_transmit()
-    }
-
-    pub fn dhcp(&self) -> Option<&Dhcp> {
-        self.dhcp.as_ref()
-    }
-
-    pub fn dhcp_mut(&mut self) -> Option<&mut Dhcp> {
-        self.dhcp.as_mut()
-    }
-
-    /// Claiming ahead: a claim takes H = 1.5·t plus up to two rounds of waiting. If new
-    /// clients arriving at the rate of the busiest round of the last H would eat more than
-    /// `-s` free addresses during the next H, hold 1.5 times that many free instead, so a
-    /// burst does not stall for a claim round per block. Surplus blocks are given up by the
-    /// `-n` rule once the burst is over.
-    fn sample_demand(&mut self, now: Instant) {
-        let Some(d) = self.dhcp.as_mut() else { return };
-        self.blocks.set_lapse_hold(d.lease_horizon());
-        let round = self.cfg.claim.round_interval();
-        if now.saturating_since(self.demand.since) < round {
-            return;
-        }
-        self.demand.since = now;
-        let horizon = self.cfg.claim.tentative_timeout * 3 / 2 + round * 2;
-        let window = (horizon.as_millis() / round.as_millis().max(1)).max(1) as usize;
-        self.demand.rounds.push_back(d.take_demand(now, horizon));
-        while self.demand.rounds.len() > window {
-            self.demand.rounds.pop_front();
-        }
-        // Clients expected over the next H at the rate of the busiest recent round: a
-        // burst counts from its first round (a mean would dilute it with the quiet rounds
-        // before it), and the estimate decays only once the window has passed.
-        let busiest = self.demand.rounds.iter().copied().max().unwrap_or(0);
-        let expected = busiest * window as u64;
-        let cap = u64::from(self.cfg.range.block_size()) * crate::blocks::MAX_CLAIMING as u64;
-        let want = (expected * 3).div_ceil(2).min(cap) as u32;
-        self.blocks
-            .set_extra_spare(want.saturating_sub(self.cfg.claim.spare_leases));
-    }
-
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
-    }
-
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+    /// The next output; see the polling contract on [`Node`].
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
     }
 
     /// Picks a fresh id after another host was seen with ours: the MAC-derived part stays,
@@ -441,106 +617,41 @@ impl Node {
         error!(%old, %new, other = %from,
                "DUPLICATE NODE ID: another host sends with our node id; switching to a new id");
         self.id = new;
-        self.events.push_back(Event::NodeIdChanged { old, new });
-        self.blocks.announce_all(now);
+        self.out
+            .push_back(Output::Event(Event::NodeIdChanged { old, new }));
+        for i in 0..self.pools.len() {
+            self.pools[i].announce_all(now);
+            self.pools[i].drain(now);
+            self.flush_pool(i);
+        }
     }
 
-    /// Turns what the block protocol produced into datagrams and events.
-    fn drain_blocks(&mut self, now: Instant) {
-        let mut forwards = Vec::new();
-        if let Some(d) = self.dhcp.as_mut() {
-            while let Some(f) = d.poll_forward() {
-                forwards.push(f);
-            }
-            while let Some(e) = d.poll_event() {
-                self.events.push_back(Event::Lease(e));
-            }
-        }
-        for (owner, m) in forwards {
-            self.counters.inc(Counter::DirectSendRenewLease);
-            self.send(Dest::Unicast(owner), m);
-        }
-        while let Some(out) = self.blocks.poll_output() {
-            let (message, counter) = match out {
-                Output::Inquire(b) => (Message::Inquire(b), Counter::McastSendInquire),
-                Output::Claim(e) => (Message::UpdateClaim(e), Counter::McastSendUpdateClaim),
-            };
-            self.counters.inc(counter);
-            self.send(Dest::Multicast, message);
-        }
-        while let Some(ev) = self.blocks.poll_event() {
-            let range = self.cfg.range;
-            let ev = match ev {
-                BlockEvent::EndLearning => {
-                    info!(node_id = %self.id, "ready to claim blocks");
-                    Event::EndLearning
-                }
-                BlockEvent::Claimed(block) => {
-                    self.counters.inc(Counter::BlocksClaimed);
-                    self.changes.push(Change::BlockOwned { block, since: now });
-                    let hold = self.blocks.hold_until(block).filter(|&h| h > now);
-                    if let Some(until) = hold {
-                        self.changes.push(Change::BlockHold { block, until });
-                    }
-                    if let Some(d) = self.dhcp.as_mut() {
-                        d.block_owned(block, now, hold);
-                        let (live, expired): (Vec<_>, Vec<_>) = self
-                            .pending_restore
-                            .remove(&block)
-                            .unwrap_or_default()
-                            .into_iter()
-                            .partition(|l| l.until > now);
-                        d.leases.restore(live);
-                        self.changes
-                            .extend(expired.into_iter().map(|l| Change::LeaseGone(l.ip)));
-                    }
-                    Event::BlockClaimed {
-                        block,
-                        first: range.block_first(block),
-                    }
-                }
-                BlockEvent::Dropped(block) => {
-                    self.counters.inc(Counter::BlocksDropped);
-                    self.changes.push(Change::BlockGone { block });
-                    if let Some(d) = self.dhcp.as_mut() {
-                        d.block_gone(block);
-                    }
-                    Event::BlockDropped {
-                        block,
-                        first: range.block_first(block),
-                    }
-                }
-                BlockEvent::Lost { block, to } => {
-                    self.counters.inc(Counter::BlocksLost);
-                    self.changes.push(Change::BlockGone { block });
-                    if let Some(d) = self.dhcp.as_mut() {
-                        d.block_gone(block);
-                    }
-                    Event::BlockLost {
-                        block,
-                        first: range.block_first(block),
-                        to,
-                    }
-                }
-            };
-            self.events.push_back(ev);
-        }
-        if let Some(at) = self.blocks.take_refreshed() {
-            let ttl = self.cfg.claim.ttl();
-            self.changes.push(Change::Announced { at, ttl });
-        }
-        // Usage changed by DHCP traffic and by blocks just owned (their reserved addresses).
-        if let Some(d) = self.dhcp.as_mut() {
-            for (block, used) in d.leases.take_changed() {
-                self.blocks.set_usage(block, used);
+    /// Moves what pool `i` produced onto the output queue.
+    fn flush_pool(&mut self, i: usize) {
+        let outs: Vec<PoolOutput> = self.pools[i].take_outputs().collect();
+        for o in outs {
+            match o {
+                PoolOutput::Peer(dest, m) => self.send(i, dest, m),
+                PoolOutput::Dhcp(t) => self.out.push_back(Output::Dhcp {
+                    pool: i,
+                    transmit: t,
+                }),
+                PoolOutput::Event(ev) => self.out.push_back(Output::Event(ev)),
             }
         }
     }
 
-    fn send(&mut self, dest: Dest, message: Message) {
+    fn send(&mut self, pool: usize, dest: Dest, message: Message) {
+        self.counters.inc(match &message {
+            Message::Inquire(_) => Counter::McastSendInquire,
+            Message::UpdateClaim(_) => Counter::McastSendUpdateClaim,
+            Message::RenewLease(_) => Counter::DirectSendRenewLease,
+            Message::LeaseAck(_) => Counter::DirectSendLeaseAck,
+            Message::LeaseNak(_) => Counter::DirectSendLeaseNak,
+        });
         let packet = Packet {
             node_id: self.id,
-            swarm: self.cfg.range.swarm(),
+            swarm: self.pools[pool].swarm(),
             message,
         };
         // Entry lists are bounded by the block layer, so encoding cannot fail; if it ever
@@ -555,7 +666,7 @@ impl Node {
         };
         self.counters.inc(pkg);
         self.counters.add(bytes, payload.len() as u64);
-        self.transmits.push_back(Transmit { dest, payload });
+        self.out.push_back(Output::Peer(Transmit { dest, payload }));
     }
 }
 
@@ -576,23 +687,36 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::blocks::ClaimConfig;
+    use crate::dhcp::DhcpConfig;
     use crate::dhcp::leases::AddrState;
+    use crate::persist::LeaseRecord;
 
     fn config() -> NodeConfig {
-        NodeConfig {
-            range: ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 24, 2).unwrap(),
-            claim: ClaimConfig {
+        NodeConfig::single(
+            ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 24, 2).unwrap(),
+            ClaimConfig {
                 tentative_timeout: Duration::from_secs(2),
                 block_timeout: Duration::from_secs(30),
                 spare_leases: 4,
                 needless_timeout: Duration::from_secs(60),
                 learning: true,
             },
-            dhcp: Some(DhcpConfig {
+            Some(DhcpConfig {
                 options: vec![],
                 interface_addr: Some(Ipv4Addr::new(10, 0, 0, 1)),
             }),
+        )
+    }
+
+    /// The next datagram for the server link, skipping other outputs.
+    fn transmit(n: &mut Node) -> Option<Transmit> {
+        while let Some(o) = n.poll_output() {
+            if let Output::Peer(t) = o {
+                return Some(t);
+            }
         }
+        None
     }
 
     fn t(s: u64) -> Instant {
@@ -631,7 +755,7 @@ mod tests {
     #[test]
     fn valid_blocks_come_back_at_once_with_their_leases() {
         let mut n = Node::new(config(), NodeId([5; 8]), t(0), 1);
-        n.restore(t(0), restored(false));
+        n.restore(t(0), vec![restored(false)]);
         assert!(n.blocks().is_learning());
         assert_eq!(n.blocks().owned().collect::<Vec<_>>(), vec![5]);
         assert!(n.blocks().is_wanted(9));
@@ -645,29 +769,29 @@ mod tests {
         assert_eq!(r.state, AddrState::Held { until: t(50) });
         assert_eq!(d.store().get(6), Some(&[10, 0, 0, 53][..]));
         // Announced now, learning phase or not, after the store is told.
-        let changes = n.take_changes();
+        let changes: Vec<Change> = n.take_changes().into_iter().map(|(_, c)| c).collect();
         assert!(changes.contains(&Change::BlockGone { block: 12 }));
         assert!(changes.contains(&Change::Announced { at: t(0), ttl: 30 }));
         assert!(
             !changes.iter().any(|c| matches!(c, Change::Lease(_))),
             "{changes:?}"
         );
-        let claim = n.poll_transmit().expect("claim sent at once");
+        let claim = transmit(&mut n).expect("claim sent at once");
         let p = Packet::decode(&claim.payload).unwrap();
         assert!(
             matches!(p.message, Message::UpdateClaim(ref e) if e.len() == 1 && e[0].block == 5)
         );
         // Refreshed during the learning phase, so peers do not let it lapse.
         n.handle_timeout(t(8));
-        assert!(n.poll_transmit().is_some());
+        assert!(transmit(&mut n).is_some());
     }
 
     #[test]
     fn lapsed_blocks_are_claimed_first_and_bring_their_leases_back() {
         let mut cfg = config();
-        cfg.claim.learning = false;
+        cfg.pools[0].claim.learning = false;
         let mut n = Node::new(cfg, NodeId([5; 8]), t(0), 1);
-        n.restore(t(0), restored(false));
+        n.restore(t(0), vec![restored(false)]);
         for s in 0..=4 {
             n.handle_timeout(t(s));
         }
@@ -688,8 +812,186 @@ mod tests {
     #[test]
     fn with_the_clock_behind_no_claim_is_trusted() {
         let mut n = Node::new(config(), NodeId([5; 8]), t(0), 1);
-        n.restore(t(0), restored(true));
+        n.restore(t(0), vec![restored(true)]);
         assert_eq!(n.blocks().owned_count(), 0);
         assert!(n.blocks().is_wanted(5) && n.blocks().is_wanted(9));
+    }
+
+    fn two_pools(location: Option<&str>) -> NodeConfig {
+        let mut a = config().pools.remove(0);
+        a.name = "a".into();
+        a.claim.learning = false;
+        let mut b = a.clone();
+        b.name = "b".into();
+        b.range = ManagedRange::new(Ipv4Addr::new(10, 1, 0, 0), 24, 3).unwrap();
+        b.location = Some("rack2".into());
+        NodeConfig {
+            pools: vec![a, b],
+            location: location.map(String::from),
+        }
+    }
+
+    fn claim_from(range: ManagedRange, id: u8, block: u32) -> Vec<u8> {
+        Packet {
+            node_id: NodeId([id; 8]),
+            swarm: range.swarm(),
+            message: Message::UpdateClaim(vec![wire::ClaimEntry { block, timeout: 30 }]),
+        }
+        .encode()
+        .unwrap()
+    }
+
+    #[test]
+    fn datagrams_go_to_the_pool_their_header_names() {
+        let mut n = Node::new(two_pools(Some("rack2")), NodeId([5; 8]), t(0), 1);
+        let peer = "fe80::9".parse().unwrap();
+        let b_range = *n.pool(1).range();
+        n.handle_datagram(t(0), Channel::Multicast, peer, &claim_from(b_range, 9, 7));
+        assert_eq!(
+            n.pool(1).blocks().owner_of(7).map(|o| o.0),
+            Some(NodeId([9; 8]))
+        );
+        assert_eq!(n.pool(0).blocks().owner_of(7), None);
+        // A swarm no pool has: counted, nothing changes.
+        let other = ManagedRange::new(Ipv4Addr::new(10, 2, 0, 0), 24, 2).unwrap();
+        n.handle_datagram(t(0), Channel::Multicast, peer, &claim_from(other, 9, 8));
+        assert_eq!(n.counters().get(Counter::DropForeignSwarm), 1);
+        // Same prefix, other block size: another swarm too.
+        let resized = ManagedRange::new(Ipv4Addr::new(10, 1, 0, 0), 24, 2).unwrap();
+        n.handle_datagram(t(0), Channel::Multicast, peer, &claim_from(resized, 9, 9));
+        assert_eq!(n.counters().get(Counter::DropForeignSwarm), 2);
+        assert_eq!(n.pool(1).blocks().owner_of(9), None);
+        // What we send carries each pool's own header.
+        for s in 0..=4 {
+            n.handle_timeout(t(s));
+        }
+        let mut swarms = std::collections::BTreeSet::new();
+        while let Some(o) = n.poll_output() {
+            if let Output::Peer(tx) = o {
+                swarms.insert(Packet::decode(&tx.payload).unwrap().swarm.prefix);
+            }
+        }
+        assert_eq!(
+            swarms.into_iter().collect::<Vec<_>>(),
+            vec![Ipv4Addr::new(10, 0, 0, 0), Ipv4Addr::new(10, 1, 0, 0)]
+        );
+        assert!(n.pool(0).blocks().owned_count() > 0 && n.pool(1).blocks().owned_count() > 0);
+        let changes = n.take_changes();
+        assert!(
+            changes
+                .iter()
+                .any(|(p, c)| *p == 1 && matches!(c, Change::BlockOwned { .. }))
+        );
+    }
+
+    #[test]
+    fn a_pool_of_another_location_learns_and_never_claims() {
+        let mut n = Node::new(two_pools(Some("rack1")), NodeId([5; 8]), t(0), 1);
+        assert!(n.pool(0).claims() && !n.pool(1).claims());
+        assert!(n.pool(1).dhcp().is_none());
+        for s in 0..=30 {
+            n.handle_timeout(t(s));
+        }
+        while let Some(o) = n.poll_output() {
+            if let Output::Peer(tx) = o {
+                let p = Packet::decode(&tx.payload).unwrap();
+                assert_ne!(
+                    p.swarm,
+                    n.pool(1).swarm(),
+                    "sent {:?} for pool b",
+                    p.message
+                );
+            }
+        }
+        assert_eq!(n.pool(1).blocks().owned_count(), 0);
+        let peer = "fe80::9".parse().unwrap();
+        let b_range = *n.pool(1).range();
+        n.handle_datagram(t(31), Channel::Multicast, peer, &claim_from(b_range, 9, 3));
+        assert!(
+            n.pool(1).blocks().owner_of(3).is_some(),
+            "claims are still learnt"
+        );
+        // A node without a location claims only in pools without one.
+        let n = Node::new(two_pools(None), NodeId([5; 8]), t(0), 1);
+        assert!(!n.pool(1).claims());
+    }
+
+    fn ask(n: &mut Node, q: Query) -> Answer {
+        n.handle_query(t(0), 7, q);
+        while let Some(o) = n.poll_output() {
+            if let Output::Answer { id: 7, answer } = o {
+                return answer;
+            }
+        }
+        panic!("no answer");
+    }
+
+    #[test]
+    fn queries_name_their_pool_or_get_the_default() {
+        let mut n = Node::new(two_pools(Some("rack1")), NodeId([5; 8]), t(0), 1);
+        match ask(&mut n, Query::Blocks { pool: None }) {
+            Answer::Refused(e) => assert!(e.contains("a, b"), "{e}"),
+            a => panic!("{a:?}"),
+        }
+        match ask(
+            &mut n,
+            Query::Blocks {
+                pool: Some("b".into()),
+            },
+        ) {
+            Answer::Blocks { pool, .. } => assert_eq!(pool, "b"),
+            a => panic!("{a:?}"),
+        }
+        match ask(
+            &mut n,
+            Query::Leases {
+                pool: Some("x".into()),
+            },
+        ) {
+            Answer::Refused(e) => assert!(e.contains("'x'") && e.contains("a, b"), "{e}"),
+            a => panic!("{a:?}"),
+        }
+        let opt = DhcpOption {
+            code: 6,
+            payload: vec![10, 0, 0, 53],
+        };
+        let set = |pool: &str| Query::SetOption {
+            pool: Some(pool.into()),
+            option: opt.clone(),
+        };
+        assert_eq!(ask(&mut n, set("a")), Answer::Done);
+        match ask(&mut n, set("b")) {
+            Answer::Refused(e) => assert!(e.contains("location"), "{e}"),
+            a => panic!("{a:?}"),
+        }
+        // The change is durable state of pool a, taken before the answer leaves.
+        let changes = n.take_changes();
+        assert!(
+            changes
+                .iter()
+                .any(|(p, c)| *p == 0 && matches!(c, Change::Option { code: 6, .. }))
+        );
+        match ask(
+            &mut n,
+            Query::Options {
+                pool: Some("a".into()),
+            },
+        ) {
+            Answer::Options { options, .. } => assert!(options.contains(&opt)),
+            a => panic!("{a:?}"),
+        }
+        // A single-pool node needs no name.
+        let mut one = Node::new(config(), NodeId([5; 8]), t(0), 1);
+        assert!(matches!(
+            ask(&mut one, Query::Leases { pool: None }),
+            Answer::Leases { .. }
+        ));
+        match ask(&mut one, Query::Status) {
+            Answer::Status(s) => {
+                assert_eq!(s.default_pool, Some(0));
+                assert_eq!(s.pools[0].name, "default");
+            }
+            a => panic!("{a:?}"),
+        }
     }
 }

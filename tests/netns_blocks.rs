@@ -3,6 +3,8 @@
 //! the TTL; the node restarts and claims again. Needs root (skips loudly otherwise, fails
 //! under CI=true).
 
+#![allow(clippy::disallowed_methods)] // tests of real processes wait on real clocks
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

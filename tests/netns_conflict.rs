@@ -3,6 +3,8 @@
 //! and two hosts sharing a node id (both notice, pick new ids, run the `nodeid` hook, and
 //! end with distinct ids and disjoint blocks).
 
+#![allow(clippy::disallowed_methods)] // tests of real processes wait on real clocks
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -2,6 +2,8 @@
 //! send 10 MB, or send garbage never stop other clients or the daemon. Also the socket's
 //! life cycle: mode 0600, a stale file replaced, a second daemon on the same path refused.
 
+#![allow(clippy::disallowed_methods)] // tests of real processes wait on real clocks
+
 mod common;
 
 use std::io::{Read, Write};

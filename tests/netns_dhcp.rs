@@ -8,6 +8,8 @@
 //! The tests of this file run one at a time (they share two CPU cores with everything
 //! else, and the 60-client test is timing-sensitive).
 
+#![allow(clippy::disallowed_methods)] // tests of real processes wait on real clocks
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -26,6 +26,8 @@
 //! prints its figures (times to agreement, counts of passed runs). The tests of this file
 //! run one at a time.
 
+#![allow(clippy::disallowed_methods)] // tests of real processes wait on real clocks
+
 mod common;
 #[path = "common/interop.rs"]
 mod interop;

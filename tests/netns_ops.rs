@@ -12,6 +12,8 @@
 //! The tests of this file run one at a time (they share two CPU cores with everything
 //! else, and several of them measure latencies).
 
+#![allow(clippy::disallowed_methods)] // tests of real processes wait on real clocks
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

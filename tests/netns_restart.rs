@@ -10,6 +10,8 @@
 //! The tests of this file run one at a time (they share two CPU cores with everything
 //! else, and the load test measures latencies).
 
+#![allow(clippy::disallowed_methods)] // tests of real processes wait on real clocks
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -23,17 +23,17 @@ const T: u64 = 15;
 const B: u64 = 60;
 
 fn config(net: [u8; 4], len: u8, learning: bool) -> NodeConfig {
-    NodeConfig {
-        range: ManagedRange::new(Ipv4Addr::from(net), len, 2).unwrap(),
-        claim: ClaimConfig {
+    NodeConfig::single(
+        ManagedRange::new(Ipv4Addr::from(net), len, 2).unwrap(),
+        ClaimConfig {
             tentative_timeout: Duration::from_secs(T),
             block_timeout: Duration::from_secs(B),
             spare_leases: 2,
             needless_timeout: Duration::from_secs(300),
             learning,
         },
-        dhcp: None,
-    }
+        None,
+    )
 }
 
 fn secs(i: Instant) -> f64 {
@@ -442,23 +442,19 @@ fn assert_no_conflicts_and_served(s: &Sim, seed: u64, min: usize, total: usize) 
 }
 
 fn dhcp_config(lease: u32) -> NodeConfig {
-    NodeConfig {
-        range: ManagedRange::new(Ipv4Addr::new(10, 0, 128, 0), 26, 2).unwrap(),
-        claim: ClaimConfig {
+    NodeConfig::single(
+        ManagedRange::new(Ipv4Addr::new(10, 0, 128, 0), 26, 2).unwrap(),
+        ClaimConfig {
             tentative_timeout: Duration::from_secs(2),
             block_timeout: Duration::from_secs(30),
             spare_leases: 2,
             needless_timeout: Duration::from_secs(60),
             learning: false,
         },
-        dhcp: Some(ddhcp::dhcp::DhcpConfig {
-            options: vec![ddhcp::config::DhcpOption {
-                code: 51,
-                payload: lease.to_be_bytes().to_vec(),
-            }],
-            interface_addr: Some(Ipv4Addr::new(10, 0, 0, 1)),
-        }),
-    }
+        Some(ddhcp::testing::dhcp(vec![ddhcp::testing::lease_time(
+            lease,
+        )])),
+    )
 }
 
 /// 40 DHCP clients on 4 nodes sharing a /26 (62 usable addresses in 16 blocks), 10 % loss
@@ -528,8 +524,8 @@ fn partitioned_halves_do_share_addresses_and_the_detector_sees_it() {
     for seed in 0..seeds(10) {
         let mut s = Sim::new(seed, Link::clean());
         let mut cfg = dhcp_config(60);
-        cfg.range = ManagedRange::new(Ipv4Addr::new(10, 0, 128, 0), 28, 2).unwrap();
-        cfg.claim.spare_leases = 4;
+        cfg.pools[0].range = ManagedRange::new(Ipv4Addr::new(10, 0, 128, 0), 28, 2).unwrap();
+        cfg.pools[0].claim.spare_leases = 4;
         s.add_node(cfg.clone());
         s.add_node(cfg);
         s.partition(&[&[0], &[1]]);
@@ -562,7 +558,7 @@ fn dead_owners_clients_keep_their_addresses_safe() {
     for seed in 0..seeds(20) {
         let mut s = Sim::new(seed, Link::clean());
         let mut cfg = dhcp_config(60);
-        cfg.range = ManagedRange::new(Ipv4Addr::new(10, 0, 128, 0), 27, 2).unwrap();
+        cfg.pools[0].range = ManagedRange::new(Ipv4Addr::new(10, 0, 128, 0), 27, 2).unwrap();
         for _ in 0..3 {
             s.add_node(cfg.clone());
         }
@@ -598,7 +594,7 @@ fn dead_owners_clients_keep_their_addresses_safe() {
                 // knows no claims of others and could take a block the dead owner's
                 // clients still use, store or not.
                 s.stop(1);
-                s.config_mut(1).claim.learning = true;
+                s.config_mut(1).pools[0].claim.learning = true;
                 s.run_for(Duration::from_secs(2));
                 s.start(1);
             }
@@ -606,7 +602,7 @@ fn dead_owners_clients_keep_their_addresses_safe() {
         if !restarted {
             s.run_until(death + Duration::from_secs(36));
             s.stop(1);
-            s.config_mut(1).claim.learning = true;
+            s.config_mut(1).pools[0].claim.learning = true;
             s.run_for(Duration::from_secs(2));
             s.start(1);
         }
@@ -674,7 +670,7 @@ fn dhcp_nodes_restart_from_their_stores() {
                     None => {
                         // Its block lapsed: the node wants it back, or another node took
                         // it over earlier (and holds the addresses for such clients).
-                        let (block, _) = node.config().range.locate(ip).unwrap();
+                        let (block, _) = (*node.pool(0).range()).locate(ip).unwrap();
                         let elsewhere = s.running().any(|(j, o)| j != n && o.blocks().owns(block));
                         assert!(
                             node.blocks().is_wanted(block) || elsewhere,
@@ -712,7 +708,7 @@ fn restart_into_blocks_taken_meanwhile_settles_by_tie_break() {
         s.add_node(config([10, 0, 0, 0], 27, false));
         for _ in 0..3 {
             let mut cfg = config([10, 0, 0, 0], 27, false);
-            cfg.claim.spare_leases = 12;
+            cfg.pools[0].claim.spare_leases = 12;
             s.add_node(cfg);
         }
         s.run_until_pred(at(300), settled).expect("settles");

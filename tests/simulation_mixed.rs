@@ -49,23 +49,19 @@ fn range(len: u8) -> ManagedRange {
 
 /// ddhcpd timers unless the scenario shortens them.
 fn rust_config(r: ManagedRange, t: u64, b: u64, learning: bool, lease: u32) -> NodeConfig {
-    NodeConfig {
-        range: r,
-        claim: ClaimConfig {
+    NodeConfig::single(
+        r,
+        ClaimConfig {
             tentative_timeout: Duration::from_secs(t),
             block_timeout: Duration::from_secs(b),
             spare_leases: 2,
             needless_timeout: Duration::from_secs(300),
             learning,
         },
-        dhcp: Some(ddhcp::dhcp::DhcpConfig {
-            options: vec![ddhcp::config::DhcpOption {
-                code: 51,
-                payload: lease.to_be_bytes().to_vec(),
-            }],
-            interface_addr: Some(Ipv4Addr::new(10, 0, 0, 1)),
-        }),
-    }
+        Some(ddhcp::testing::dhcp(vec![ddhcp::testing::lease_time(
+            lease,
+        )])),
+    )
 }
 
 fn c_config(r: ManagedRange, t: u64, b: u64, learning: bool, lease: u32) -> CConfig {

@@ -1,9 +1,38 @@
 //! Control-socket requests: `Request::parse` takes any bytes without panicking, and every
-//! request it accepts serialises with `to_line` to a line that parses back to the same value.
+//! request it accepts serialises with `to_line` to a line that parses back to the same value,
+//! is routed (`daemon::render::route`), and if the core answers it, a two-pool node answers
+//! it with exactly one answer that renders to a valid response.
 #![no_main]
 
+use std::net::Ipv4Addr;
+
 use ddhcp::control::{Request, Response};
+use ddhcp::daemon::render::{Routed, render, route};
+use ddhcp::node::{Node, NodeConfig, Output};
+use ddhcp::range::ManagedRange;
+use ddhcp::testing::{claim, dhcp_node};
+use ddhcp::time::Instant;
+use ddhcp::wire::NodeId;
 use libfuzzer_sys::fuzz_target;
+
+/// Pools `default` (DHCP) and `lan` (no service).
+fn node() -> Node {
+    let mut cfg = dhcp_node(
+        ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 24, 2).unwrap(),
+        claim(4, 60, 2, false),
+        vec![],
+    );
+    let mut lan = NodeConfig::single(
+        ManagedRange::new(Ipv4Addr::new(10, 1, 0, 0), 24, 2).unwrap(),
+        claim(4, 60, 2, false),
+        None,
+    )
+    .pools
+    .remove(0);
+    lan.name = "lan".into();
+    cfg.pools.push(lan);
+    Node::new(cfg, NodeId([1; 8]), Instant::ZERO, 1)
+}
 
 fuzz_target!(|data: &[u8]| {
     match Request::parse(data) {
@@ -17,6 +46,25 @@ fuzz_target!(|data: &[u8]| {
                 panic!("to_line output {line:?} of {req:?} does not parse: {e}")
             });
             assert_eq!(again, req, "parse(to_line(r)) != r for {line:?}");
+            match route(req) {
+                Ok(Routed::Core(q)) => {
+                    let mut n = node();
+                    while n.poll_output().is_some() {}
+                    n.handle_query(Instant::ZERO, 42, q);
+                    let answers: Vec<_> = std::iter::from_fn(|| n.poll_output())
+                        .filter_map(|o| match o {
+                            Output::Answer { id, answer } => Some((id, answer)),
+                            _ => None,
+                        })
+                        .collect();
+                    assert_eq!(answers.len(), 1, "one query, {answers:?}");
+                    assert_eq!(answers[0].0, 42);
+                    let bytes = render(answers[0].1.clone()).to_bytes();
+                    serde_json_roundtrip(&bytes);
+                }
+                Ok(Routed::Shell(_)) => {}
+                Err(r) => assert!(!serde_json_roundtrip(&r.to_bytes()).ok),
+            }
         }
         Err(reason) => {
             // The daemon sends the reason back; it must make a valid response.

@@ -2,7 +2,9 @@
 //!
 //! 1. The whole input is one datagram for `Packet::decode`; whatever decodes must encode and
 //!    decode back to the same value.
-//! 2. The input is also a script for one live `Node` (10.0.0.0/24, blocks of 4 = 64 blocks):
+//! 2. The input is also a script for one live `Node` with two pools: pool 0 (10.0.0.0/24,
+//!    blocks of 4 = 64 blocks, the one the flags shape) and pool 1 (10.64.0.0/24, blocks of
+//!    4, no service, claiming 2 spare addresses' worth):
 //!
 //!    ```text
 //!    byte 0   flags: bit0 patch each datagram's swarm bytes 8..14 to ours (0a 00 00 00 18 04)
@@ -22,13 +24,14 @@
 //!             bits2..7 = v: time advances by v*v*80 ms (0 .. 317 s) before the datagram;
 //!             every timer due in between fires at its own instant, as in the daemon
 //!      src    low 2 bits: sender fe80::1 .. fe80::4; bit7: a DHCP client datagram for
-//!             `handle_dhcp` instead of a peer datagram (bit0 patch: op 1 and magic cookie)
+//!             `handle_dhcp` instead of a peer datagram (bit0 patch: op 1 and magic cookie);
+//!             bit6: with flag bit0, patch pool 1's swarm bytes instead of pool 0's
 //!      [len]  peer datagrams: only without bit1; DHCP datagrams: always
 //!      data   the datagram
 //!    ```
 //!
-//! After every step the node's outputs are checked: every transmit decodes, carries our swarm
-//! and id and names only blocks of the range; every DHCP reply is a BOOTREPLY of at least
+//! After every step the node's outputs are checked: every transmit decodes, carries the swarm
+//! of one of our pools and our id and names only blocks of that pool's range; every DHCP reply is a BOOTREPLY of at least
 //! 300 bytes whose yiaddr is 0 or inside the range; the block table agrees with `status`; and
 //! `poll_timeout` is in the future after `handle_timeout` (else the daemon would spin).
 #![no_main]
@@ -39,7 +42,7 @@ use std::time::Duration;
 use ddhcp::blocks::{BlockStateName, ClaimConfig};
 use ddhcp::config::DhcpOption;
 use ddhcp::dhcp::DhcpConfig;
-use ddhcp::node::{Channel, Dest, Node, NodeConfig};
+use ddhcp::node::{Channel, Dest, Node, NodeConfig, Output, PoolConfig, ServiceConfig};
 use ddhcp::range::ManagedRange;
 use ddhcp::time::Instant;
 use ddhcp::wire::{self, Message, NodeId, Packet};
@@ -47,6 +50,8 @@ use libfuzzer_sys::fuzz_target;
 
 const SWARM: [u8; 6] = [0x0a, 0x00, 0x00, 0x00, 0x18, 0x04];
 const SWARM_12: [u8; 6] = [0x0a, 0x00, 0x00, 0x00, 0x0c, 0x80];
+/// Pool 1: 10.64.0.0/24 in blocks of 4.
+const SWARM_OTHER: [u8; 6] = [0x0a, 0x40, 0x00, 0x00, 0x18, 0x04];
 const COOKIE: [u8; 4] = [99, 130, 83, 99];
 
 /// `DDHCP_FUZZ_TRACE=1` prints every step, transmit and event (for triage of an artifact).
@@ -66,75 +71,94 @@ fn round_trip(data: &[u8]) {
 
 /// Checks everything the node produced and drains it.
 fn drain(node: &mut Node, range: &ManagedRange) {
-    while let Some(t) = node.poll_transmit() {
-        let p = Packet::decode(&t.payload).unwrap_or_else(|e| {
-            panic!(
-                "node sent an undecodable datagram ({e}): {:02x?}",
-                t.payload
-            )
-        });
-        if trace() {
-            eprintln!("  -> {:?} {:?}", t.dest, p.message);
-        }
-        assert_eq!(p.swarm, range.swarm(), "node sent with a foreign swarm");
-        assert_eq!(
-            p.node_id,
-            node.id(),
-            "node sent with an id that is not its own"
-        );
-        let n = range.num_blocks();
-        match &p.message {
-            Message::UpdateClaim(e) => {
-                assert_eq!(t.dest, Dest::Multicast);
-                assert!(!e.is_empty(), "empty UpdateClaim sent");
-                assert!(e.len() <= wire::MAX_CLAIM_ENTRIES);
+    while let Some(o) = node.poll_output() {
+        match o {
+            Output::Peer(t) => check_transmit(node, &t),
+            Output::Dhcp { pool, transmit: t } => {
+                assert_eq!(pool, 0, "DHCP reply from a pool without a service");
+                let p = &t.payload;
+                if trace() {
+                    eprintln!(
+                        "  -> dhcp {} type {:?} yiaddr {:?}",
+                        t.to,
+                        p.get(242),
+                        p.get(16..20)
+                    );
+                }
                 assert!(
-                    e.iter().all(|c| c.block < n),
-                    "claim of a block outside the range: {e:?}"
+                    p.len() >= 300 && p[0] == 2,
+                    "DHCP reply is not a BOOTREPLY of >= 300 bytes"
+                );
+                assert_eq!(p[236..240], COOKIE);
+                let yiaddr = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+                assert!(
+                    yiaddr.is_unspecified() || range.locate(yiaddr).is_some(),
+                    "DHCP reply hands out {yiaddr}, outside the range"
                 );
             }
-            Message::Inquire(b) => {
-                assert_eq!(t.dest, Dest::Multicast);
-                assert!(!b.is_empty(), "empty Inquire sent");
-                assert!(
-                    b.iter().all(|&b| b < n),
-                    "inquiry of a block outside the range: {b:?}"
-                );
+            Output::Event(e) => {
+                if trace() {
+                    eprintln!("  event {e:?}");
+                }
             }
-            _ => {}
+            Output::Answer { .. } => panic!("an answer nobody asked for"),
         }
     }
-    while let Some(t) = node.poll_dhcp_transmit() {
-        let p = &t.payload;
-        if trace() {
-            eprintln!(
-                "  -> dhcp {} type {:?} yiaddr {:?}",
-                t.to,
-                p.get(242),
-                p.get(16..20)
+}
+
+fn check_transmit(node: &Node, t: &ddhcp::node::Transmit) {
+    let p = Packet::decode(&t.payload).unwrap_or_else(|e| {
+        panic!(
+            "node sent an undecodable datagram ({e}): {:02x?}",
+            t.payload
+        )
+    });
+    if trace() {
+        eprintln!("  -> {:?} {:?}", t.dest, p.message);
+    }
+    let pool = node
+        .pools()
+        .iter()
+        .find(|q| q.swarm() == p.swarm)
+        .unwrap_or_else(|| panic!("node sent with a foreign swarm {:?}", p.swarm));
+    assert_eq!(
+        p.node_id,
+        node.id(),
+        "node sent with an id that is not its own"
+    );
+    let n = pool.range().num_blocks();
+    match &p.message {
+        Message::UpdateClaim(e) => {
+            assert_eq!(t.dest, Dest::Multicast);
+            assert!(!e.is_empty(), "empty UpdateClaim sent");
+            assert!(e.len() <= wire::MAX_CLAIM_ENTRIES);
+            assert!(
+                e.iter().all(|c| c.block < n),
+                "claim of a block outside the range: {e:?}"
             );
         }
-        assert!(
-            p.len() >= 300 && p[0] == 2,
-            "DHCP reply is not a BOOTREPLY of >= 300 bytes"
-        );
-        assert_eq!(p[236..240], COOKIE);
-        let yiaddr = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
-        assert!(
-            yiaddr.is_unspecified() || range.locate(yiaddr).is_some(),
-            "DHCP reply hands out {yiaddr}, outside the range"
-        );
-    }
-    while let Some(e) = node.poll_event() {
-        if trace() {
-            eprintln!("  event {e:?}");
+        Message::Inquire(b) => {
+            assert_eq!(t.dest, Dest::Multicast);
+            assert!(!b.is_empty(), "empty Inquire sent");
+            assert!(
+                b.iter().all(|&b| b < n),
+                "inquiry of a block outside the range: {b:?}"
+            );
         }
+        _ => {}
     }
 }
 
 fn inspect(node: &Node, now: Instant, range: &ManagedRange) {
     let view = node.blocks_view(now);
     let status = node.status(now);
+    assert_eq!(status.pools.len(), 2);
+    let other = node.pool(1);
+    assert_eq!(
+        other.blocks_view(now, node.id()).len() + other.blocks().free_count(),
+        other.range().num_blocks() as usize,
+        "pool 1: free set and block table disagree"
+    );
     let n = range.num_blocks();
     let mut last = None;
     for row in &view {
@@ -148,7 +172,7 @@ fn inspect(node: &Node, now: Instant, range: &ManagedRange) {
         .filter(|r| r.state == BlockStateName::Ours)
         .count();
     assert_eq!(
-        ours, status.blocks_owned,
+        ours, status.pools[0].blocks_owned,
         "view and status disagree on owned blocks"
     );
     assert_eq!(ours, node.blocks().owned_count());
@@ -240,16 +264,14 @@ fuzz_target!(|data: &[u8]| {
     };
     assert_eq!(range.swarm().block_size, swarm[5]);
     assert_eq!(range.swarm().prefix_len, swarm[4]);
-    let cfg = NodeConfig {
-        range,
-        claim: ClaimConfig {
+    let claim = ClaimConfig {
             tentative_timeout: Duration::from_secs(4),
             block_timeout: Duration::from_secs(60),
             spare_leases: 2,
             needless_timeout: Duration::from_secs(300),
             learning: flags & 2 != 0,
-        },
-        dhcp: (flags & 0x10 != 0).then(|| DhcpConfig {
+    };
+    let dhcp = (flags & 0x10 != 0).then(|| DhcpConfig {
             options: if flags & 0x40 != 0 {
                 vec![
                     DhcpOption {
@@ -269,8 +291,15 @@ fuzz_target!(|data: &[u8]| {
                 Vec::new()
             },
             interface_addr: (flags & 0x20 != 0).then_some(Ipv4Addr::new(10, 0, 0, 1)),
-        }),
-    };
+    });
+    let mut cfg = NodeConfig::single(range, claim.clone(), dhcp);
+    cfg.pools.push(PoolConfig {
+        name: "other".into(),
+        range: ManagedRange::new("10.64.0.0".parse().unwrap(), 24, 2).unwrap(),
+        claim,
+        service: ServiceConfig::Passive,
+        location: None,
+    });
     let id = if flags & 8 != 0 {
         NodeId([0x80, 0, 0, 0, 0, 0, 0x12, 0x34])
     } else {
@@ -322,7 +351,7 @@ fuzz_target!(|data: &[u8]| {
             }
         } else {
             if flags & 1 != 0 && buf.len() >= 14 {
-                buf[8..14].copy_from_slice(&swarm);
+                buf[8..14].copy_from_slice(if src & 0x40 != 0 { &SWARM_OTHER } else { &swarm });
             }
             if flags & 4 != 0 {
                 fold_blocks(&mut buf);
@@ -343,7 +372,7 @@ fuzz_target!(|data: &[u8]| {
             );
         }
         if dhcp {
-            node.handle_dhcp(now, &buf);
+            node.handle_dhcp(now, 0, &buf);
         } else {
             let channel = if ctl & 1 != 0 {
                 Channel::Unicast

@@ -25,6 +25,10 @@ struct Args {
     /// Print the daemon's answer as one JSON object
     #[arg(long)]
     json: bool,
+    /// The pool a command is about (blocks, leases, options, set-option, remove-option,
+    /// lease-time); without it the pool `default`, else the only one
+    #[arg(long, value_name = "NAME")]
+    pool: Option<String>,
     /// Show blocks (as `blocks`)
     #[arg(short = 'b')]
     blocks: bool,
@@ -59,24 +63,28 @@ fn usage(msg: &str) -> ExitCode {
 }
 
 fn request(a: &Args) -> Result<Request, String> {
+    let pool = a.pool.clone();
     // As ddhcpdctl, -o wins over the other short forms.
     if let Some(o) = &a.set_option {
-        return Ok(Request::SetOption { option: o.clone() });
+        return Ok(Request::SetOption {
+            option: o.clone(),
+            pool,
+        });
     }
     if let Some(c) = a.remove_option {
-        return Ok(Request::RemoveOption { code: c });
+        return Ok(Request::RemoveOption { code: c, pool });
     }
     if let Some(s) = a.lease_time {
-        return Ok(Request::LeaseTime { secs: s });
+        return Ok(Request::LeaseTime { secs: s, pool });
     }
     if let Some(l) = &a.log_level {
         return Ok(Request::LogLevel { level: l.clone() });
     }
     if a.blocks {
-        return Ok(Request::Blocks);
+        return Ok(Request::Blocks { pool });
     }
     if a.options {
-        return Ok(Request::Options);
+        return Ok(Request::Options { pool });
     }
     if a.stats {
         return Ok(Request::Stats);
@@ -91,23 +99,26 @@ fn request(a: &Args) -> Result<Request, String> {
     let req = match words.first().copied() {
         None => return Err("no command given".into()),
         Some("status") => Request::Status,
-        Some("blocks") => Request::Blocks,
-        Some("leases") => Request::Leases,
-        Some("options") => Request::Options,
+        Some("blocks") => Request::Blocks { pool },
+        Some("leases") => Request::Leases { pool },
+        Some("options") => Request::Options { pool },
         Some("stats") => Request::Stats,
         Some("metrics") => Request::Metrics,
         Some("set-option") => Request::SetOption {
             option: arg("CODE:LEN:P1.P2…")?,
+            pool,
         },
         Some("remove-option") => Request::RemoveOption {
             code: arg("CODE")?
                 .parse()
                 .map_err(|_| "remove-option CODE must be a number 0-255".to_string())?,
+            pool,
         },
         Some("lease-time") => Request::LeaseTime {
             secs: arg("SECS")?
                 .parse()
                 .map_err(|_| "lease-time SECS must be a whole number".to_string())?,
+            pool,
         },
         Some("log-level") => Request::LogLevel {
             level: arg("LEVEL")?,
@@ -157,6 +168,14 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// Names the pool unless it is the one a single-pool daemon has, so the output of
+/// single-pool daemons stays as it was.
+fn print_pool(v: &Value) {
+    if v["pool"].as_str().is_some_and(|p| p != "default") {
+        println!("pool {}", s(&v["pool"]));
+    }
+}
+
 fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
@@ -193,9 +212,37 @@ fn render(req: &Request, v: &Value) {
             ] {
                 println!("{label:<14}{}", s(&v[key]));
             }
+            let pools = v["pools"].as_array().cloned().unwrap_or_default();
+            if pools.len() > 1 || pools.iter().any(|p| p["name"] != "default") {
+                let rows = pools
+                    .iter()
+                    .map(|p| {
+                        [
+                            "name",
+                            "network",
+                            "block_size",
+                            "use",
+                            "location",
+                            "blocks_owned",
+                            "leases_active",
+                        ]
+                        .iter()
+                        .map(|k| s(&p[*k]))
+                        .collect()
+                    })
+                    .collect();
+                println!();
+                print_table(
+                    &[
+                        "pool", "network", "block", "use", "location", "owned", "leases",
+                    ],
+                    rows,
+                );
+            }
         }
-        Request::Blocks => {
+        Request::Blocks { .. } => {
             println!("node id {}", s(&v["node_id"]));
+            print_pool(v);
             let rows = v["blocks"]
                 .as_array()
                 .map(|a| {
@@ -211,7 +258,8 @@ fn render(req: &Request, v: &Value) {
                 .unwrap_or_default();
             print_table(&["index", "first", "state", "owner", "expires"], rows);
         }
-        Request::Leases => {
+        Request::Leases { .. } => {
+            print_pool(v);
             let rows = v["leases"]
                 .as_array()
                 .map(|a| {
@@ -227,7 +275,8 @@ fn render(req: &Request, v: &Value) {
                 .unwrap_or_default();
             print_table(&["ip", "mac", "state", "expires", "block"], rows);
         }
-        Request::Options => {
+        Request::Options { .. } => {
+            print_pool(v);
             println!("lease time {}", s(&v["lease_time"]));
             let rows = v["options"]
                 .as_array()

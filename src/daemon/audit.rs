@@ -23,6 +23,8 @@ pub struct Record {
     /// RFC 3339 UTC wall-clock time.
     pub time: String,
     pub node_id: String,
+    /// The pool (security zone) the address belongs to.
+    pub pool: String,
     /// `lease`, `release`, `expire`, `decline`.
     pub kind: &'static str,
     pub ip: Ipv4Addr,
@@ -39,7 +41,7 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(node_id: NodeId, time: SystemTime, e: &LeaseEvent) -> Self {
+    pub fn new(node_id: NodeId, pool: &str, time: SystemTime, e: &LeaseEvent) -> Self {
         let (kind, ip, mac) = match e {
             LeaseEvent::Leased { ip, mac, .. } => ("lease", *ip, mac.clone()),
             LeaseEvent::Released { ip, mac } => ("release", *ip, mac.clone()),
@@ -49,6 +51,7 @@ impl Record {
         let mut r = Record {
             time: rfc3339(time),
             node_id: node_id.to_string(),
+            pool: pool.to_string(),
             kind,
             ip,
             mac,
@@ -95,9 +98,9 @@ impl Audit {
         })
     }
 
-    pub fn record(&mut self, node_id: NodeId, e: &LeaseEvent) {
-        let r = Record::new(node_id, SystemTime::now(), e);
-        info!(target: "ddhcp::audit", kind = r.kind, ip = %r.ip, mac = %r.mac,
+    pub fn record(&mut self, node_id: NodeId, pool: &str, e: &LeaseEvent) {
+        let r = Record::new(node_id, pool, SystemTime::now(), e);
+        info!(target: "ddhcp::audit", kind = r.kind, pool = %r.pool, ip = %r.ip, mac = %r.mac,
               client_id = r.client_id.as_deref().unwrap_or(""),
               hostname = ?r.hostname.as_deref().unwrap_or(""),
               lease_seconds = r.lease_seconds.unwrap_or(0), forwarded = r.forwarded,
@@ -167,11 +170,12 @@ mod tests {
             seconds: 300,
             forwarded: false,
         };
-        let r = Record::new(NodeId([1; 8]), UNIX_EPOCH, &e);
+        let r = Record::new(NodeId([1; 8]), "lan", UNIX_EPOCH, &e);
         let line = serde_json::to_string(&r).unwrap();
         assert!(!line.contains('\n'));
         let back: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(back["kind"], "lease");
+        assert_eq!(back["pool"], "lan");
         assert_eq!(back["client_id"], "0102");
         assert_eq!(back["hostname"], "x\"; rm -rf / #\n{\"kind\":\"release\"}");
     }

@@ -24,6 +24,13 @@ use crate::control::Request;
 
 type Labels = Vec<(String, String)>;
 
+fn owned(labels: &[(&str, &str)]) -> Labels {
+    labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// Builds the metric families one scrape at a time.
 pub struct Scrape {
     registry: Registry,
@@ -51,11 +58,19 @@ impl Scrape {
 
     /// A counter family with one label; `values` are `(label value, count)`.
     pub fn counters(&mut self, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+        let rows: Vec<_> = values
+            .iter()
+            .map(|(v, n)| (vec![(label, *v)], *n))
+            .collect();
+        self.counter_rows(name, help, &rows);
+    }
+
+    /// A counter family whose rows carry label sets of their own (per-pool rows carry
+    /// `pool`, node-wide ones do not).
+    pub fn counter_rows(&mut self, name: &str, help: &str, rows: &[(Vec<(&str, &str)>, u64)]) {
         let family = Family::<Labels, Counter>::default();
-        for (v, n) in values {
-            family
-                .get_or_create(&vec![(label.to_string(), v.to_string())])
-                .inc_by(*n);
+        for (labels, n) in rows {
+            family.get_or_create(&owned(labels)).inc_by(*n);
         }
         self.registry.register(name, help, family);
     }
@@ -67,11 +82,17 @@ impl Scrape {
     }
 
     pub fn gauges(&mut self, name: &str, help: &str, label: &str, values: &[(&str, i64)]) {
+        let rows: Vec<_> = values
+            .iter()
+            .map(|(v, n)| (vec![(label, *v)], *n))
+            .collect();
+        self.gauge_rows(name, help, &rows);
+    }
+
+    pub fn gauge_rows(&mut self, name: &str, help: &str, rows: &[(Vec<(&str, &str)>, i64)]) {
         let family = Family::<Labels, Gauge>::default();
-        for (v, n) in values {
-            family
-                .get_or_create(&vec![(label.to_string(), v.to_string())])
-                .set(*n);
+        for (labels, n) in rows {
+            family.get_or_create(&owned(labels)).set(*n);
         }
         self.registry.register(name, help, family);
     }

@@ -4,6 +4,8 @@
 //! the core's next deadline or shutdown; feed it in; flush what the core produced. Side
 //! tasks (control connections, the hook runner) talk to it through channels.
 
+#![allow(clippy::disallowed_methods)] // the shell owns the clocks and OS randomness
+
 pub mod audit;
 pub mod control;
 pub mod dhcp_socket;
@@ -12,9 +14,11 @@ pub mod iface;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod peer;
+pub mod render;
 mod requests;
+pub mod setup;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::path::Path;
@@ -24,9 +28,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::dhcp::{DhcpConfig, DhcpTransmit, LeaseEvent};
-use crate::node::{Channel, Event, Node, NodeConfig, Transmit, derive_node_id};
-use crate::store::{Store, StoreError, StoreOptions, StorePool, WallClock};
+use crate::dhcp::{DhcpTransmit, LeaseEvent};
+use crate::node::{Channel, Event, Node, Output, Transmit, derive_node_id};
+use crate::range::ManagedRange;
+use crate::store::{Store, StoreError, StoreOptions, WallClock};
 use crate::time::Instant;
 use crate::wire::NodeId;
 use hook::Hook;
@@ -117,9 +122,7 @@ impl Clock {
 
 /// Something that may leave the process only once the store holds what it depends on.
 enum Held {
-    Peer(Transmit),
-    Dhcp(DhcpTransmit),
-    Event(Event),
+    Out(Output),
     Reply(
         tokio::sync::oneshot::Sender<crate::control::Response>,
         crate::control::Response,
@@ -131,7 +134,15 @@ struct Daemon {
     node: Node,
     clock: Clock,
     peers: Option<PeerSockets>,
-    dhcp_sock: Option<tokio::net::UdpSocket>,
+    /// The DHCP socket of each pool that serves DHCP, by pool index.
+    dhcp_socks: Vec<Option<tokio::net::UdpSocket>>,
+    /// Each pool's range, by pool index (hook arguments).
+    ranges: Vec<ManagedRange>,
+    /// Control requests the core has not answered yet, by query id.
+    waiting: HashMap<u64, tokio::sync::oneshot::Sender<crate::control::Response>>,
+    next_query: u64,
+    /// The DHCP socket polled first next time (round robin over pools).
+    dhcp_next: usize,
     ifindex: u32,
     reopen_at: Option<tokio::time::Instant>,
     hook: Hook,
@@ -179,40 +190,7 @@ pub async fn run(
             format!("no such network interface ({e})"),
         )
     })?;
-    // Interim until the daemon serves several pools: only the first one (being rewritten).
-    let pool = cfg.pools[0].clone();
-    if cfg.pools.len() > 1 {
-        warn!(
-            pool = %pool.name,
-            "this build serves only the first pool; the others are ignored"
-        );
-    }
-    let client_iface = match pool.use_ {
-        crate::config::PoolUse::Dhcp => pool.iface.clone(),
-        _ => None,
-    };
-    let dhcp = match &client_iface {
-        Some(c) => {
-            iface::index(c).map_err(|e| {
-                ConfigError::new("-c", c.clone(), format!("no such network interface ({e})"))
-            })?;
-            let interface_addr = iface::ipv4(c);
-            let has_54 = pool.options.iter().any(|o| o.code == 54);
-            if interface_addr.is_none() && !has_54 {
-                return Err(ConfigError::new(
-                    "-c",
-                    c.clone(),
-                    "the interface has no IPv4 address to use as DHCP server identifier; add one or give -o 54:4:A.B.C.D",
-                )
-                .into());
-            }
-            Some(DhcpConfig {
-                options: pool.options.clone(),
-                interface_addr,
-            })
-        }
-        None => None,
-    };
+    let node_cfg = setup::node_config(&cfg, &setup::Host)?;
     if let Some(h) = &cfg.hook {
         let ok = std::fs::metadata(h)
             .map(|m| {
@@ -239,14 +217,10 @@ pub async fn run(
         )
     })?;
     let started = std::time::Instant::now();
-    // One pool until the daemon is multi-pool (being rewritten on another branch).
-    let pools = vec![StorePool {
-        name: "default".into(),
-        range: pool.range,
-    }];
+    let store_pools = setup::store_pools(&node_cfg);
     let (store, state, load_info) = Store::open(StoreOptions {
         dir: cfg.state_dir.clone(),
-        pools: pools.clone(),
+        pools: store_pools.clone(),
         fsync: cfg.fsync,
         compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
     })
@@ -262,32 +236,30 @@ pub async fn run(
     let loaded = crate::store::describe_load(&load_info, &state, started.elapsed());
     let listener = control::bind(&cfg.control, cfg.control_group.as_deref())?;
     let peers = PeerSockets::open(&cfg.server_iface, ifindex)?;
-    let dhcp_sock = match &client_iface {
-        Some(c) => Some(dhcp_socket::open(c).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot open DHCP port 67 on {c}: {e}"))
-        })?),
-        None => None,
-    };
     let clock = Clock(tokio::time::Instant::now());
     let now = clock.now();
-    let mut node = Node::new(
-        NodeConfig {
-            range: pool.range,
-            claim: crate::blocks::ClaimConfig {
-                spare_leases: pool.spare,
-                ..cfg.claim.clone()
-            },
-            dhcp,
-        },
-        id,
-        now,
-        rand::random(),
-    );
-    let restored = state.into_restored(&pools, &WallClock::now(now));
-    node.restore(now, restored.into_iter().next().unwrap_or_default());
-    info!(node_id = %id, network = %pool.range, block_size = pool.range.block_size(),
-          blocks = pool.range.num_blocks(), learning = cfg.claim.learning,
-          state_dir = %cfg.state_dir.display(), fsync = cfg.fsync, "ddhcpd started");
+    let ranges: Vec<ManagedRange> = node_cfg.pools.iter().map(|p| p.range).collect();
+    let mut node = Node::new(node_cfg, id, now, rand::random());
+    node.restore(now, state.into_restored(&store_pools, &WallClock::now(now)));
+    // Only pools that serve DHCP here get a socket (not `-S`, not another location's).
+    let mut dhcp_socks = Vec::with_capacity(ranges.len());
+    for (i, spec) in cfg.pools.iter().enumerate() {
+        dhcp_socks.push(match (&spec.iface, node.pool(i).dhcp()) {
+            (Some(c), Some(_)) => Some(dhcp_socket::open(c).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot open DHCP port 67 on {c}: {e}"))
+            })?),
+            _ => None,
+        });
+    }
+    for (i, p) in node.pools().iter().enumerate() {
+        info!(pool = p.name(), network = %p.range(), block_size = p.range().block_size(),
+              blocks = p.range().num_blocks(), serves = dhcp_socks[i].is_some(),
+              claims = p.claims(), iface = cfg.pools[i].iface.as_deref().unwrap_or("-"),
+              "pool");
+    }
+    info!(node_id = %id, pools = ranges.len(), location = cfg.location.as_deref().unwrap_or("-"),
+          learning = cfg.claim.learning, state_dir = %cfg.state_dir.display(),
+          fsync = cfg.fsync, "ddhcpd started");
     info!(truncated = load_info.truncated, "state loaded: {loaded}");
     let hook = match &cfg.hook {
         Some(p) => Hook::spawn(p.clone()),
@@ -314,7 +286,11 @@ pub async fn run(
         node,
         clock,
         peers: Some(peers),
-        dhcp_sock,
+        dhcp_socks,
+        ranges,
+        waiting: HashMap::new(),
+        next_query: 0,
+        dhcp_next: 0,
         ifindex,
         reopen_at: None,
         hook,
@@ -372,10 +348,9 @@ impl Daemon {
                 Some(p) => (Some(&p.multicast), Some(&p.unicast)),
                 None => (None, None),
             };
-            let dhcp_sock = self
-                .dhcp_sock
-                .as_ref()
-                .filter(|_| self.held.len() < MAX_HELD);
+            let dhcp_open = self.held.len() < MAX_HELD;
+            let dhcp_socks = &self.dhcp_socks;
+            let dhcp_next = self.dhcp_next;
             let Some(store) = self.store.as_mut() else {
                 return Err(StartError::StoreFailed);
             };
@@ -393,13 +368,10 @@ impl Daemon {
                 }
                 r = recv(m, &mut mbuf) => self.datagram(Channel::Multicast, r, &mbuf),
                 r = recv(u, &mut ubuf) => self.datagram(Channel::Unicast, r, &ubuf),
-                r = recv(dhcp_sock, &mut dbuf) => self.dhcp_datagrams(r, &mut dbuf),
-                Some(p) = ctl_rx.recv() => {
-                    let response = self.answer(p.request);
-                    // A reply confirming a change waits until the change is durable.
-                    let seq = self.persist();
-                    self.held.push_back((seq, Held::Reply(p.reply, response)));
+                (pool, r) = recv_any(dhcp_socks, dhcp_next, &mut dbuf), if dhcp_open => {
+                    self.dhcp_datagrams(pool, r, &mut dbuf)
                 }
+                Some(p) = ctl_rx.recv() => self.control(p),
             }
         }
     }
@@ -425,18 +397,26 @@ impl Daemon {
 
     /// Handles one DHCP datagram and whatever else is already queued on the socket (up to
     /// a batch), so a burst costs one wake-up, not one per packet.
-    fn dhcp_datagrams(&mut self, first: io::Result<(usize, std::net::SocketAddr)>, buf: &mut [u8]) {
+    fn dhcp_datagrams(
+        &mut self,
+        pool: usize,
+        first: io::Result<(usize, std::net::SocketAddr)>,
+        buf: &mut [u8],
+    ) {
+        self.dhcp_next = pool + 1;
         let mut r = first;
         for _ in 0..DHCP_BATCH {
             match r {
-                Ok((n, _)) => self.node.handle_dhcp(self.clock.now(), &buf[..n]),
+                Ok((n, _)) => self.node.handle_dhcp(self.clock.now(), pool, &buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     warn!(error = %e, "receive on the DHCP socket failed");
                     return;
                 }
             }
-            let Some(sock) = &self.dhcp_sock else { return };
+            let Some(Some(sock)) = self.dhcp_socks.get(pool) else {
+                return;
+            };
             r = sock.try_recv_from(buf);
         }
     }
@@ -477,12 +457,7 @@ impl Daemon {
         let Some(store) = self.store.as_mut() else {
             return 0;
         };
-        let changes: Vec<_> = self
-            .node
-            .take_changes()
-            .into_iter()
-            .map(|c| (0, c))
-            .collect();
+        let changes = self.node.take_changes();
         store.append(&changes, &WallClock::now(self.clock.now()))
     }
 
@@ -490,14 +465,15 @@ impl Daemon {
     /// the store already holds.
     async fn flush(&mut self) {
         let seq = self.persist();
-        while let Some(t) = self.node.poll_transmit() {
-            self.held.push_back((seq, Held::Peer(t)));
-        }
-        while let Some(t) = self.node.poll_dhcp_transmit() {
-            self.held.push_back((seq, Held::Dhcp(t)));
-        }
-        while let Some(ev) = self.node.poll_event() {
-            self.held.push_back((seq, Held::Event(ev)));
+        while let Some(o) = self.node.poll_output() {
+            let held = match o {
+                Output::Answer { id, answer } => match self.waiting.remove(&id) {
+                    Some(tx) => Held::Reply(tx, render::render(answer)),
+                    None => continue,
+                },
+                o => Held::Out(o),
+            };
+            self.held.push_back((seq, held));
         }
         let synced = self.store.as_ref().map_or(0, |s| s.synced().seq);
         self.release(synced).await;
@@ -510,9 +486,10 @@ impl Daemon {
                 break;
             };
             match h {
-                Held::Peer(t) => self.send_peer(&t).await,
-                Held::Dhcp(t) => self.send_dhcp(&t).await,
-                Held::Event(ev) => self.event(ev),
+                Held::Out(Output::Peer(t)) => self.send_peer(&t).await,
+                Held::Out(Output::Dhcp { pool, transmit }) => self.send_dhcp(pool, &transmit).await,
+                Held::Out(Output::Event(ev)) => self.event(ev),
+                Held::Out(Output::Answer { .. }) => {}
                 Held::Reply(tx, r) => {
                     let _ = tx.send(r);
                 }
@@ -536,8 +513,8 @@ impl Daemon {
         }
     }
 
-    async fn send_dhcp(&self, t: &DhcpTransmit) {
-        let Some(sock) = &self.dhcp_sock else {
+    async fn send_dhcp(&self, pool: usize, t: &DhcpTransmit) {
+        let Some(Some(sock)) = self.dhcp_socks.get(pool) else {
             return;
         };
         let sent = match sock.try_send_to(&t.payload, t.to.into()) {
@@ -552,38 +529,44 @@ impl Daemon {
     }
 
     fn event(&mut self, ev: Event) {
-        let range = self.cfg.pools[0].range;
-        let block = |first: std::net::Ipv4Addr| format!("{first}/{}", range.block_prefix_len());
-        let args: Vec<String> = match ev {
-            Event::EndLearning => vec!["endlearning".into()],
-            Event::BlockClaimed { first, .. } => vec!["claim".into(), block(first)],
-            Event::BlockDropped { first, .. } => vec!["drop".into(), block(first)],
-            Event::BlockLost { first, to, .. } => {
-                vec!["conflict".into(), block(first), to.to_string()]
-            }
-            Event::NodeIdChanged { old, new } => {
+        let args = render::hook_args(&ev, &self.ranges);
+        match ev {
+            Event::NodeIdChanged { new, .. } => {
                 let path = self.cfg.state_dir.join("node_id");
                 if self.cfg.node_id.is_none()
                     && let Err(e) = store_node_id(&path, new)
                 {
                     error!(error = %e, "cannot persist the new node id");
                 }
-                vec!["nodeid".into(), old.to_string(), new.to_string()]
             }
-            Event::Lease(l) => match self.audit_and(l) {
-                LeaseEvent::Leased { ip, mac, .. } => vec!["lease".into(), ip.to_string(), mac],
-                LeaseEvent::Released { ip, mac } => vec!["release".into(), ip.to_string(), mac],
-                LeaseEvent::Expired { ip, mac } => vec!["expire".into(), ip.to_string(), mac],
-                LeaseEvent::Declined { ip, mac } => vec!["decline".into(), ip.to_string(), mac],
-            },
-        };
+            Event::Lease(pool, l) => self.audit(pool, &l),
+            _ => {}
+        }
         self.hook.emit(args);
     }
 
-    /// Writes the audit record of a lease event and hands the event on.
-    fn audit_and(&mut self, l: LeaseEvent) -> LeaseEvent {
-        self.audit.record(self.node.id(), &l);
-        l
+    /// A control request: the shell answers what is its own, the core the rest (its
+    /// answer comes out as an output, behind the changes it made).
+    fn control(&mut self, p: control::Pending) {
+        let response = match render::route(p.request) {
+            Ok(render::Routed::Core(q)) => {
+                let id = self.next_query;
+                self.next_query += 1;
+                self.waiting.insert(id, p.reply);
+                self.node.handle_query(self.clock.now(), id, q);
+                return;
+            }
+            Ok(render::Routed::Shell(r)) => self.answer_shell(r),
+            Err(r) => r,
+        };
+        let seq = self.persist();
+        self.held.push_back((seq, Held::Reply(p.reply, response)));
+    }
+
+    /// Writes the audit record of a lease event.
+    fn audit(&mut self, pool: usize, l: &LeaseEvent) {
+        let name = self.node.pools().get(pool).map_or("", |p| p.name());
+        self.audit.record(self.node.id(), name, l);
     }
 }
 
@@ -595,6 +578,31 @@ async fn recv(
         Some(s) => s.recv_from(buf).await,
         None => std::future::pending().await,
     }
+}
+
+/// The first datagram on any pool's DHCP socket, with the pool's index. Sockets are polled
+/// from the one after the last served, so a busy pool cannot starve the others.
+async fn recv_any(
+    socks: &[Option<tokio::net::UdpSocket>],
+    start: usize,
+    buf: &mut [u8],
+) -> (usize, io::Result<(usize, std::net::SocketAddr)>) {
+    use std::task::Poll;
+    if socks.iter().all(Option::is_none) {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(|cx| {
+        let n = socks.len();
+        for i in (start..n).chain(0..start.min(n)) {
+            let Some(s) = &socks[i] else { continue };
+            let mut rb = tokio::io::ReadBuf::new(buf);
+            if let Poll::Ready(r) = s.poll_recv_from(cx, &mut rb) {
+                return Poll::Ready((i, r.map(|from| (rb.filled().len(), from))));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -2,65 +2,25 @@
 //! main loop between two packets.
 
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::warn;
 
 #[cfg(feature = "metrics")]
 use super::metrics;
 use super::{Daemon, log_filter};
-use crate::config::parse_option;
 use crate::control::{Request, Response};
-use crate::dhcp::options::OptionStore;
 #[cfg(feature = "metrics")]
 use crate::time::Instant;
 
-fn no_dhcp() -> Response {
-    Response::err("no DHCP service (-S)")
-}
-
 impl Daemon {
-    pub(super) fn answer(&mut self, req: Request) -> Response {
+    /// The requests the shell answers from its own state.
+    pub(super) fn answer_shell(&mut self, req: Request) -> Response {
+        #[cfg(feature = "metrics")]
         let now = self.clock.now();
         match req {
-            Request::Status => {
-                let s = self.node.status(now);
-                Response::ok(json!({
-                    "node_id": s.node_id.to_string(),
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "learning": s.learning,
-                    "network": s.range.to_string(),
-                    "block_size": s.range.block_size(),
-                    "blocks_owned": s.blocks_owned,
-                    "leases_active": s.leases_active,
-                    "peers": s.peers,
-                }))
-            }
-            Request::Blocks => {
-                let rows: Vec<_> = self
-                    .node
-                    .blocks_view(now)
-                    .into_iter()
-                    .map(|v| {
-                        json!({
-                            "index": v.index,
-                            "first": v.first.to_string(),
-                            "state": v.state.as_str(),
-                            "owner": v.owner.map(|o| o.to_string()),
-                            "expires_in": v.expires_in,
-                        })
-                    })
-                    .collect();
-                Response::ok(json!({
-                    "node_id": self.node.id().to_string(),
-                    "blocks": rows,
-                }))
-            }
             Request::Stats => {
-                let mut counters: serde_json::Map<String, serde_json::Value> = self
-                    .node
-                    .counters()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.into()))
-                    .collect();
+                let all = self.node.counters();
+                let mut counters: serde_json::Map<String, serde_json::Value> =
+                    all.iter().map(|(k, v)| (k.to_string(), v.into())).collect();
                 let h = &self.hook.stats;
                 use std::sync::atomic::Ordering::Relaxed;
                 counters.insert("hook.runs".into(), h.runs.load(Relaxed).into());
@@ -82,70 +42,6 @@ impl Daemon {
                 );
                 Response::ok(json!({ "counters": counters }))
             }
-            Request::Leases => {
-                let Some(d) = self.node.dhcp_mut() else {
-                    return no_dhcp();
-                };
-                let rows: Vec<_> = d
-                    .lease_list(now)
-                    .into_iter()
-                    .map(|(ip, mac, state, expires_in, block)| {
-                        json!({"ip": ip.to_string(), "mac": mac, "state": state,
-                               "expires_in": expires_in, "block": block})
-                    })
-                    .collect();
-                Response::ok(json!({ "leases": rows }))
-            }
-            Request::Options => {
-                let Some(d) = self.node.dhcp_mut() else {
-                    return no_dhcp();
-                };
-                let opts: Vec<_> = d
-                    .store()
-                    .iter()
-                    .map(|o| json!({"code": o.code, "len": o.payload.len(), "payload": o.payload}))
-                    .collect();
-                Response::ok(json!({ "options": opts, "lease_time": d.store().lease_time() }))
-            }
-            Request::SetOption { option } => {
-                let Some(d) = self.node.dhcp_mut() else {
-                    return no_dhcp();
-                };
-                let o = match parse_option("set-option", &option) {
-                    Ok(o) => o,
-                    Err(e) => return Response::err(e.to_string()),
-                };
-                if let Err(e) = OptionStore::validate(&o) {
-                    return Response::err(e);
-                }
-                info!(code = o.code, "option set");
-                d.set_option(o);
-                Response::ok(json!({"ok": true}))
-            }
-            Request::RemoveOption { code } => {
-                let Some(d) = self.node.dhcp_mut() else {
-                    return no_dhcp();
-                };
-                if !d.remove_option(code) {
-                    return Response::err(format!("option {code} is not set"));
-                }
-                info!(code, "option removed");
-                Response::ok(json!({"ok": true}))
-            }
-            Request::LeaseTime { secs } => {
-                let Some(d) = self.node.dhcp_mut() else {
-                    return no_dhcp();
-                };
-                if secs == 0 {
-                    return Response::err("a lease time of 0 seconds makes no sense");
-                }
-                d.set_option(crate::config::DhcpOption {
-                    code: crate::dhcp::options::LEASE_TIME,
-                    payload: secs.to_be_bytes().to_vec(),
-                });
-                info!(secs, "lease time set");
-                Response::ok(json!({"ok": true}))
-            }
             #[cfg(feature = "metrics")]
             Request::Metrics => Response::ok(json!({ "text": self.metrics_text(now) })),
             #[cfg(not(feature = "metrics"))]
@@ -162,6 +58,8 @@ impl Daemon {
                     Err(e) => Response::err(e),
                 }
             }
+            // Routed to the core (see `render::route`).
+            _ => Response::err("not a shell request"),
         }
     }
 
@@ -204,127 +102,170 @@ impl Daemon {
                 ("out", g(C::McastSendByte) + g(C::DirectSendByte)),
             ],
         );
-        let d = self
-            .node
-            .dhcp()
-            .map(|d| d.counters.clone())
-            .unwrap_or_default();
+        let pools = self.node.pools();
         let names = [
             "", "discover", "offer", "request", "decline", "ack", "nak", "release", "inform",
         ];
-        let by_type = |v: &[u64; 9]| -> Vec<(&str, u64)> {
-            names.iter().zip(v).skip(1).map(|(n, c)| (*n, *c)).collect()
+        // Rows of a per-pool family: every pool, each value under its `what` label.
+        fn rows<'a>(
+            pools: &'a [crate::pool::Pool],
+            what: &'a str,
+            values: impl Fn(&'a crate::pool::Pool) -> Vec<(&'a str, u64)>,
+        ) -> Vec<(Vec<(&'a str, &'a str)>, u64)> {
+            pools
+                .iter()
+                .flat_map(|p| {
+                    values(p)
+                        .into_iter()
+                        .map(move |(v, n)| (vec![("pool", p.name()), (what, v)], n))
+                })
+                .collect()
+        }
+        let dc = |p: &crate::pool::Pool| p.dhcp().map(|d| d.counters.clone()).unwrap_or_default();
+        let by_type = |v: [u64; 9]| -> Vec<(&str, u64)> {
+            names.iter().zip(v).skip(1).map(|(n, c)| (*n, c)).collect()
         };
-        m.counters(
+        m.counter_rows(
             "dhcp_packets_received",
-            "DHCP messages received, by type",
-            "type",
-            &by_type(&d.recv),
+            "DHCP messages received, by pool and type",
+            &rows(pools, "type", |p| by_type(dc(p).recv)),
         );
-        m.counters(
+        m.counter_rows(
             "dhcp_packets_sent",
-            "DHCP messages sent, by type",
-            "type",
-            &by_type(&d.sent),
+            "DHCP messages sent, by pool and type",
+            &rows(pools, "type", |p| by_type(dc(p).sent)),
         );
-        m.counters(
-            "drops",
-            "Datagrams or entries dropped, by reason",
-            "reason",
-            &[
-                ("peer_malformed", g(C::DropMalformed)),
-                ("peer_foreign_swarm", g(C::DropForeignSwarm)),
-                ("peer_wrong_socket", g(C::DropWrongSocket)),
-                ("peer_invalid_block_entry", g(C::DropInvalidBlock)),
-                ("peer_unhandled", g(C::DropUnhandled)),
+        let mut drops: Vec<(Vec<(&str, &str)>, u64)> = [
+            ("peer_malformed", g(C::DropMalformed)),
+            ("peer_foreign_swarm", g(C::DropForeignSwarm)),
+            ("peer_wrong_socket", g(C::DropWrongSocket)),
+            ("peer_unhandled", g(C::DropUnhandled)),
+        ]
+        .into_iter()
+        .map(|(r, n)| (vec![("reason", r)], n))
+        .collect();
+        drops.extend(rows(pools, "reason", |p| {
+            let d = dc(p);
+            vec![
+                (
+                    "peer_invalid_block_entry",
+                    p.counters().get(C::DropInvalidBlock),
+                ),
                 ("dhcp_malformed", d.malformed),
                 ("dhcp_other_server", d.ignored_other_server),
                 ("dhcp_no_free_address", d.no_free_address),
                 ("dhcp_unknown_block_while_learning", d.silent_unknown_block),
                 ("dhcp_forward_queue_full", d.forward_dropped),
-            ],
+            ]
+        }));
+        m.counter_rows(
+            "drops",
+            "Datagrams or entries dropped, by reason (and pool where one is known)",
+            &drops,
         );
-        m.counters(
+        m.counter_rows(
             "roaming_forwards",
-            "Requests forwarded to a block's owner, by outcome",
-            "outcome",
-            &[
-                ("sent", d.forwarded),
-                ("ack", d.forward_acked),
-                ("nak", d.forward_naked),
-                ("timeout", d.forward_timeouts),
-            ],
+            "Requests forwarded to a block's owner, by pool and outcome",
+            &rows(pools, "outcome", |p| {
+                let d = dc(p);
+                vec![
+                    ("sent", d.forwarded),
+                    ("ack", d.forward_acked),
+                    ("nak", d.forward_naked),
+                    ("timeout", d.forward_timeouts),
+                ]
+            }),
         );
-        m.counters(
+        m.counter_rows(
             "roaming_renewals",
-            "Forwarded renewals answered as owner, by outcome",
-            "outcome",
-            &[
-                ("ack", d.renew_acked),
-                ("nak", d.renew_naked),
-                ("unresolved", d.renew_unresolved),
-            ],
+            "Forwarded renewals answered as owner, by pool and outcome",
+            &rows(pools, "outcome", |p| {
+                let d = dc(p);
+                vec![
+                    ("ack", d.renew_acked),
+                    ("nak", d.renew_naked),
+                    ("unresolved", d.renew_unresolved),
+                ]
+            }),
         );
-        let (probes, learned) = self
-            .node
-            .dhcp()
-            .map_or((0, 0), |d| (d.orders.probes_sent, d.orders.learned));
-        m.counters(
+        m.counter_rows(
             "renew_byte_order",
-            "Probes of a peer's renew address byte order, and orders learned",
-            "event",
-            &[("probe", probes), ("learned", learned)],
+            "Probes of a peer's renew address byte order, and orders learned, by pool",
+            &rows(pools, "event", |p| {
+                let (probes, learned) = p
+                    .dhcp()
+                    .map_or((0, 0), |d| (d.orders.probes_sent, d.orders.learned));
+                vec![("probe", probes), ("learned", learned)]
+            }),
         );
-        m.counter(
+        m.counter_rows(
             "inquiry_answers_suppressed",
-            "Answers to Inquires or weaker claims not sent: the answer budget was spent",
-            self.node.blocks().answers_suppressed,
+            "Answers to Inquires or weaker claims not sent: the answer budget was spent, by pool",
+            &pools
+                .iter()
+                .map(|p| (vec![("pool", p.name())], p.blocks().answers_suppressed))
+                .collect::<Vec<_>>(),
         );
         m.counter(
             "claim_rounds",
             "Inquire rounds sent",
             g(C::McastSendInquire),
         );
-        m.counters(
+        m.counter_rows(
             "block_events",
-            "Blocks claimed, given up, or lost to a greater id (conflicts)",
-            "event",
-            &[
-                ("claimed", g(C::BlocksClaimed)),
-                ("dropped", g(C::BlocksDropped)),
-                ("lost", g(C::BlocksLost)),
-            ],
+            "Blocks claimed, given up, or lost to a greater id (conflicts), by pool",
+            &rows(pools, "event", |p| {
+                let c = p.counters();
+                vec![
+                    ("claimed", c.get(C::BlocksClaimed)),
+                    ("dropped", c.get(C::BlocksDropped)),
+                    ("lost", c.get(C::BlocksLost)),
+                ]
+            }),
         );
         m.counter(
             "duplicate_node_id",
             "Messages seen with our own node id",
             g(C::DuplicateNodeId),
         );
-        let mut states = [0i64; 4];
-        for v in self.node.blocks_view(now) {
-            states[v.state as usize] += 1;
-        }
-        let owned_total = self.node.blocks().range().num_blocks() as i64;
-        m.gauges(
+        let id = self.node.id();
+        let gauge_rows =
+            |what: &'static str, f: &dyn Fn(&crate::pool::Pool) -> Vec<(&'static str, i64)>| {
+                pools
+                    .iter()
+                    .flat_map(|p| {
+                        f(p).into_iter()
+                            .map(move |(v, n)| (vec![("pool", p.name()), (what, v)], n))
+                    })
+                    .collect::<Vec<_>>()
+            };
+        m.gauge_rows(
             "blocks",
-            "Blocks by state",
-            "state",
-            &[
-                ("tentative", states[0]),
-                ("claiming", states[1]),
-                ("ours", states[2]),
-                ("claimed", states[3]),
-                ("free", owned_total - states.iter().sum::<i64>()),
-            ],
+            "Blocks by pool and state",
+            &gauge_rows("state", &|p| {
+                let mut states = [0i64; 4];
+                for v in p.blocks_view(now, id) {
+                    states[v.state as usize] += 1;
+                }
+                let total = p.range().num_blocks() as i64;
+                vec![
+                    ("tentative", states[0]),
+                    ("claiming", states[1]),
+                    ("ours", states[2]),
+                    ("claimed", states[3]),
+                    ("free", total - states.iter().sum::<i64>()),
+                ]
+            }),
         );
-        let (offered, leased) = self.node.dhcp().map_or((0, 0), |d| {
-            (d.leases.offered() as i64, d.leases.active() as i64)
-        });
-        m.gauges(
+        m.gauge_rows(
             "leases",
-            "Addresses by state",
-            "state",
-            &[("offered", offered), ("leased", leased)],
+            "Addresses by pool and state",
+            &gauge_rows("state", &|p| {
+                let (offered, leased) = p.dhcp().map_or((0, 0), |d| {
+                    (d.leases.offered() as i64, d.leases.active() as i64)
+                });
+                vec![("offered", offered), ("leased", leased)]
+            }),
         );
         let st = self.node.status(now);
         m.gauge(
@@ -334,8 +275,8 @@ impl Daemon {
         );
         m.gauge(
             "learning",
-            "1 during the learning phase",
-            i64::from(st.learning),
+            "1 while any pool is in its learning phase",
+            i64::from(st.pools.iter().any(|p| p.learning)),
         );
         use std::sync::atomic::Ordering::Relaxed;
         let h = &self.hook.stats;

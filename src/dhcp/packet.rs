@@ -297,24 +297,7 @@ pub(crate) mod tests {
     use super::*;
     use proptest::prelude::Just;
 
-    /// A minimal client message for tests.
-    pub fn message(msg_type: u8, mac: u8, extra: &[(u8, &[u8])]) -> Vec<u8> {
-        let mut b = vec![0u8; 240];
-        b[0] = 1;
-        b[1] = 1;
-        b[2] = 6;
-        b[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
-        b[28..34].copy_from_slice(&[2, 0, 0, 0, 0, mac]);
-        b[236..240].copy_from_slice(&COOKIE);
-        b.extend_from_slice(&[53, 1, msg_type]);
-        for (c, d) in extra {
-            b.push(*c);
-            b.push(d.len() as u8);
-            b.extend_from_slice(d);
-        }
-        b.push(255);
-        b
-    }
+    pub use crate::testing::client_message as message;
 
     #[test]
     fn parse_request_fields() {

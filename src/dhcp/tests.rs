@@ -3,11 +3,11 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use super::packet::tests::message;
 use super::*;
 use crate::blocks::ClaimConfig;
 use crate::config::DhcpOption;
 use crate::node::{Channel, Dest, Node, NodeConfig};
+use crate::testing::{Harness, client_message as message};
 use crate::wire::{ClaimEntry, NodeId, Packet};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -23,28 +23,28 @@ fn t(ms: u64) -> Instant {
 
 /// Short timers, a router option, and the learning phase as asked.
 fn config(learning: bool) -> NodeConfig {
-    NodeConfig {
-        range: range(),
-        claim: ClaimConfig {
+    NodeConfig::single(
+        range(),
+        ClaimConfig {
             tentative_timeout: Duration::from_secs(2),
             block_timeout: Duration::from_secs(30),
             spare_leases: 2,
             needless_timeout: Duration::from_secs(300),
             learning,
         },
-        dhcp: Some(DhcpConfig {
+        Some(DhcpConfig {
             options: vec![DhcpOption {
                 code: 3,
                 payload: vec![10, 0, 0, 1],
             }],
             interface_addr: Some(SERVER),
         }),
-    }
+    )
 }
 
 /// A node that owns one block (after three 1-second rounds).
-fn node() -> Node {
-    let mut n = Node::new(config(false), NodeId([5; 8]), t(0), 7);
+fn node() -> Harness {
+    let mut n = Harness::new(Node::new(config(false), NodeId([5; 8]), t(0), 7));
     for s in 0..=3 {
         n.handle_timeout(t(s * 1000));
     }
@@ -53,7 +53,7 @@ fn node() -> Node {
     n
 }
 
-fn replies(n: &mut Node) -> Vec<(SocketAddrV4, Request, Vec<u8>)> {
+fn replies(n: &mut Harness) -> Vec<(SocketAddrV4, Request, Vec<u8>)> {
     std::iter::from_fn(|| n.poll_dhcp_transmit())
         .map(|tx| {
             let mut asreq = tx.payload.clone();
@@ -83,13 +83,14 @@ fn option(p: &[u8], code: u8) -> Option<Vec<u8>> {
     None
 }
 
-fn dora(n: &mut Node, mac: u8, now: u64) -> Ipv4Addr {
-    n.handle_dhcp(t(now), &message(1, mac, &[(55, &[1, 3, 6, 51, 54])]));
+fn dora(n: &mut Harness, mac: u8, now: u64) -> Ipv4Addr {
+    n.handle_dhcp(t(now), 0, &message(1, mac, &[(55, &[1, 3, 6, 51, 54])]));
     let r = replies(n);
     assert_eq!(r[0].1.msg_type, MessageType::Offer);
     let ip = yiaddr(&r[0].2);
     n.handle_dhcp(
         t(now + 10),
+        0,
         &message(3, mac, &[(50, &ip.octets()), (54, &SERVER.octets())]),
     );
     let r = replies(n);
@@ -101,7 +102,7 @@ fn dora(n: &mut Node, mac: u8, now: u64) -> Ipv4Addr {
 #[test]
 fn discover_offer_request_ack() {
     let mut n = node();
-    n.handle_dhcp(t(5000), &message(1, 1, &[(55, &[1, 3, 6, 51, 54])]));
+    n.handle_dhcp(t(5000), 0, &message(1, 1, &[(55, &[1, 3, 6, 51, 54])]));
     let r = replies(&mut n);
     assert_eq!(r.len(), 1);
     let (to, reply, bytes) = &r[0];
@@ -126,14 +127,15 @@ fn discover_offer_request_ack() {
 
     n.handle_dhcp(
         t(5010),
+        0,
         &message(3, 1, &[(50, &ip.octets()), (54, &SERVER.octets())]),
     );
     let r = replies(&mut n);
     assert_eq!(r[0].1.msg_type, MessageType::Ack);
-    assert_eq!(n.status(t(5010)).leases_active, 1);
+    assert_eq!(n.status(t(5010)).pools[0].leases_active, 1);
     let ev: Vec<_> = std::iter::from_fn(|| n.poll_event()).collect();
     assert!(ev.iter().any(
-        |e| matches!(e, crate::node::Event::Lease(LeaseEvent::Leased { ip: i, .. }) if *i == ip)
+        |e| matches!(e, crate::node::Event::Lease(0, LeaseEvent::Leased { ip: i, .. }) if *i == ip)
     ));
 }
 
@@ -144,10 +146,10 @@ fn same_client_same_address_and_never_two_clients_one_address() {
     let b = dora(&mut n, 2, 6000);
     assert_ne!(a, b);
     // DISCOVER again (reboot): same address.
-    n.handle_dhcp(t(7000), &message(1, 1, &[]));
+    n.handle_dhcp(t(7000), 0, &message(1, 1, &[]));
     assert_eq!(yiaddr(&replies(&mut n)[0].2), a);
     // Another client asking for a's address by INIT-REBOOT is refused.
-    n.handle_dhcp(t(7100), &message(3, 3, &[(50, &a.octets())]));
+    n.handle_dhcp(t(7100), 0, &message(3, 3, &[(50, &a.octets())]));
     let r = replies(&mut n);
     assert_eq!(r[0].1.msg_type, MessageType::Nak);
     assert_eq!(
@@ -164,21 +166,22 @@ fn expired_lease_is_remembered_for_its_client() {
     let a = dora(&mut n, 1, 5000);
     // Lease 300 s + 10 s slack.
     n.handle_timeout(t(5000 + 311_000));
-    assert_eq!(n.status(t(316_000)).leases_active, 0);
+    assert_eq!(n.status(t(316_000)).pools[0].leases_active, 0);
     // A new client does not get a's address while others are free.
-    n.handle_dhcp(t(320_000), &message(1, 9, &[]));
+    n.handle_dhcp(t(320_000), 0, &message(1, 9, &[]));
     assert_ne!(yiaddr(&replies(&mut n)[0].2), a);
-    n.handle_dhcp(t(320_100), &message(1, 1, &[]));
+    n.handle_dhcp(t(320_100), 0, &message(1, 1, &[]));
     assert_eq!(yiaddr(&replies(&mut n)[0].2), a);
 }
 
 #[test]
 fn request_for_another_server_is_ignored_and_drops_our_offer() {
     let mut n = node();
-    n.handle_dhcp(t(5000), &message(1, 1, &[]));
+    n.handle_dhcp(t(5000), 0, &message(1, 1, &[]));
     let ip = yiaddr(&replies(&mut n)[0].2);
     n.handle_dhcp(
         t(5010),
+        0,
         &message(3, 1, &[(50, &ip.octets()), (54, &[10, 9, 9, 9])]),
     );
     assert!(replies(&mut n).is_empty());
@@ -191,12 +194,12 @@ fn request_for_another_server_is_ignored_and_drops_our_offer() {
 #[test]
 fn out_of_range_is_naked_and_renewal_goes_to_ciaddr() {
     let mut n = node();
-    n.handle_dhcp(t(5000), &message(3, 1, &[(50, &[192, 168, 1, 5])]));
+    n.handle_dhcp(t(5000), 0, &message(3, 1, &[(50, &[192, 168, 1, 5])]));
     assert_eq!(replies(&mut n)[0].1.msg_type, MessageType::Nak);
     let a = dora(&mut n, 1, 5000);
     let mut renew = message(3, 1, &[]);
     renew[12..16].copy_from_slice(&a.octets());
-    n.handle_dhcp(t(100_000), &renew);
+    n.handle_dhcp(t(100_000), 0, &renew);
     let r = replies(&mut n);
     assert_eq!(r[0].1.msg_type, MessageType::Ack);
     assert_eq!(r[0].0, SocketAddrV4::new(a, 68));
@@ -207,7 +210,7 @@ fn relayed_requests_are_answered_to_the_relay() {
     let mut n = node();
     let mut d = message(1, 1, &[(82, &[1, 3, b'a', b'b', b'c'])]);
     d[24..28].copy_from_slice(&[10, 0, 0, 2]);
-    n.handle_dhcp(t(5000), &d);
+    n.handle_dhcp(t(5000), 0, &d);
     let r = replies(&mut n);
     assert_eq!(r[0].0, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 67));
     assert_eq!(option(&r[0].2, 82), Some(vec![1, 3, b'a', b'b', b'c']));
@@ -219,17 +222,18 @@ fn release_and_decline() {
     let a = dora(&mut n, 1, 5000);
     let mut rel = message(7, 1, &[(54, &SERVER.octets())]);
     rel[12..16].copy_from_slice(&a.octets());
-    n.handle_dhcp(t(6000), &rel);
+    n.handle_dhcp(t(6000), 0, &rel);
     assert!(replies(&mut n).is_empty());
-    assert_eq!(n.status(t(6000)).leases_active, 0);
+    assert_eq!(n.status(t(6000)).pools[0].leases_active, 0);
     let ev: Vec<_> = std::iter::from_fn(|| n.poll_event()).collect();
     assert!(ev.iter().any(
-        |e| matches!(e, crate::node::Event::Lease(LeaseEvent::Released { ip, .. }) if *ip == a)
+        |e| matches!(e, crate::node::Event::Lease(0, LeaseEvent::Released { ip, .. }) if *ip == a)
     ));
 
     let b = dora(&mut n, 2, 7000);
     n.handle_dhcp(
         t(8000),
+        0,
         &message(4, 2, &[(50, &b.octets()), (54, &SERVER.octets())]),
     );
     assert!(matches!(
@@ -237,7 +241,7 @@ fn release_and_decline() {
         AddrState::Declined { .. }
     ));
     // The declined address is not offered again, not even to the client that had it.
-    n.handle_dhcp(t(8100), &message(1, 2, &[]));
+    n.handle_dhcp(t(8100), 0, &message(1, 2, &[]));
     assert_ne!(yiaddr(&replies(&mut n)[0].2), b);
 }
 
@@ -246,7 +250,7 @@ fn inform_gets_options_without_lease_time() {
     let mut n = node();
     let mut inf = message(8, 1, &[(55, &[3, 51])]);
     inf[12..16].copy_from_slice(&[10, 0, 5, 5]);
-    n.handle_dhcp(t(5000), &inf);
+    n.handle_dhcp(t(5000), 0, &inf);
     let r = replies(&mut n);
     assert_eq!(r[0].1.msg_type, MessageType::Ack);
     assert_eq!(yiaddr(&r[0].2), Ipv4Addr::UNSPECIFIED);
@@ -256,7 +260,7 @@ fn inform_gets_options_without_lease_time() {
 }
 
 /// Feeds a peer's claim for `block` so the node knows the owner.
-fn peer_claims(n: &mut Node, block: u32, now: u64) {
+fn peer_claims(n: &mut Harness, block: u32, now: u64) {
     let p = Packet {
         node_id: NodeId([9; 8]),
         swarm: range().swarm(),
@@ -265,7 +269,7 @@ fn peer_claims(n: &mut Node, block: u32, now: u64) {
     n.handle_datagram(t(now), Channel::Multicast, PEER, &p.encode().unwrap());
 }
 
-fn unicast(n: &mut Node) -> Vec<(Ipv6Addr, Packet)> {
+fn unicast(n: &mut Harness) -> Vec<(Ipv6Addr, Packet)> {
     std::iter::from_fn(|| n.poll_transmit())
         .filter_map(|tx| match tx.dest {
             Dest::Unicast(a) => Some((a, Packet::decode(&tx.payload).unwrap())),
@@ -274,7 +278,7 @@ fn unicast(n: &mut Node) -> Vec<(Ipv6Addr, Packet)> {
         .collect()
 }
 
-fn answer(n: &mut Node, at: u64, from: Ipv6Addr, m: Message) {
+fn answer(n: &mut Harness, at: u64, from: Ipv6Addr, m: Message) {
     let p = Packet {
         node_id: NodeId([9; 8]),
         swarm: n.blocks().range().swarm(),
@@ -283,7 +287,7 @@ fn answer(n: &mut Node, at: u64, from: Ipv6Addr, m: Message) {
     n.handle_datagram(t(at), Channel::Unicast, from, &p.encode().unwrap());
 }
 
-fn renew_leases(n: &mut Node) -> Vec<RenewPayload> {
+fn renew_leases(n: &mut Harness) -> Vec<RenewPayload> {
     unicast(n)
         .into_iter()
         .map(|(_, p)| match p.message {
@@ -303,7 +307,7 @@ fn roaming_request_is_forwarded_and_answered_by_the_owners_verdict() {
     let rev = roaming::reversed(ip);
     let mut renew = message(3, 1, &[]);
     renew[12..16].copy_from_slice(&ip.octets());
-    n.handle_dhcp(t(5000), &renew);
+    n.handle_dhcp(t(5000), 0, &renew);
     assert!(replies(&mut n).is_empty(), "no answer before the owner's");
     // Order unknown, the reversed reading is out of range: both forms, marked.
     let sent = renew_leases(&mut n);
@@ -321,14 +325,14 @@ fn roaming_request_is_forwarded_and_answered_by_the_owners_verdict() {
     );
 
     // Now only that form goes out; a NAK from the owner becomes a NAK.
-    n.handle_dhcp(t(6000), &renew);
+    n.handle_dhcp(t(6000), 0, &renew);
     let sent = renew_leases(&mut n);
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].address, rev.octets());
     answer(&mut n, 6001, PEER, Message::LeaseNak(sent[0]));
     assert_eq!(replies(&mut n)[0].1.msg_type, MessageType::Nak);
     // No answer at all becomes silence, and the learned order is forgotten.
-    n.handle_dhcp(t(7000), &renew);
+    n.handle_dhcp(t(7000), 0, &renew);
     let _ = unicast(&mut n);
     n.handle_timeout(t(9500));
     assert!(replies(&mut n).is_empty());
@@ -336,7 +340,7 @@ fn roaming_request_is_forwarded_and_answered_by_the_owners_verdict() {
     assert_eq!(n.dhcp().unwrap().orders.get(PEER), None);
 
     // A ddhcp owner rewrites the mark: its lease time in the (C-ignored) field.
-    n.handle_dhcp(t(10_000), &renew);
+    n.handle_dhcp(t(10_000), 0, &renew);
     let mut ack = renew_leases(&mut n)[0];
     ack.lease_seconds = 120;
     answer(&mut n, 10_001, PEER, Message::LeaseAck(ack));
@@ -350,10 +354,10 @@ fn roaming_request_is_forwarded_and_answered_by_the_owners_verdict() {
 
 /// A node in 10.0.0.0/8 (where 10.1.2.10 reversed is 10.2.1.10, also in range) owning one
 /// block.
-fn slash8_node() -> Node {
+fn slash8_node() -> Harness {
     let mut cfg = config(false);
-    cfg.range = ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 8, 2).unwrap();
-    let mut n = Node::new(cfg, NodeId([5; 8]), t(0), 7);
+    cfg.pools[0].range = ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 8, 2).unwrap();
+    let mut n = Harness::new(Node::new(cfg, NodeId([5; 8]), t(0), 7));
     for s in 0..=3 {
         n.handle_timeout(t(s * 1000));
     }
@@ -362,7 +366,7 @@ fn slash8_node() -> Node {
 }
 
 /// [`slash8_node`], and a peer owning the block of `ip`.
-fn slash8_node_with_peer_block(ip: Ipv4Addr) -> Node {
+fn slash8_node_with_peer_block(ip: Ipv4Addr) -> Harness {
     let mut n = slash8_node();
     let (block, _) = n.blocks().range().locate(ip).unwrap();
     let p = Packet {
@@ -382,7 +386,7 @@ fn ambiguous_address_waits_for_a_probe_of_the_owners_byte_order() {
     let range = *n.blocks().range();
     let mut renew = message(3, 1, &[]);
     renew[12..16].copy_from_slice(&ip.octets());
-    n.handle_dhcp(t(5000), &renew);
+    n.handle_dhcp(t(5000), 0, &renew);
     // Neither form of the client's address may go out yet: only a probe, both forms of an
     // address the owner does not own, whose other reading is out of range.
     let probe = renew_leases(&mut n);
@@ -393,7 +397,7 @@ fn ambiguous_address_waits_for_a_probe_of_the_owners_byte_order() {
     assert!(range.locate(a).is_some() && range.locate(b).is_none());
     assert!(n.blocks().owner_of(range.locate(a).unwrap().0).is_none());
     // A second retransmission meanwhile sends nothing new.
-    n.handle_dhcp(t(5500), &renew);
+    n.handle_dhcp(t(5500), 0, &renew);
     assert!(renew_leases(&mut n).is_empty());
     // A little-endian C owner refuses the reversed form; then the request goes out once,
     // in the form it reads as the client's address.
@@ -537,14 +541,15 @@ fn owner_checks_the_client_of_a_forwarded_renewal() {
 #[test]
 fn learning_node_stays_silent_about_unknown_blocks() {
     let cfg = config(true);
-    let mut n = Node::new(cfg, NodeId([5; 8]), t(0), 7);
-    n.handle_dhcp(t(100), &message(1, 1, &[]));
-    n.handle_dhcp(t(200), &message(3, 1, &[(50, &[10, 0, 128, 9])]));
+    let mut n = Harness::new(Node::new(cfg, NodeId([5; 8]), t(0), 7));
+    n.handle_dhcp(t(100), 0, &message(1, 1, &[]));
+    n.handle_dhcp(t(200), 0, &message(3, 1, &[(50, &[10, 0, 128, 9])]));
     assert!(replies(&mut n).is_empty());
     // A known owner's address is still forwarded while learning.
     peer_claims(&mut n, 2, 300);
     n.handle_dhcp(
         t(400),
+        0,
         &message(3, 1, &[(50, &range().address(2, 1).octets())]),
     );
     // Both byte orders, the peer's being unknown.
@@ -594,7 +599,7 @@ fn burst_claims_several_blocks_in_one_inquire() {
     let mut n = node();
     // 40 new clients within one second.
     for mac in 0..40u8 {
-        n.handle_dhcp(t(4000 + u64::from(mac)), &message(1, mac, &[]));
+        n.handle_dhcp(t(4000 + u64::from(mac)), 0, &message(1, mac, &[]));
     }
     let _ = replies(&mut n);
     n.handle_timeout(t(5000));

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use cnode::{CConfig, CNode, CState};
 use ddhcp::blocks::ClaimConfig;
-use ddhcp::node::{Channel, Dest, Event, Node, NodeConfig, derive_node_id};
+use ddhcp::node::{Channel, Dest, Event, Node, NodeConfig, Output, derive_node_id};
+use ddhcp::range::ManagedRange;
 use ddhcp::store::{PoolState, WallClock};
 use ddhcp::time::Instant;
 use ddhcp::wire::NodeId;
@@ -69,9 +70,10 @@ struct Slot {
     group: u32,
     sent_pkts: u64,
     sent_bytes: u64,
-    /// What the node's store holds: every change it made, applied at once (the daemon lets
-    /// nothing out before its store has it, so a crash between steps loses nothing).
-    durable: PoolState,
+    /// What the node's store holds, by pool name: every change it made, applied at once
+    /// (the daemon lets nothing out before its store has it, so a crash between steps loses
+    /// nothing).
+    durable: BTreeMap<String, PoolState>,
 }
 
 struct Delivery {
@@ -133,8 +135,8 @@ pub struct Sim {
     /// Moments two clients held the same address at once.
     pub address_conflicts: Vec<String>,
     /// Current owners of each block, from the nodes' own events.
-    owners: HashMap<u32, Vec<usize>>,
-    open_overlaps: HashMap<u32, Instant>,
+    owners: BTreeMap<u32, Vec<usize>>,
+    open_overlaps: BTreeMap<u32, Instant>,
     pub overlaps: Vec<Overlap>,
     pub id_changes: u64,
     /// Sole owner of each block and since when it has been (a handover starts anew).
@@ -143,6 +145,20 @@ pub struct Sim {
     pub owner_history: HashMap<u32, Vec<usize>>,
     /// The addresses of [`Sim::address_conflicts`].
     pub conflict_ips: Vec<Ipv4Addr>,
+    /// The range whose ownership is watched all the time (the first node's first pool);
+    /// blocks of other pools are checked from the nodes' tables.
+    tracked: Option<ManagedRange>,
+}
+
+/// Whether an event is about the watched range (node-wide events always are).
+fn tracked(n: &Node, e: &Event, range: Option<ManagedRange>) -> bool {
+    let pool = match e {
+        Event::BlockClaimed { pool, .. }
+        | Event::BlockDropped { pool, .. }
+        | Event::BlockLost { pool, .. } => *pool,
+        _ => return true,
+    };
+    range.is_none_or(|r| *n.pool(pool).range() == r)
 }
 
 impl Sim {
@@ -156,13 +172,14 @@ impl Sim {
             seq: 0,
             clients: Vec::new(),
             address_conflicts: Vec::new(),
-            owners: HashMap::new(),
-            open_overlaps: HashMap::new(),
+            owners: BTreeMap::new(),
+            open_overlaps: BTreeMap::new(),
             overlaps: Vec::new(),
             id_changes: 0,
             owned_since: HashMap::new(),
             owner_history: HashMap::new(),
             conflict_ips: Vec::new(),
+            tracked: None,
         }
     }
 
@@ -182,22 +199,25 @@ impl Sim {
     /// Adds and starts a node modelled on the C daemon (its id comes from its MAC); returns
     /// its index. `cfg` of the slot only describes the swarm.
     pub fn add_c_node(&mut self, c: CConfig) -> usize {
-        let cfg = NodeConfig {
-            range: c.range,
-            claim: ClaimConfig {
+        let cfg = NodeConfig::single(
+            c.range,
+            ClaimConfig {
                 tentative_timeout: Duration::from_secs(c.tentative),
                 block_timeout: Duration::from_secs(c.block_timeout),
                 spare_leases: c.spare,
                 needless_timeout: Duration::from_secs(300),
                 learning: c.learning,
             },
-            dhcp: None,
-        };
+            None,
+        );
         self.push_slot(cfg, NodeId([0; 8]), Some(c))
     }
 
     fn push_slot(&mut self, cfg: NodeConfig, id: NodeId, c_cfg: Option<CConfig>) -> usize {
         let i = self.slots.len();
+        if self.tracked.is_none() {
+            self.tracked = cfg.pools.first().map(|p| p.range);
+        }
         let addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, (i >> 16) as u16, i as u16 + 1);
         self.slots.push(Slot {
             node: None,
@@ -209,7 +229,7 @@ impl Sim {
             group: 0,
             sent_pkts: 0,
             sent_bytes: 0,
-            durable: PoolState::default(),
+            durable: BTreeMap::new(),
         });
         self.start(i);
         i
@@ -262,7 +282,19 @@ impl Sim {
             core_now: now,
             wall_now_ms: now.as_millis(),
         };
-        node.restore(now, slot.durable.clone().into_restored(&clock));
+        let restored = slot
+            .cfg
+            .pools
+            .iter()
+            .map(|p| {
+                slot.durable
+                    .get(&p.name)
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_restored(&clock)
+            })
+            .collect();
+        node.restore(now, restored);
         slot.node = Some(node);
         self.drain(i);
     }
@@ -276,7 +308,7 @@ impl Sim {
     /// Deletes a stopped node's store, so its next start is a fresh one.
     pub fn wipe(&mut self, i: usize) {
         assert!(self.slots[i].node.is_none(), "node {i} is running");
-        self.slots[i].durable = PoolState::default();
+        self.slots[i].durable = BTreeMap::new();
     }
 
     /// Stops a node at once (crash or kill): it sends nothing more.
@@ -315,6 +347,19 @@ impl Sim {
 
     pub fn node(&self, i: usize) -> Option<&Node> {
         self.slots[i].node.as_ref()
+    }
+
+    /// Running nodes that have the watched range, with that pool: what the ownership checks
+    /// look at (a node without the range is a stranger to it, like a C node of another
+    /// network).
+    pub fn watched(&self) -> impl Iterator<Item = (usize, &Node, &ddhcp::pool::Pool)> {
+        let range = self.tracked;
+        self.running().filter_map(move |(i, n)| {
+            n.pools()
+                .iter()
+                .find(|p| range.is_none_or(|r| *p.range() == r))
+                .map(|p| (i, n, p))
+        })
     }
 
     pub fn running(&self) -> impl Iterator<Item = (usize, &Node)> {
@@ -408,7 +453,7 @@ impl Sim {
                     }
                     Kind::ToServer => {
                         if let Some(n) = self.slots[del.to].node.as_mut() {
-                            n.handle_dhcp(self.now, &del.data);
+                            n.handle_dhcp(self.now, 0, &del.data);
                         }
                         if let Some(n) = self.slots[del.to].cnode.as_mut() {
                             n.handle_dhcp(self.now, &del.data);
@@ -462,9 +507,9 @@ impl Sim {
 
     /// Every running node has the blocks it wants (or the range is exhausted for it).
     pub fn all_satisfied(&self) -> bool {
-        self.running().all(|(_, n)| {
-            !n.blocks().is_learning()
-                && (n.blocks().blocks_needed() <= 0 || n.blocks().free_count() == 0)
+        self.watched().all(|(_, _, p)| {
+            !p.blocks().is_learning()
+                && (p.blocks().blocks_needed() <= 0 || p.blocks().free_count() == 0)
         })
     }
 
@@ -475,17 +520,21 @@ impl Sim {
         let mut dhcp = Vec::new();
         let slot = &mut self.slots[i];
         if let Some(n) = slot.node.as_mut() {
-            while let Some(t) = n.poll_transmit() {
-                transmits.push(t);
+            for (p, c) in n.take_changes() {
+                let name = n.pool(p).name().to_string();
+                slot.durable.entry(name).or_default().apply(c);
             }
-            while let Some(e) = n.poll_event() {
-                events.push(e);
-            }
-            while let Some(d) = n.poll_dhcp_transmit() {
-                dhcp.push(d);
-            }
-            for c in n.take_changes() {
-                slot.durable.apply(c);
+            while let Some(o) = n.poll_output() {
+                match o {
+                    Output::Peer(t) => transmits.push(t),
+                    // Events of pools other than the tracked range are checked at the end
+                    // of a run, from the nodes' tables.
+                    Output::Event(e) if tracked(n, &e, self.tracked) => events.push(e),
+                    Output::Event(_) => {}
+                    // Simulated clients sit on the link of pool 0.
+                    Output::Dhcp { pool: 0, transmit } => dhcp.push(transmit),
+                    Output::Dhcp { .. } | Output::Answer { .. } => {}
+                }
             }
             slot.id = n.id();
         }
@@ -502,11 +551,13 @@ impl Sim {
             while let Some((block, owns)) = n.ownership.pop_front() {
                 events.push(if owns {
                     Event::BlockClaimed {
+                        pool: 0,
                         block,
                         first: Ipv4Addr::UNSPECIFIED,
                     }
                 } else {
                     Event::BlockDropped {
+                        pool: 0,
                         block,
                         first: Ipv4Addr::UNSPECIFIED,
                     }
@@ -523,7 +574,7 @@ impl Sim {
                     self.set_owner(block, i, false)
                 }
                 Event::NodeIdChanged { .. } => self.id_changes += 1,
-                Event::EndLearning | Event::Lease(_) => {}
+                Event::EndLearning { .. } | Event::Lease(..) => {}
             }
         }
         let from = self.slots[i].addr;
@@ -621,8 +672,8 @@ impl Sim {
     pub fn owner_map(&self) -> Result<BTreeMap<u32, usize>, String> {
         let mut owner: BTreeMap<u32, usize> = BTreeMap::new();
         let rust = self
-            .running()
-            .map(|(i, n)| (i, n.blocks().owned().collect::<Vec<_>>()));
+            .watched()
+            .map(|(i, _, p)| (i, p.blocks().owned().collect::<Vec<_>>()));
         let c = self
             .running_c()
             .map(|(i, n)| (i, n.owned().collect::<Vec<_>>()));
@@ -640,10 +691,10 @@ impl Sim {
     /// real one (a view that lapsed to free is tolerated).
     pub fn check_no_wrong_owner(&self) -> Result<(), String> {
         let owner = self.owner_map()?;
-        for (j, n) in self.running() {
+        for (j, _, p) in self.watched() {
             for (&b, &i) in &owner {
                 let want = (self.slots[i].id, self.slots[i].addr);
-                match n.blocks().owner_of(b) {
+                match p.blocks().owner_of(b) {
                     Some(seen) if seen != want && i != j => {
                         return Err(format!(
                             "node {j} sees block {b} as {seen:?}, owner is node {i}"
@@ -682,13 +733,13 @@ impl Sim {
                 }
             }
         }
-        for (j, n) in self.running() {
+        for (j, n, p) in self.watched() {
             for (&b, &i) in &owner {
                 if i == j {
                     continue;
                 }
                 let want = (self.slots[i].id, self.slots[i].addr);
-                match n.blocks().owner_of(b) {
+                match p.blocks().owner_of(b) {
                     Some(seen) if seen == want => {}
                     other => {
                         return Err(format!(
@@ -698,7 +749,7 @@ impl Sim {
                     }
                 }
             }
-            for v in n.blocks_view(self.now) {
+            for v in p.blocks_view(self.now, n.id()) {
                 if v.owner.is_some() && v.owner != Some(n.id()) && !owner.contains_key(&v.index) {
                     return Err(format!(
                         "node {j} sees block {} claimed by {:?}, but nobody owns it",

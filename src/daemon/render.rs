@@ -1,0 +1,306 @@
+//! The shell's half of the control protocol, as pure functions: which requests the core
+//! answers and which the shell does, and how the core's answers look on the socket. Kept
+//! apart from the main loop so they are unit-tested without sockets or root.
+
+use serde_json::{Value, json};
+
+use crate::config::parse_option;
+use crate::control::{Request, Response};
+use crate::node::{Answer, Event, PoolStatus, Query, Status};
+use crate::range::ManagedRange;
+
+/// Where a request is answered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Routed {
+    /// By the core, as an output some time later.
+    Core(Query),
+    /// By the shell, from its own state (counters of the hook and the store, metrics,
+    /// logging).
+    Shell(Request),
+}
+
+/// Sorts a request; a request that is malformed beyond what the socket layer checks (an
+/// option that does not parse) is answered at once.
+pub fn route(req: Request) -> Result<Routed, Response> {
+    Ok(Routed::Core(match req {
+        Request::Status => Query::Status,
+        Request::Blocks { pool } => Query::Blocks { pool },
+        Request::Leases { pool } => Query::Leases { pool },
+        Request::Options { pool } => Query::Options { pool },
+        Request::SetOption { option, pool } => Query::SetOption {
+            pool,
+            option: parse_option("set-option", &option)
+                .map_err(|e| Response::err(e.to_string()))?,
+        },
+        Request::RemoveOption { code, pool } => Query::RemoveOption { pool, code },
+        Request::LeaseTime { secs, pool } => Query::LeaseTime { pool, secs },
+        r @ (Request::LogLevel { .. } | Request::Stats | Request::Metrics) => {
+            return Ok(Routed::Shell(r));
+        }
+    }))
+}
+
+fn pool_json(p: &PoolStatus) -> Value {
+    json!({
+        "name": p.name,
+        "network": p.range.to_string(),
+        "block_size": p.range.block_size(),
+        "use": p.use_,
+        "location": p.location,
+        "claims": p.claims,
+        "learning": p.learning,
+        "blocks_owned": p.blocks_owned,
+        "leases_active": p.leases_active,
+    })
+}
+
+/// `status`: the fields from before pools describe the default pool (or the first), with
+/// blocks and leases counted over all pools; `pools` lists each.
+fn status_json(s: &Status) -> Value {
+    let main = s
+        .default_pool
+        .and_then(|i| s.pools.get(i))
+        .or(s.pools.first());
+    json!({
+        "node_id": s.node_id.to_string(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "learning": s.pools.iter().any(|p| p.learning),
+        "network": main.map(|p| p.range.to_string()),
+        "block_size": main.map(|p| p.range.block_size()),
+        "blocks_owned": s.pools.iter().map(|p| p.blocks_owned).sum::<usize>(),
+        "leases_active": s.pools.iter().map(|p| p.leases_active).sum::<usize>(),
+        "peers": s.peers,
+        "pools": s.pools.iter().map(pool_json).collect::<Vec<_>>(),
+    })
+}
+
+/// How a core answer goes out on the socket.
+pub fn render(answer: Answer) -> Response {
+    match answer {
+        Answer::Status(s) => Response::ok(status_json(&s)),
+        Answer::Blocks {
+            pool,
+            node_id,
+            blocks,
+        } => {
+            let rows: Vec<_> = blocks
+                .into_iter()
+                .map(|v| {
+                    json!({
+                        "index": v.index,
+                        "first": v.first.to_string(),
+                        "state": v.state.as_str(),
+                        "owner": v.owner.map(|o| o.to_string()),
+                        "expires_in": v.expires_in,
+                        "pool": pool,
+                    })
+                })
+                .collect();
+            Response::ok(json!({"node_id": node_id.to_string(), "pool": pool, "blocks": rows}))
+        }
+        Answer::Leases { pool, leases } => {
+            let rows: Vec<_> = leases
+                .into_iter()
+                .map(|l| {
+                    json!({"ip": l.ip.to_string(), "mac": l.mac, "state": l.state,
+                           "expires_in": l.expires_in, "block": l.block, "pool": pool})
+                })
+                .collect();
+            Response::ok(json!({ "pool": pool, "leases": rows }))
+        }
+        Answer::Options {
+            pool,
+            options,
+            lease_time,
+        } => {
+            let opts: Vec<_> = options
+                .iter()
+                .map(|o| json!({"code": o.code, "len": o.payload.len(), "payload": o.payload}))
+                .collect();
+            Response::ok(json!({ "pool": pool, "options": opts, "lease_time": lease_time }))
+        }
+        Answer::Done => Response::ok(json!({"ok": true})),
+        Answer::Refused(e) => Response::err(e),
+    }
+}
+
+/// The hook's arguments for an event, given each pool's range. Block arguments are the
+/// block as a CIDR, which names its pool too (pools never overlap).
+pub fn hook_args(ev: &Event, ranges: &[ManagedRange]) -> Vec<String> {
+    use crate::dhcp::LeaseEvent as L;
+    let block = |pool: usize, first: std::net::Ipv4Addr| {
+        let len = ranges.get(pool).map_or(32, |r| r.block_prefix_len());
+        format!("{first}/{len}")
+    };
+    match ev {
+        Event::EndLearning { .. } => vec!["endlearning".into()],
+        Event::BlockClaimed { pool, first, .. } => vec!["claim".into(), block(*pool, *first)],
+        Event::BlockDropped { pool, first, .. } => vec!["drop".into(), block(*pool, *first)],
+        Event::BlockLost {
+            pool, first, to, ..
+        } => vec!["conflict".into(), block(*pool, *first), to.to_string()],
+        Event::NodeIdChanged { old, new } => {
+            vec!["nodeid".into(), old.to_string(), new.to_string()]
+        }
+        Event::Lease(_, l) => match l {
+            L::Leased { ip, mac, .. } => vec!["lease".into(), ip.to_string(), mac.clone()],
+            L::Released { ip, mac } => vec!["release".into(), ip.to_string(), mac.clone()],
+            L::Expired { ip, mac } => vec!["expire".into(), ip.to_string(), mac.clone()],
+            L::Declined { ip, mac } => vec!["decline".into(), ip.to_string(), mac.clone()],
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::blocks::{BlockStateName, BlockView};
+    use crate::node::LeaseRow;
+    use crate::wire::NodeId;
+
+    fn range(a: u8) -> ManagedRange {
+        ManagedRange::new(Ipv4Addr::new(10, a, 0, 0), 24, 2).unwrap()
+    }
+
+    fn pool(name: &str, a: u8, owned: usize) -> PoolStatus {
+        PoolStatus {
+            name: name.into(),
+            range: range(a),
+            use_: "dhcp",
+            location: None,
+            claims: true,
+            learning: false,
+            blocks_owned: owned,
+            leases_active: owned * 2,
+        }
+    }
+
+    #[test]
+    fn requests_go_where_their_state_is() {
+        assert_eq!(route(Request::Status).unwrap(), Routed::Core(Query::Status));
+        assert_eq!(
+            route(Request::SetOption {
+                option: "3:4:10.0.0.1".into(),
+                pool: Some("lan".into())
+            })
+            .unwrap(),
+            Routed::Core(Query::SetOption {
+                pool: Some("lan".into()),
+                option: crate::config::DhcpOption {
+                    code: 3,
+                    payload: vec![10, 0, 0, 1]
+                }
+            })
+        );
+        let bad = route(Request::SetOption {
+            option: "3:4:1.2".into(),
+            pool: None,
+        })
+        .unwrap_err();
+        assert!(bad.error.unwrap().contains("set-option"));
+        assert_eq!(
+            route(Request::Stats).unwrap(),
+            Routed::Shell(Request::Stats)
+        );
+    }
+
+    #[test]
+    fn single_pool_status_keeps_its_old_fields() {
+        let s = Status {
+            node_id: NodeId([0xab; 8]),
+            default_pool: Some(0),
+            pools: vec![pool("default", 0, 3)],
+            peers: 2,
+        };
+        let v = render(Answer::Status(s)).result.unwrap();
+        assert_eq!(v["node_id"], "ABABABABABABABAB");
+        assert_eq!(v["network"], "10.0.0.0/24");
+        assert_eq!(v["block_size"], 4);
+        assert_eq!(v["blocks_owned"], 3);
+        assert_eq!(v["leases_active"], 6);
+        assert_eq!(v["learning"], false);
+        assert_eq!(v["pools"][0]["name"], "default");
+        assert_eq!(v["pools"][0]["use"], "dhcp");
+        assert!(v["pools"][0]["location"].is_null());
+    }
+
+    #[test]
+    fn several_pools_sum_and_list() {
+        let s = Status {
+            node_id: NodeId([1; 8]),
+            default_pool: None,
+            pools: vec![pool("a", 1, 1), pool("b", 2, 4)],
+            peers: 0,
+        };
+        let v = render(Answer::Status(s)).result.unwrap();
+        assert_eq!(
+            v["network"], "10.1.0.0/24",
+            "the first pool without a default"
+        );
+        assert_eq!(v["blocks_owned"], 5);
+        assert_eq!(v["pools"].as_array().unwrap().len(), 2);
+        assert_eq!(v["pools"][1]["network"], "10.2.0.0/24");
+    }
+
+    #[test]
+    fn rows_name_their_pool() {
+        let b = render(Answer::Blocks {
+            pool: "lan".into(),
+            node_id: NodeId([2; 8]),
+            blocks: vec![BlockView {
+                index: 3,
+                first: Ipv4Addr::new(10, 0, 0, 12),
+                state: BlockStateName::Ours,
+                owner: Some(NodeId([2; 8])),
+                owner_addr: None,
+                expires_in: 30,
+            }],
+        })
+        .result
+        .unwrap();
+        assert_eq!(b["blocks"][0]["pool"], "lan");
+        assert_eq!(b["blocks"][0]["first"], "10.0.0.12");
+        assert_eq!(b["blocks"][0]["state"], "ours");
+        let l = render(Answer::Leases {
+            pool: "lan".into(),
+            leases: vec![LeaseRow {
+                ip: Ipv4Addr::new(10, 0, 0, 13),
+                mac: "02:00:00:00:00:01".into(),
+                state: "leased",
+                expires_in: 100,
+                block: 3,
+            }],
+        })
+        .result
+        .unwrap();
+        assert_eq!(l["leases"][0]["pool"], "lan");
+        assert_eq!(l["leases"][0]["ip"], "10.0.0.13");
+        let e = render(Answer::Refused("no pool named 'x'".into()));
+        assert!(!e.ok && e.error.unwrap().contains("'x'"));
+    }
+
+    #[test]
+    fn hook_blocks_use_their_pools_prefix_length() {
+        let ranges = [
+            range(0),
+            ManagedRange::new(Ipv4Addr::new(10, 9, 0, 0), 16, 5).unwrap(),
+        ];
+        let ev = Event::BlockClaimed {
+            pool: 1,
+            block: 0,
+            first: Ipv4Addr::new(10, 9, 0, 0),
+        };
+        assert_eq!(
+            hook_args(&ev, &ranges),
+            vec!["claim".to_string(), "10.9.0.0/27".into()]
+        );
+        let ev = Event::BlockDropped {
+            pool: 0,
+            block: 1,
+            first: Ipv4Addr::new(10, 0, 0, 4),
+        };
+        assert_eq!(hook_args(&ev, &ranges)[1], "10.0.0.4/30");
+    }
+}

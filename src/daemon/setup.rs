@@ -1,0 +1,188 @@
+//! From the validated configuration to what the core runs: the checks against the running
+//! system (interfaces exist, a DHCP pool has a server identifier) and the pools' core
+//! configuration. The system is reached through [`System`], so the rules are unit-tested
+//! without root.
+
+use std::net::Ipv4Addr;
+
+use crate::config::{Config, ConfigError, PoolSpec, PoolUse};
+use crate::dhcp::DhcpConfig;
+use crate::node::{NodeConfig, PoolConfig, ServiceConfig};
+use crate::store::StorePool;
+
+/// What setup needs to know about the host's interfaces.
+pub trait System {
+    /// Whether the interface exists (the error says why not).
+    fn iface_exists(&self, name: &str) -> Result<(), String>;
+    /// The interface's first IPv4 address.
+    fn iface_ipv4(&self, name: &str) -> Option<Ipv4Addr>;
+}
+
+/// The real host.
+pub struct Host;
+
+impl System for Host {
+    fn iface_exists(&self, name: &str) -> Result<(), String> {
+        super::iface::index(name)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn iface_ipv4(&self, name: &str) -> Option<Ipv4Addr> {
+        super::iface::ipv4(name)
+    }
+}
+
+/// Names the flag an error about pool `p`'s interface is the operator's to fix: `-c` for
+/// the pool the ddhcpd flags made, `--pool` for the others.
+fn iface_error(p: &PoolSpec, iface: &str, reason: String) -> ConfigError {
+    if p.name == "default" {
+        ConfigError::new("-c", iface.to_string(), reason)
+    } else {
+        ConfigError::new("--pool", format!("{},iface={iface}", p.name), reason)
+    }
+}
+
+/// The core's view of each configured pool, in the configuration's order.
+pub fn node_config(cfg: &Config, sys: &impl System) -> Result<NodeConfig, ConfigError> {
+    let mut pools = Vec::with_capacity(cfg.pools.len());
+    for p in &cfg.pools {
+        let service = match (p.use_, &p.iface) {
+            (PoolUse::Dhcp, Some(iface)) => {
+                sys.iface_exists(iface).map_err(|e| {
+                    iface_error(p, iface, format!("no such network interface ({e})"))
+                })?;
+                let interface_addr = sys.iface_ipv4(iface);
+                if interface_addr.is_none() && !p.options.iter().any(|o| o.code == 54) {
+                    return Err(iface_error(
+                        p,
+                        iface,
+                        "the interface has no IPv4 address to use as DHCP server identifier; add one or give -o 54:4:A.B.C.D".into(),
+                    ));
+                }
+                ServiceConfig::Dhcp(DhcpConfig {
+                    options: p.options.clone(),
+                    interface_addr,
+                })
+            }
+            (PoolUse::Dhcp, None) => ServiceConfig::Passive,
+            (u @ (PoolUse::Local | PoolUse::Api), _) => {
+                return Err(ConfigError::new(
+                    "--pool",
+                    format!("{},use={}", p.name, u.as_str()),
+                    "this release serves DHCP pools only; local and API pools come with the local address mode and the allocation API",
+                ));
+            }
+        };
+        let mut claim = cfg.claim.clone();
+        claim.spare_leases = if matches!(service, ServiceConfig::Passive) {
+            0
+        } else {
+            p.spare
+        };
+        pools.push(PoolConfig {
+            name: p.name.clone(),
+            range: p.range,
+            claim,
+            service,
+            location: p.location.clone(),
+        });
+    }
+    Ok(NodeConfig {
+        pools,
+        location: cfg.location.clone(),
+    })
+}
+
+/// The pools as the store binds itself to them.
+pub fn store_pools(node: &NodeConfig) -> Vec<StorePool> {
+    node.pools
+        .iter()
+        .map(|p| StorePool {
+            name: p.name.clone(),
+            range: p.range,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake;
+
+    impl System for Fake {
+        fn iface_exists(&self, name: &str) -> Result<(), String> {
+            match name {
+                "c0" | "c1" | "bare" => Ok(()),
+                _ => Err("No such device (os error 19)".into()),
+            }
+        }
+
+        fn iface_ipv4(&self, name: &str) -> Option<Ipv4Addr> {
+            match name {
+                "c0" => Some(Ipv4Addr::new(10, 0, 0, 1)),
+                "c1" => Some(Ipv4Addr::new(10, 1, 0, 1)),
+                _ => None,
+            }
+        }
+    }
+
+    fn cfg(args: &str) -> Config {
+        let argv = std::iter::once("ddhcpd").chain(args.split_whitespace());
+        crate::config::from_args(argv).unwrap().unwrap()
+    }
+
+    #[test]
+    fn ddhcpd_flags_make_one_default_dhcp_pool() {
+        let n = node_config(&cfg("-i s -c c0 -N 10.0.0.0/24 -b 2 -s 3"), &Fake).unwrap();
+        assert_eq!(n.pools.len(), 1);
+        let p = &n.pools[0];
+        assert_eq!(p.name, "default");
+        assert_eq!(p.claim.spare_leases, 3);
+        match &p.service {
+            ServiceConfig::Dhcp(d) => {
+                assert_eq!(d.interface_addr, Some(Ipv4Addr::new(10, 0, 0, 1)))
+            }
+            s => panic!("{s:?}"),
+        }
+        let n = node_config(&cfg("-i s -S -N 10.0.0.0/24 -s 3"), &Fake).unwrap();
+        assert!(matches!(n.pools[0].service, ServiceConfig::Passive));
+        assert_eq!(n.pools[0].claim.spare_leases, 0);
+    }
+
+    #[test]
+    fn each_dhcp_pool_checks_its_own_interface() {
+        let n = node_config(
+            &cfg("-i s --pool a=10.0.0.0/24,iface=c0 --pool b=10.1.0.0/24,iface=c1,spare=7"),
+            &Fake,
+        )
+        .unwrap();
+        assert_eq!(n.pools.len(), 2);
+        assert_eq!(n.pools[1].claim.spare_leases, 7);
+        let e = node_config(&cfg("-i s --pool a=10.0.0.0/24,iface=nope"), &Fake).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("--pool") && e.contains("a,iface=nope") && e.contains("no such"),
+            "{e}"
+        );
+        let e = node_config(&cfg("-i s -c nope -N 10.0.0.0/24"), &Fake).unwrap_err();
+        assert!(e.to_string().contains("-c"), "{e}");
+        let e = node_config(&cfg("-i s --pool a=10.0.0.0/24,iface=bare"), &Fake).unwrap_err();
+        assert!(e.to_string().contains("server identifier"), "{e}");
+        // An explicit server identifier makes the bare interface usable.
+        node_config(
+            &cfg("-i s --pool a=10.0.0.0/24,iface=bare,option=54:4:10.0.0.1"),
+            &Fake,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn services_not_built_yet_are_refused() {
+        let e = node_config(&cfg("-i s --pool h=10.0.0.0/24,use=local,iface=c0"), &Fake)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use=local") && !e.contains('\n'), "{e}");
+    }
+}

@@ -1,0 +1,529 @@
+//! One pool: a managed range, its block table and the service that hands out its addresses.
+//!
+//! A node runs several pools on one server link (a DHCP network here, addresses for the
+//! host or for provisioning scripts there), and every pool runs the same claim engine
+//! ([`Blocks`]). What differs is the *service*: it decides how many free addresses the pool
+//! wants, which blocks are in use and what a forwarded renewal is answered with. The glue
+//! between the two lives here, so [`crate::node::Node`] only demultiplexes.
+//!
+//! The service is an enum, not a trait object: the simulator and the fuzzers see every
+//! service's state, and a match costs nothing on the packet path.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use rand::Rng;
+use tracing::info;
+
+use crate::blocks::{BlockEvent, BlockView, Blocks, ClaimConfig, Output as BlockOutput};
+use crate::dhcp::{Dhcp, DhcpConfig, DhcpTransmit};
+use crate::persist::{Change, LeaseRecord, Restored};
+use crate::range::ManagedRange;
+use crate::stats::{Counter, Counters};
+use crate::time::Instant;
+use crate::wire::{ClaimEntry, Message, NodeId, RenewPayload, Swarm};
+
+/// What a pool serves. `Local` and `Api` come with the local address mode and the
+/// allocation API.
+#[derive(Clone, Debug)]
+pub enum ServiceConfig {
+    /// DHCP clients on a client interface.
+    Dhcp(DhcpConfig),
+    /// No service (`-S`, or a pool of another location): the pool learns the claims of
+    /// its range and keeps `spare_leases` addresses' worth of blocks (zero for `-S`, as
+    /// ddhcpd; the simulator uses it to exercise claiming alone).
+    Passive,
+}
+
+/// One pool as the node is configured with it.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Unique on the node; the store and the control socket know the pool by it.
+    pub name: String,
+    pub range: ManagedRange,
+    /// Timers are the node's; `spare_leases` is the pool's own.
+    pub claim: ClaimConfig,
+    pub service: ServiceConfig,
+    /// Only nodes of this location claim in the pool; `None`: every node.
+    pub location: Option<String>,
+}
+
+impl PoolConfig {
+    /// The pool `-N/-b/-c/-o` describe.
+    pub fn default_pool(range: ManagedRange, claim: ClaimConfig, dhcp: Option<DhcpConfig>) -> Self {
+        PoolConfig {
+            name: "default".into(),
+            range,
+            claim,
+            service: dhcp.map_or(ServiceConfig::Passive, ServiceConfig::Dhcp),
+            location: None,
+        }
+    }
+
+    /// `"dhcp"` or `"none"`, for `status`.
+    pub fn use_name(&self) -> &'static str {
+        match self.service {
+            ServiceConfig::Dhcp(_) => "dhcp",
+            ServiceConfig::Passive => "none",
+        }
+    }
+}
+
+/// The running service of a pool.
+pub enum Service {
+    Dhcp(Box<Dhcp>),
+    Passive,
+}
+
+/// What a pool produced, in order, for the node to put on its output queue.
+pub(crate) enum PoolOutput {
+    Peer(crate::node::Dest, Message),
+    Dhcp(DhcpTransmit),
+    Event(crate::node::Event),
+}
+
+/// How fast new clients arrive, to claim blocks before they are needed: new addresses
+/// handed out per claim round, over the last claim time.
+#[derive(Debug, Default)]
+struct Demand {
+    since: Instant,
+    rounds: VecDeque<u64>,
+}
+
+pub struct Pool {
+    index: usize,
+    cfg: PoolConfig,
+    /// Whether this node may claim in the pool (its location matches).
+    claims: bool,
+    blocks: Blocks,
+    service: Service,
+    demand: Demand,
+    counters: Counters,
+    /// Durable changes not yet handed to the store.
+    changes: Vec<Change>,
+    out: Vec<PoolOutput>,
+    /// Leases from before a restart in blocks whose claims lapsed meanwhile, by block,
+    /// until we own the block again or someone else does.
+    pending_restore: BTreeMap<u32, Vec<LeaseRecord>>,
+    /// When `pending_restore` is next checked (once per claim round, not per timer).
+    next_restore_check: Instant,
+}
+
+impl Pool {
+    /// `location` is the node's. A pool of another location learns claims and claims
+    /// nothing: its service is passive and it keeps no spare addresses.
+    pub fn new(index: usize, mut cfg: PoolConfig, location: Option<&str>, now: Instant) -> Self {
+        let claims = cfg.location.as_deref().is_none_or(|l| location == Some(l));
+        if !claims {
+            cfg.claim.spare_leases = 0;
+        }
+        let service = match &cfg.service {
+            ServiceConfig::Dhcp(d) if claims => Service::Dhcp(Box::new(Dhcp::new(d, cfg.range))),
+            _ => Service::Passive,
+        };
+        let mut pool = Pool {
+            index,
+            blocks: Blocks::new(cfg.claim.clone(), cfg.range, now),
+            service,
+            claims,
+            cfg,
+            demand: Demand {
+                since: now,
+                rounds: VecDeque::new(),
+            },
+            counters: Counters::default(),
+            changes: Vec::new(),
+            out: Vec::new(),
+            pending_restore: BTreeMap::new(),
+            next_restore_check: now,
+        };
+        pool.drain(now);
+        pool
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.cfg
+    }
+
+    pub fn range(&self) -> &ManagedRange {
+        &self.cfg.range
+    }
+
+    pub fn swarm(&self) -> Swarm {
+        self.cfg.range.swarm()
+    }
+
+    /// Whether this node claims in the pool (its location matches).
+    pub fn claims(&self) -> bool {
+        self.claims
+    }
+
+    pub fn blocks(&self) -> &Blocks {
+        &self.blocks
+    }
+
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    pub fn dhcp(&self) -> Option<&Dhcp> {
+        match &self.service {
+            Service::Dhcp(d) => Some(d),
+            Service::Passive => None,
+        }
+    }
+
+    pub(crate) fn dhcp_mut(&mut self) -> Option<&mut Dhcp> {
+        match &mut self.service {
+            Service::Dhcp(d) => Some(d),
+            Service::Passive => None,
+        }
+    }
+
+    /// Counters of this pool's blocks (claimed, dropped, lost, invalid entries).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn leases_active(&self) -> usize {
+        self.dhcp().map_or(0, |d| d.leases.active())
+    }
+
+    pub fn blocks_view(&self, now: Instant, me: NodeId) -> Vec<BlockView> {
+        self.blocks.view(now, me)
+    }
+
+    /// See [`crate::node::Node::restore`].
+    pub fn restore(&mut self, now: Instant, r: Restored) {
+        let range = self.cfg.range;
+        let (announced, ttl) = r.announced.unwrap_or((Instant::ZERO, 0));
+        let ttl = Duration::from_secs(u64::from(ttl));
+        let with_leases: std::collections::HashSet<u32> = r
+            .leases
+            .iter()
+            .filter_map(|l| range.locate(l.ip).map(|(b, _)| b))
+            .collect();
+        let mut owned = Vec::new();
+        let mut lapsed = Vec::new();
+        for &(block, since) in &r.blocks {
+            if !r.clock_went_back && since.max(announced) + ttl > now {
+                owned.push((block, since));
+            } else if with_leases.contains(&block) && self.claims {
+                lapsed.push(block);
+            } else {
+                self.changes.push(Change::BlockGone { block });
+            }
+        }
+        self.blocks.restore(now, &owned, &lapsed);
+        for &(block, _) in &owned {
+            if self.blocks.owns(block) {
+                self.out
+                    .push(PoolOutput::Event(crate::node::Event::BlockClaimed {
+                        pool: self.index,
+                        block,
+                        first: range.block_first(block),
+                    }));
+            }
+        }
+        info!(
+            pool = %self.cfg.name,
+            valid = owned.len(),
+            lapsed = lapsed.len(),
+            leases = r.leases.len(),
+            "state restored"
+        );
+        match &mut self.service {
+            Service::Dhcp(d) => {
+                d.restore_options(&r.options);
+                let holds: HashMap<u32, Instant> = r.holds.iter().copied().collect();
+                for &(block, since) in &owned {
+                    if self.blocks.owns(block) {
+                        let hold = holds.get(&block).copied().filter(|&h| h > now);
+                        d.restore_block(block, since, hold);
+                    }
+                }
+                for lease in d.leases.restore(r.leases) {
+                    match range.locate(lease.ip) {
+                        Some((b, _)) if self.blocks.is_wanted(b) => {
+                            self.pending_restore.entry(b).or_default().push(lease)
+                        }
+                        _ => self.changes.push(Change::LeaseGone(lease.ip)),
+                    }
+                }
+            }
+            // Nothing serves the leases: they are gone; run-time options stay stored
+            // for when the pool serves again.
+            Service::Passive => {
+                self.changes
+                    .extend(r.leases.iter().map(|l| Change::LeaseGone(l.ip)));
+            }
+        }
+        self.drain(now);
+    }
+
+    /// Moves the pool's durable changes, in order, to `out`.
+    pub(crate) fn take_changes(&mut self, out: &mut Vec<(usize, Change)>) {
+        if let Service::Dhcp(d) = &mut self.service {
+            d.take_changes(&mut self.changes);
+        }
+        out.extend(self.changes.drain(..).map(|c| (self.index, c)));
+    }
+
+    pub(crate) fn take_outputs(&mut self) -> std::vec::Drain<'_, PoolOutput> {
+        self.out.drain(..)
+    }
+
+    pub(crate) fn on_inquire(&mut self, now: Instant, me: NodeId, from: NodeId, blocks: &[u32]) {
+        self.blocks.on_inquire(now, me, from, blocks);
+        self.count_invalid();
+    }
+
+    pub(crate) fn on_claim(
+        &mut self,
+        now: Instant,
+        me: NodeId,
+        from: NodeId,
+        addr: Ipv6Addr,
+        entries: &[ClaimEntry],
+    ) {
+        self.blocks.on_claim(now, me, from, addr, entries);
+        self.count_invalid();
+    }
+
+    fn count_invalid(&mut self) {
+        let invalid = std::mem::take(&mut self.blocks.invalid_entries);
+        self.counters.add(Counter::DropInvalidBlock, invalid);
+    }
+
+    /// A forwarded renewal for an address of this pool; the answer, if any.
+    pub(crate) fn on_renew(
+        &mut self,
+        now: Instant,
+        from: Ipv6Addr,
+        p: &RenewPayload,
+    ) -> Option<Message> {
+        match &mut self.service {
+            Service::Dhcp(d) => d.handle_renew(now, from, &self.blocks, p),
+            // Without a DHCP service we own nothing: as ddhcpd, refuse what is in range
+            // and ignore the rest.
+            Service::Passive => {
+                let marked = p.lease_seconds == crate::dhcp::roaming::RENEW_MARK;
+                let mut nak = *p;
+                if marked {
+                    nak.lease_seconds = 0;
+                }
+                p.addresses()
+                    .iter()
+                    .take(if marked { 1 } else { 2 })
+                    .any(|a| self.cfg.range.locate(*a).is_some())
+                    .then_some(Message::LeaseNak(nak))
+            }
+        }
+    }
+
+    /// The owner's answer to a renewal we forwarded; false if nothing here asked.
+    pub(crate) fn on_forward_answer(
+        &mut self,
+        from: Ipv6Addr,
+        p: &RenewPayload,
+        ack: bool,
+    ) -> bool {
+        let Service::Dhcp(d) = &mut self.service else {
+            return false;
+        };
+        d.handle_forward_answer(from, p, ack);
+        true
+    }
+
+    pub(crate) fn handle_dhcp(&mut self, now: Instant, data: &[u8]) {
+        if let Service::Dhcp(d) = &mut self.service {
+            d.handle_packet(now, &self.blocks, data);
+        }
+    }
+
+    pub(crate) fn handle_timeout(&mut self, now: Instant, rng: &mut impl Rng) {
+        if let Service::Dhcp(d) = &mut self.service {
+            d.handle_timeout(now);
+        }
+        self.sample_demand(now);
+        self.blocks.handle_timeout(now, rng);
+        self.drain(now);
+        self.forget_lost_restores(now);
+    }
+
+    pub(crate) fn announce_all(&mut self, now: Instant) {
+        self.blocks.announce_all(now);
+    }
+
+    pub fn poll_timeout(&self) -> Instant {
+        let b = self.blocks.poll_timeout();
+        match self.dhcp().and_then(Dhcp::next_deadline) {
+            Some(d) => b.min(d),
+            None => b,
+        }
+    }
+
+    /// Drops leases from before a restart whose block another node owns now. Checked once
+    /// per claim round, when `wanted` can have changed; expired leases wait for their
+    /// block's fate (they are dropped when it comes back).
+    fn forget_lost_restores(&mut self, now: Instant) {
+        if self.pending_restore.is_empty() || now < self.next_restore_check {
+            return;
+        }
+        self.next_restore_check = now + self.cfg.claim.round_interval();
+        let blocks = &self.blocks;
+        let changes = &mut self.changes;
+        self.pending_restore.retain(|&block, leases| {
+            if blocks.is_wanted(block) {
+                return true;
+            }
+            changes.extend(leases.iter().map(|l| Change::LeaseGone(l.ip)));
+            if !blocks.owns(block) {
+                changes.push(Change::BlockGone { block });
+            }
+            false
+        });
+    }
+
+    /// What the service needs from the block table, sampled once per claim round.
+    ///
+    /// Claiming ahead: a claim takes H = 1.5·t plus up to two rounds of waiting. If new
+    /// clients arriving at the rate of the busiest round of the last H would eat more than
+    /// the spare target during the next H, hold 1.5 times that many free instead, so a
+    /// burst does not stall for a claim round per block. Surplus blocks are given up by the
+    /// `-n` rule once the burst is over.
+    fn sample_demand(&mut self, now: Instant) {
+        let Service::Dhcp(d) = &mut self.service else {
+            return;
+        };
+        self.blocks.set_lapse_hold(d.lease_horizon());
+        let round = self.cfg.claim.round_interval();
+        if now.saturating_since(self.demand.since) < round {
+            return;
+        }
+        self.demand.since = now;
+        let horizon = self.cfg.claim.tentative_timeout * 3 / 2 + round * 2;
+        let window = (horizon.as_millis() / round.as_millis().max(1)).max(1) as usize;
+        self.demand.rounds.push_back(d.take_demand(now, horizon));
+        while self.demand.rounds.len() > window {
+            self.demand.rounds.pop_front();
+        }
+        // Clients expected over the next H at the rate of the busiest recent round: a
+        // burst counts from its first round (a mean would dilute it with the quiet rounds
+        // before it), and the estimate decays only once the window has passed.
+        let busiest = self.demand.rounds.iter().copied().max().unwrap_or(0);
+        let expected = busiest * window as u64;
+        let cap = u64::from(self.cfg.range.block_size()) * crate::blocks::MAX_CLAIMING as u64;
+        let want = (expected * 3).div_ceil(2).min(cap) as u32;
+        self.blocks
+            .set_extra_spare(want.saturating_sub(self.cfg.claim.spare_leases));
+    }
+
+    /// Turns what the block protocol and the service produced into outputs and durable
+    /// changes, and tells the block table what the service uses.
+    pub(crate) fn drain(&mut self, now: Instant) {
+        let range = self.cfg.range;
+        let pool = self.index;
+        if let Service::Dhcp(d) = &mut self.service {
+            while let Some((owner, m)) = d.poll_forward() {
+                self.out
+                    .push(PoolOutput::Peer(crate::node::Dest::Unicast(owner), m));
+            }
+            while let Some(e) = d.poll_event() {
+                self.out
+                    .push(PoolOutput::Event(crate::node::Event::Lease(pool, e)));
+            }
+            while let Some(t) = d.poll_transmit() {
+                self.out.push(PoolOutput::Dhcp(t));
+            }
+        }
+        while let Some(out) = self.blocks.poll_output() {
+            let message = match out {
+                BlockOutput::Inquire(b) => Message::Inquire(b),
+                BlockOutput::Claim(e) => Message::UpdateClaim(e),
+            };
+            self.out
+                .push(PoolOutput::Peer(crate::node::Dest::Multicast, message));
+        }
+        use crate::node::Event;
+        while let Some(ev) = self.blocks.poll_event() {
+            let ev = match ev {
+                BlockEvent::EndLearning => {
+                    info!(pool = %self.cfg.name, "ready to claim blocks");
+                    Event::EndLearning { pool }
+                }
+                BlockEvent::Claimed(block) => {
+                    self.counters.inc(Counter::BlocksClaimed);
+                    self.changes.push(Change::BlockOwned { block, since: now });
+                    let hold = self.blocks.hold_until(block).filter(|&h| h > now);
+                    if let Some(until) = hold {
+                        self.changes.push(Change::BlockHold { block, until });
+                    }
+                    if let Service::Dhcp(d) = &mut self.service {
+                        d.block_owned(block, now, hold);
+                        let (live, expired): (Vec<_>, Vec<_>) = self
+                            .pending_restore
+                            .remove(&block)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .partition(|l| l.until > now);
+                        d.leases.restore(live);
+                        self.changes
+                            .extend(expired.into_iter().map(|l| Change::LeaseGone(l.ip)));
+                    }
+                    Event::BlockClaimed {
+                        pool,
+                        block,
+                        first: range.block_first(block),
+                    }
+                }
+                BlockEvent::Dropped(block) => {
+                    self.counters.inc(Counter::BlocksDropped);
+                    self.changes.push(Change::BlockGone { block });
+                    if let Service::Dhcp(d) = &mut self.service {
+                        d.block_gone(block);
+                    }
+                    Event::BlockDropped {
+                        pool,
+                        block,
+                        first: range.block_first(block),
+                    }
+                }
+                BlockEvent::Lost { block, to } => {
+                    self.counters.inc(Counter::BlocksLost);
+                    self.changes.push(Change::BlockGone { block });
+                    if let Service::Dhcp(d) = &mut self.service {
+                        d.block_gone(block);
+                    }
+                    Event::BlockLost {
+                        pool,
+                        block,
+                        first: range.block_first(block),
+                        to,
+                    }
+                }
+            };
+            self.out.push(PoolOutput::Event(ev));
+        }
+        if let Some(at) = self.blocks.take_refreshed() {
+            let ttl = self.cfg.claim.ttl();
+            self.changes.push(Change::Announced { at, ttl });
+        }
+        // Usage changed by DHCP traffic and by blocks just owned (their reserved addresses).
+        if let Service::Dhcp(d) = &mut self.service {
+            for (block, used) in d.leases.take_changed() {
+                self.blocks.set_usage(block, used);
+            }
+        }
+    }
+
+    /// Addresses of this pool as the control socket shows them.
+    pub fn first_of(&self, block: u32) -> Ipv4Addr {
+        self.cfg.range.block_first(block)
+    }
+}
