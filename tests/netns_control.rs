@@ -152,9 +152,48 @@ fn bad_flags_exit_2_with_one_line() {
             "-H",
         ),
     ];
+    // Pools and the config file: a missing file, a bad line, overlapping pools, an unknown
+    // `use=`, and a use this release does not serve yet.
+    let dir = std::env::temp_dir().join(format!("ddhcp-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "server-iface = \"lo\"\n[pool.a]\nnetwork = 10.0.0.0/24\n",
+    )
+    .unwrap();
+    let missing = dir.join("missing.toml");
+    let (bad, missing) = (bad.to_str().unwrap(), missing.to_str().unwrap());
+    let bad_line = format!("{bad}:3");
+    let pool_cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["-i", "lo", "--config", missing], "No such file"),
+        (vec!["-i", "lo", "--config", bad], bad_line.as_str()),
+        (
+            vec![
+                "-i",
+                "lo",
+                "-S",
+                "--pool",
+                "a=10.0.0.0/16",
+                "--pool",
+                "b=10.0.3.0/24",
+            ],
+            "overlap",
+        ),
+        (vec!["-i", "lo", "--pool", "a=10.0.0.0/24,use=ftp"], "use"),
+        (
+            vec!["-i", "lo", "--pool", "a=10.0.0.0/24,use=local,iface=lo"],
+            "use=local",
+        ),
+    ];
+    let cases: Vec<(&[&str], &str)> = cases
+        .iter()
+        .copied()
+        .chain(pool_cases.iter().map(|(a, n)| (a.as_slice(), *n)))
+        .collect();
     for (args, needle) in cases {
         let out = std::process::Command::new(ddhcpd())
-            .args(*args)
+            .args(args)
             .args(["-C", "/nonexistent-dir-for-test/ctl.sock"])
             .output()
             .unwrap();
@@ -163,4 +202,5 @@ fn bad_flags_exit_2_with_one_line() {
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -40,6 +40,7 @@ impl Drop for TempFile {
     }
 }
 
+#[cfg(feature = "config-file")]
 /// Runs `ddhcpd --config FILE ARGS…` with `text` as the file.
 fn with_file(text: &str, args: &str) -> (TempFile, Result<Config, String>) {
     let f = TempFile::new(text);
@@ -51,6 +52,7 @@ fn with_file(text: &str, args: &str) -> (TempFile, Result<Config, String>) {
     (f, r)
 }
 
+#[cfg(feature = "config-file")]
 /// The error of `with_file`, checked to be one line naming the file, `line` and `key`.
 fn file_error(text: &str, args: &str, line: usize, key: &str, why: &str) -> String {
     let (f, r) = with_file(text, args);
@@ -545,6 +547,7 @@ use = "api"
 spare = 0
 "#;
 
+#[cfg(feature = "config-file")]
 /// [`EXAMPLE`], without `metrics` in a build without the metrics feature (same lines).
 fn example() -> String {
     if cfg!(feature = "metrics") {
@@ -554,6 +557,7 @@ fn example() -> String {
     }
 }
 
+#[cfg(feature = "config-file")]
 #[test]
 fn file_with_every_key() {
     let (_f, r) = with_file(&example(), "");
@@ -617,6 +621,7 @@ fn file_with_every_key() {
     assert!(e.contains("clients, guests, servers, api"), "{e}");
 }
 
+#[cfg(feature = "config-file")]
 #[test]
 fn flags_override_the_file() {
     let (_f, r) = with_file(
@@ -677,6 +682,7 @@ fn flags_override_the_file() {
     assert!(r.unwrap().claim.learning);
 }
 
+#[cfg(feature = "config-file")]
 #[test]
 fn pools_from_n_file_and_flags_merge_in_order() {
     let (f, r) = with_file(
@@ -714,6 +720,7 @@ fn pools_from_n_file_and_flags_merge_in_order() {
     );
 }
 
+#[cfg(feature = "config-file")]
 #[test]
 fn file_errors_name_file_line_and_key() {
     let net = "[pool.lan]\nnetwork = \"10.0.0.0/24\"\n";
@@ -987,6 +994,7 @@ fn config_file_that_cannot_be_read() {
     );
 }
 
+#[cfg(feature = "config-file")]
 #[test]
 fn file_alone_needs_no_n() {
     let (_f, r) = with_file("[pool.a]\nnetwork = \"10.0.0.0/24\"\n", "-i s -c c");
@@ -1067,6 +1075,7 @@ mod never_panics {
         prop::collection::vec(item, 0..8).prop_map(|v| v.concat())
     }
 
+    #[cfg(feature = "config-file")]
     fn file_text() -> impl Strategy<Value = String> {
         let line = prop_oneof![
             Just("[pool.a]".to_string()),
@@ -1101,6 +1110,7 @@ mod never_panics {
             }
         }
 
+        #[cfg(feature = "config-file")]
         #[test]
         fn any_file_is_a_config_or_one_line(text in file_text()) {
             match ConfigFile::parse("f.toml", &text) {
@@ -1119,4 +1129,15 @@ mod never_panics {
             }
         }
     }
+}
+
+#[cfg(not(feature = "config-file"))]
+#[test]
+fn without_the_feature_a_config_file_is_refused_in_one_line() {
+    let f = TempFile::new("server-iface = \"bat0\"\n");
+    let e = parse_argv(["-i", "s", "--config", f.path()]).unwrap_err();
+    assert!(
+        e.contains("--config") && e.contains("config-file feature") && !e.contains('\n'),
+        "{e}"
+    );
 }
