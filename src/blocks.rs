@@ -340,6 +340,8 @@ pub struct Blocks {
     answer_tat: Instant,
     /// Answers not sent because the budget was spent (a flood, or a storm beyond reason).
     pub answers_suppressed: u64,
+    /// Never claimed by this node (see [`Blocks::set_excluded`]).
+    excluded: BTreeSet<u32>,
 }
 
 impl Blocks {
@@ -364,6 +366,7 @@ impl Blocks {
             learning_until,
             outputs: VecDeque::new(),
             events,
+            excluded: BTreeSet::new(),
             invalid_entries: 0,
             extra_spare: 0,
             lapsed: HashMap::new(),
@@ -506,6 +509,13 @@ impl Blocks {
     /// `docs/protocol.md` (claiming ahead).
     pub fn set_extra_spare(&mut self, n: u32) {
         self.extra_spare = n;
+    }
+
+    /// Replaces the spare target (`-s`) for a service whose need changes at run time (the
+    /// local service: standby addresses still to configure). Unlike claiming ahead, this is
+    /// the need itself and is not capped at half of what is free.
+    pub fn set_spare(&mut self, n: u32) {
+        self.cfg.spare_leases = n;
     }
 
     /// Blocks still to claim (positive) or that could be given up (negative), with the C
@@ -926,6 +936,9 @@ impl Blocks {
         let mut pick = None;
         for _ in 0..8 {
             let b = self.free.pick(rng)?;
+            if self.excluded.contains(&b) {
+                continue;
+            }
             let warm = self
                 .lapsed
                 .get(&b)
@@ -935,7 +948,22 @@ impl Blocks {
             }
             pick = Some(b);
         }
+        if pick.is_none() && !self.excluded.is_empty() {
+            // Mostly excluded blocks left: look at every free one.
+            pick = self
+                .free
+                .members
+                .iter()
+                .copied()
+                .find(|b| !self.excluded.contains(b));
+        }
         pick
+    }
+
+    /// Blocks this node never claims (wholly unmanaged ranges); it still learns and
+    /// answers for them as for any block.
+    pub fn set_excluded(&mut self, blocks: BTreeSet<u32>) {
+        self.excluded = blocks;
     }
 
     fn refresh(&mut self, now: Instant) {

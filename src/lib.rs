@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod dhcp;
 pub mod hash;
+pub mod local;
 pub mod node;
 pub mod persist;
 pub mod pool;

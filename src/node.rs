@@ -106,6 +106,15 @@ pub enum Event {
     },
     /// A DHCP allocation or release in a pool.
     Lease(usize, LeaseEvent),
+    /// An address of a local pool moved in its life cycle (`from`/`to`: `free`,
+    /// `reserved`, `standby`, `active`).
+    Local {
+        pool: usize,
+        ip: Ipv4Addr,
+        from: &'static str,
+        to: &'static str,
+        reason: String,
+    },
 }
 
 /// A control request, as the core takes it. `pool: None` means the pool named `default`,
@@ -135,6 +144,26 @@ pub enum Query {
         pool: Option<String>,
         secs: u32,
     },
+    /// The addresses of local pools (all of them without a pool name).
+    Local {
+        pool: Option<String>,
+    },
+    /// A third party says `ip` (of a local pool) is in use, or no longer.
+    Mark {
+        ip: Ipv4Addr,
+        active: bool,
+    },
+}
+
+/// One address of `ddhcpctl local`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalRow {
+    pub ip: Ipv4Addr,
+    pub pool: String,
+    pub iface: String,
+    pub state: &'static str,
+    pub since_secs: u64,
+    pub reason: String,
 }
 
 /// One pool in `status`.
@@ -190,6 +219,9 @@ pub enum Answer {
         options: Vec<DhcpOption>,
         lease_time: u32,
     },
+    Local {
+        addresses: Vec<LocalRow>,
+    },
     /// A change was made (it is durable once the answer leaves, see [`Node`]).
     Done,
     Refused(String),
@@ -204,6 +236,12 @@ pub enum Output {
     Dhcp {
         pool: usize,
         transmit: DhcpTransmit,
+    },
+    /// Something for the host to do for local pool `pool`; the outcome comes back through
+    /// [`Node::handle_host`].
+    Host {
+        pool: usize,
+        action: crate::local::HostAction,
     },
     Event(Event),
     /// The answer to the query with this id.
@@ -468,6 +506,47 @@ impl Node {
                 info!(code, "option removed");
                 Ok(())
             }),
+            Query::Local { pool } => {
+                let pools: Vec<usize> = match pool {
+                    Some(n) => match self.find_pool(Some(&n)) {
+                        Ok(i) => vec![i],
+                        Err(e) => return Answer::Refused(e),
+                    },
+                    None => (0..self.pools.len()).collect(),
+                };
+                let mut addresses = Vec::new();
+                for i in pools {
+                    let p = &self.pools[i];
+                    let Some(l) = p.local() else { continue };
+                    for (ip, a) in l.addresses() {
+                        addresses.push(LocalRow {
+                            ip,
+                            pool: p.name().to_string(),
+                            iface: l.config().iface.clone(),
+                            state: a.state.name(),
+                            since_secs: now.saturating_since(a.since).as_secs(),
+                            reason: a.reason.clone(),
+                        });
+                    }
+                }
+                Answer::Local { addresses }
+            }
+            Query::Mark { ip, active } => {
+                let Some(i) = self
+                    .pools
+                    .iter()
+                    .position(|p| p.range().locate(ip).is_some())
+                else {
+                    return Answer::Refused(format!("{ip} is in no pool of this node"));
+                };
+                let r = self.pools[i].mark(now, ip, active);
+                self.pools[i].drain(now);
+                self.flush_pool(i);
+                match r {
+                    Ok(()) => Answer::Done,
+                    Err(e) => Answer::Refused(e),
+                }
+            }
             Query::LeaseTime { pool, secs } => self.change_options(&pool, |d| {
                 if secs == 0 {
                     return Err("a lease time of 0 seconds makes no sense".into());
@@ -582,6 +661,17 @@ impl Node {
         self.flush_pool(pool);
     }
 
+    /// What the host did or saw for local pool `pool` (the answer to an
+    /// [`Output::Host`], or something it noticed by itself).
+    pub fn handle_host(&mut self, now: Instant, pool: usize, ev: crate::local::HostEvent) {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        p.handle_host(now, ev);
+        p.drain(now);
+        self.flush_pool(pool);
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
         // Every pool looks at its timers; each does only what is due.
         for i in 0..self.pools.len() {
@@ -636,6 +726,7 @@ impl Node {
                     pool: i,
                     transmit: t,
                 }),
+                PoolOutput::Host(action) => self.out.push_back(Output::Host { pool: i, action }),
                 PoolOutput::Event(ev) => self.out.push_back(Output::Event(ev)),
             }
         }

@@ -30,6 +30,8 @@ use crate::wire::{ClaimEntry, Message, NodeId, RenewPayload, Swarm};
 pub enum ServiceConfig {
     /// DHCP clients on a client interface.
     Dhcp(DhcpConfig),
+    /// Addresses for this host (`use=local`).
+    Local(crate::local::LocalConfig),
     /// No service (`-S`, or a pool of another location): the pool learns the claims of
     /// its range and keeps `spare_leases` addresses' worth of blocks (zero for `-S`, as
     /// ddhcpd; the simulator uses it to exercise claiming alone).
@@ -64,8 +66,8 @@ impl PoolConfig {
     /// `"dhcp"` or `"none"`, for `status`.
     pub fn use_name(&self) -> &'static str {
         match self.service {
-            ServiceConfig::Dhcp(_) => "dhcp",
-            ServiceConfig::Passive => "none",
+            ServiceConfig::Dhcp(_) | ServiceConfig::Passive => "dhcp",
+            ServiceConfig::Local(_) => "local",
         }
     }
 }
@@ -73,6 +75,7 @@ impl PoolConfig {
 /// The running service of a pool.
 pub enum Service {
     Dhcp(Box<Dhcp>),
+    Local(Box<crate::local::Local>),
     Passive,
 }
 
@@ -80,6 +83,7 @@ pub enum Service {
 pub(crate) enum PoolOutput {
     Peer(crate::node::Dest, Message),
     Dhcp(DhcpTransmit),
+    Host(crate::local::HostAction),
     Event(crate::node::Event),
 }
 
@@ -120,11 +124,20 @@ impl Pool {
         }
         let service = match &cfg.service {
             ServiceConfig::Dhcp(d) if claims => Service::Dhcp(Box::new(Dhcp::new(d, cfg.range))),
+            ServiceConfig::Local(l) if claims => {
+                // The service says how many free addresses it wants (free_wanted).
+                cfg.claim.spare_leases = 0;
+                Service::Local(Box::new(crate::local::Local::new(l.clone(), cfg.range)))
+            }
             _ => Service::Passive,
         };
+        let mut blocks = Blocks::new(cfg.claim.clone(), cfg.range, now);
+        if let Service::Local(l) = &service {
+            blocks.set_excluded(l.excluded_blocks());
+        }
         let mut pool = Pool {
             index,
-            blocks: Blocks::new(cfg.claim.clone(), cfg.range, now),
+            blocks,
             service,
             claims,
             cfg,
@@ -174,14 +187,21 @@ impl Pool {
     pub fn dhcp(&self) -> Option<&Dhcp> {
         match &self.service {
             Service::Dhcp(d) => Some(d),
-            Service::Passive => None,
+            _ => None,
         }
     }
 
     pub(crate) fn dhcp_mut(&mut self) -> Option<&mut Dhcp> {
         match &mut self.service {
             Service::Dhcp(d) => Some(d),
-            Service::Passive => None,
+            _ => None,
+        }
+    }
+
+    pub fn local(&self) -> Option<&crate::local::Local> {
+        match &self.service {
+            Service::Local(l) => Some(l),
+            _ => None,
         }
     }
 
@@ -258,7 +278,7 @@ impl Pool {
             }
             // Nothing serves the leases: they are gone; run-time options stay stored
             // for when the pool serves again.
-            Service::Passive => {
+            Service::Passive | Service::Local(_) => {
                 self.changes
                     .extend(r.leases.iter().map(|l| Change::LeaseGone(l.ip)));
             }
@@ -309,9 +329,9 @@ impl Pool {
     ) -> Option<Message> {
         match &mut self.service {
             Service::Dhcp(d) => d.handle_renew(now, from, &self.blocks, p),
-            // Without a DHCP service we own nothing: as ddhcpd, refuse what is in range
+            // Without a DHCP service no lease is ours: as ddhcpd, refuse what is in range
             // and ignore the rest.
-            Service::Passive => {
+            Service::Passive | Service::Local(_) => {
                 let marked = p.lease_seconds == crate::dhcp::roaming::RENEW_MARK;
                 let mut nak = *p;
                 if marked {
@@ -347,8 +367,10 @@ impl Pool {
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Instant, rng: &mut impl Rng) {
-        if let Service::Dhcp(d) = &mut self.service {
-            d.handle_timeout(now);
+        match &mut self.service {
+            Service::Dhcp(d) => d.handle_timeout(now),
+            Service::Local(l) => l.handle_timeout(now, &self.blocks),
+            Service::Passive => {}
         }
         self.sample_demand(now);
         self.blocks.handle_timeout(now, rng);
@@ -362,10 +384,12 @@ impl Pool {
 
     pub fn poll_timeout(&self) -> Instant {
         let b = self.blocks.poll_timeout();
-        match self.dhcp().and_then(Dhcp::next_deadline) {
-            Some(d) => b.min(d),
-            None => b,
-        }
+        let s = match &self.service {
+            Service::Dhcp(d) => d.next_deadline(),
+            Service::Local(l) => l.next_deadline(),
+            Service::Passive => None,
+        };
+        s.map_or(b, |s| b.min(s))
     }
 
     /// Drops leases from before a restart whose block another node owns now. Checked once
@@ -442,6 +466,7 @@ impl Pool {
                 self.out.push(PoolOutput::Dhcp(t));
             }
         }
+        self.drain_local(now);
         while let Some(out) = self.blocks.poll_output() {
             let message = match out {
                 BlockOutput::Inquire(b) => Message::Inquire(b),
@@ -451,6 +476,7 @@ impl Pool {
                 .push(PoolOutput::Peer(crate::node::Dest::Multicast, message));
         }
         use crate::node::Event;
+        let mut claimed = false;
         while let Some(ev) = self.blocks.poll_event() {
             let ev = match ev {
                 BlockEvent::EndLearning => {
@@ -458,6 +484,7 @@ impl Pool {
                     Event::EndLearning { pool }
                 }
                 BlockEvent::Claimed(block) => {
+                    claimed = true;
                     self.counters.inc(Counter::BlocksClaimed);
                     self.changes.push(Change::BlockOwned { block, since: now });
                     let hold = self.blocks.hold_until(block).filter(|&h| h > now);
@@ -485,8 +512,10 @@ impl Pool {
                 BlockEvent::Dropped(block) => {
                     self.counters.inc(Counter::BlocksDropped);
                     self.changes.push(Change::BlockGone { block });
-                    if let Service::Dhcp(d) = &mut self.service {
-                        d.block_gone(block);
+                    match &mut self.service {
+                        Service::Dhcp(d) => d.block_gone(block),
+                        Service::Local(l) => l.block_gone(now, block),
+                        Service::Passive => {}
                     }
                     Event::BlockDropped {
                         pool,
@@ -497,8 +526,10 @@ impl Pool {
                 BlockEvent::Lost { block, to } => {
                     self.counters.inc(Counter::BlocksLost);
                     self.changes.push(Change::BlockGone { block });
-                    if let Service::Dhcp(d) = &mut self.service {
-                        d.block_gone(block);
+                    match &mut self.service {
+                        Service::Dhcp(d) => d.block_gone(block),
+                        Service::Local(l) => l.block_gone(now, block),
+                        Service::Passive => {}
                     }
                     Event::BlockLost {
                         pool,
@@ -519,6 +550,53 @@ impl Pool {
             for (block, used) in d.leases.take_changed() {
                 self.blocks.set_usage(block, used);
             }
+        }
+        // A block just claimed can serve the local service's missing addresses now.
+        if claimed && let Service::Local(l) = &mut self.service {
+            l.handle_timeout(now, &self.blocks);
+        }
+        self.drain_local(now);
+    }
+
+    /// What the local service asked of the host and of the block table.
+    fn drain_local(&mut self, now: Instant) {
+        let _ = now;
+        let Service::Local(l) = &mut self.service else {
+            return;
+        };
+        while let Some(a) = l.poll_action() {
+            self.out.push(PoolOutput::Host(a));
+        }
+        while let Some(m) = l.poll_move() {
+            self.out.push(PoolOutput::Event(crate::node::Event::Local {
+                pool: self.index,
+                ip: m.ip,
+                from: m.from,
+                to: m.to,
+                reason: m.reason,
+            }));
+        }
+        for (block, used) in l.take_changed() {
+            self.blocks.set_usage(block, used);
+        }
+        self.blocks.set_spare(l.free_wanted());
+    }
+
+    /// `mark-active` / `mark-standby`; the service then moves towards its targets.
+    pub(crate) fn mark(&mut self, now: Instant, ip: Ipv4Addr, active: bool) -> Result<(), String> {
+        let Service::Local(l) = &mut self.service else {
+            return Err(format!("pool '{}' is not a local pool", self.cfg.name));
+        };
+        let r = l.mark(now, ip, active);
+        l.handle_timeout(now, &self.blocks);
+        r
+    }
+
+    /// Something the host did or saw, for the local service.
+    pub(crate) fn handle_host(&mut self, now: Instant, ev: crate::local::HostEvent) {
+        if let Service::Local(l) = &mut self.service {
+            l.handle_event(now, ev, &self.blocks);
+            l.handle_timeout(now, &self.blocks);
         }
     }
 

@@ -94,6 +94,7 @@ pub struct Harness {
     dhcp: VecDeque<DhcpTransmit>,
     events: VecDeque<Event>,
     answers: VecDeque<(u64, Answer)>,
+    host: VecDeque<(usize, crate::local::HostAction)>,
 }
 
 impl Harness {
@@ -104,6 +105,7 @@ impl Harness {
             dhcp: VecDeque::new(),
             events: VecDeque::new(),
             answers: VecDeque::new(),
+            host: VecDeque::new(),
         }
     }
 
@@ -114,6 +116,7 @@ impl Harness {
                 Output::Dhcp { transmit, .. } => self.dhcp.push_back(transmit),
                 Output::Event(e) => self.events.push_back(e),
                 Output::Answer { id, answer } => self.answers.push_back((id, answer)),
+                Output::Host { pool, action } => self.host.push_back((pool, action)),
             }
         }
     }
@@ -136,6 +139,11 @@ impl Harness {
     pub fn poll_answer(&mut self) -> Option<(u64, Answer)> {
         self.sort();
         self.answers.pop_front()
+    }
+
+    pub fn poll_host(&mut self) -> Option<(usize, crate::local::HostAction)> {
+        self.sort();
+        self.host.pop_front()
     }
 }
 

@@ -490,6 +490,9 @@ impl Daemon {
                 Held::Out(Output::Dhcp { pool, transmit }) => self.send_dhcp(pool, &transmit).await,
                 Held::Out(Output::Event(ev)) => self.event(ev),
                 Held::Out(Output::Answer { .. }) => {}
+                // Setup refuses local pools until the host side is wired in, so the core
+                // asks nothing of the host yet.
+                Held::Out(Output::Host { .. }) => {}
                 Held::Reply(tx, r) => {
                     let _ = tx.send(r);
                 }

@@ -119,6 +119,16 @@ pub fn render(answer: Answer) -> Response {
                 .collect();
             Response::ok(json!({ "pool": pool, "options": opts, "lease_time": lease_time }))
         }
+        Answer::Local { addresses } => {
+            let rows: Vec<_> = addresses
+                .into_iter()
+                .map(|a| {
+                    json!({"ip": a.ip.to_string(), "pool": a.pool, "iface": a.iface,
+                           "state": a.state, "since": a.since_secs, "reason": a.reason})
+                })
+                .collect();
+            Response::ok(json!({ "addresses": rows }))
+        }
         Answer::Done => Response::ok(json!({"ok": true})),
         Answer::Refused(e) => Response::err(e),
     }
@@ -141,6 +151,9 @@ pub fn hook_args(ev: &Event, ranges: &[ManagedRange]) -> Vec<String> {
         } => vec!["conflict".into(), block(*pool, *first), to.to_string()],
         Event::NodeIdChanged { old, new } => {
             vec!["nodeid".into(), old.to_string(), new.to_string()]
+        }
+        Event::Local { ip, from, to, .. } => {
+            vec!["local".into(), ip.to_string(), (*from).into(), (*to).into()]
         }
         Event::Lease(_, l) => match l {
             L::Leased { ip, mac, .. } => vec!["lease".into(), ip.to_string(), mac.clone()],

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use cnode::{CConfig, CNode, CState};
 use ddhcp::blocks::ClaimConfig;
+use ddhcp::local::{HostAction, HostEvent};
 use ddhcp::node::{Channel, Dest, Event, Node, NodeConfig, Output, derive_node_id};
 use ddhcp::range::ManagedRange;
 use ddhcp::store::{PoolState, WallClock};
@@ -92,7 +93,14 @@ enum Kind {
     ToServer,
     /// DHCP from a node to client `to`.
     ToClient,
+    /// The fake host of node `to` reports to its local pool `pool`.
+    Host { pool: usize, ev: HostEvent },
+    /// The fake host of node `to` polls socket use (every [`USE_POLL`]).
+    UsePoll,
 }
+
+/// How often the fake host reports socket use, as the daemon's sock_diag poll.
+pub const USE_POLL: Duration = Duration::from_secs(1);
 
 impl PartialEq for Delivery {
     fn eq(&self, o: &Self) -> bool {
@@ -148,6 +156,15 @@ pub struct Sim {
     /// The range whose ownership is watched all the time (the first node's first pool);
     /// blocks of other pools are checked from the nodes' tables.
     tracked: Option<ManagedRange>,
+    /// The fake hosts: which nodes have each address configured on their interface.
+    pub host_addrs: BTreeMap<Ipv4Addr, std::collections::BTreeSet<usize>>,
+    /// Moments an address was configured on two hosts, or on a host while a DHCP client
+    /// held it: the property local mode must never break.
+    pub local_conflicts: Vec<String>,
+    /// Sockets per node using its addresses (set by the scenario), with what.
+    pub sockets: BTreeMap<usize, BTreeMap<Ipv4Addr, String>>,
+    /// Host actions done, by kind (add, remove, probe, announce, check).
+    pub host_actions: BTreeMap<&'static str, u64>,
 }
 
 /// Whether an event is about the watched range (node-wide events always are).
@@ -180,6 +197,10 @@ impl Sim {
             owner_history: HashMap::new(),
             conflict_ips: Vec::new(),
             tracked: None,
+            host_addrs: BTreeMap::new(),
+            local_conflicts: Vec::new(),
+            sockets: BTreeMap::new(),
+            host_actions: BTreeMap::new(),
         }
     }
 
@@ -297,6 +318,7 @@ impl Sim {
         node.restore(now, restored);
         slot.node = Some(node);
         self.drain(i);
+        self.host_start(i);
     }
 
     /// The configuration a stopped node starts with next (as flags changed for a restart).
@@ -461,11 +483,154 @@ impl Sim {
                         self.drain(del.to);
                     }
                     Kind::ToClient => self.client_receive(del.to, &del.data),
+                    Kind::Host { pool, ev } => {
+                        if let Some(n) = self.slots[del.to].node.as_mut() {
+                            n.handle_host(self.now, pool, ev);
+                        }
+                        self.drain(del.to);
+                    }
+                    Kind::UsePoll => self.use_poll(del.to),
                 }
             }
             _ => return false,
         }
         true
+    }
+
+    fn host_event(&mut self, i: usize, pool: usize, ev: HostEvent, after_ms: u64) {
+        self.seq += 1;
+        self.queue.push(Delivery {
+            at: self.now + Duration::from_millis(after_ms),
+            seq: self.seq,
+            to: i,
+            kind: Kind::Host { pool, ev },
+            data: Rc::from(&[][..]),
+        });
+    }
+
+    /// The fake host of node i does what its core asked, as netlink, ARP and probes would.
+    fn host_action(&mut self, i: usize, pool: usize, a: HostAction) {
+        let kind = match &a {
+            HostAction::Add { .. } => "add",
+            HostAction::Remove { .. } => "remove",
+            HostAction::Announce { .. } => "announce",
+            HostAction::Probe { .. } => "probe",
+            HostAction::CheckUse { .. } => "check",
+        };
+        *self.host_actions.entry(kind).or_default() += 1;
+        match a {
+            HostAction::Add { ip, .. } => {
+                let on = self.host_addrs.entry(ip).or_default();
+                if !on.insert(i) {
+                    // Already there with our tag (the shell checks it): done.
+                    self.host_event(i, pool, HostEvent::Added { ip }, 1);
+                    return;
+                }
+                if on.len() > 1 {
+                    let msg = format!("{:?}: {ip} configured on nodes {on:?}", self.now);
+                    self.local_conflicts.push(msg);
+                }
+                if self.clients.iter().any(|c| c.ip == Some(ip)) {
+                    let msg = format!(
+                        "{:?}: {ip} configured on node {i} while a client holds it",
+                        self.now
+                    );
+                    self.local_conflicts.push(msg);
+                }
+                self.host_event(i, pool, HostEvent::Added { ip }, 2);
+            }
+            HostAction::Remove { ip, .. } => {
+                if let Some(on) = self.host_addrs.get_mut(&ip) {
+                    on.remove(&i);
+                    if on.is_empty() {
+                        self.host_addrs.remove(&ip);
+                    }
+                }
+                self.host_event(i, pool, HostEvent::Removed { ip }, 2);
+            }
+            HostAction::Probe { ip, .. } => {
+                // Two hosts with one address on one link answer each other's probes badly:
+                // a probe succeeds only if no host this one can reach has the address too
+                // (the halves of a partition each reach their own test target).
+                let group = self.slots[i].group;
+                let alone = self.host_addrs.get(&ip).is_some_and(|on| {
+                    on.contains(&i) && on.iter().all(|&j| j == i || self.slots[j].group != group)
+                });
+                let ok = alone && !self.rng.random_bool(self.link.loss);
+                self.host_event(i, pool, HostEvent::ProbeResult { ip, ok }, 5);
+            }
+            HostAction::CheckUse { .. } => {
+                let used = self.sockets.get(&i).cloned().unwrap_or_default();
+                self.host_event(i, pool, HostEvent::InUse(used), 1);
+            }
+            HostAction::Announce { .. } => {}
+        }
+    }
+
+    /// Local pools of node i, by index.
+    fn local_pools(&self, i: usize) -> Vec<usize> {
+        self.slots[i].node.as_ref().map_or(Vec::new(), |n| {
+            n.pools()
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.local().is_some())
+                .map(|(k, _)| k)
+                .collect()
+        })
+    }
+
+    /// At start: the host reports the tagged addresses it still has (from before a crash),
+    /// and socket polling begins.
+    fn host_start(&mut self, i: usize) {
+        let pools = self.local_pools(i);
+        if pools.is_empty() {
+            return;
+        }
+        let mine: Vec<Ipv4Addr> = self
+            .host_addrs
+            .iter()
+            .filter(|(_, on)| on.contains(&i))
+            .map(|(&ip, _)| ip)
+            .collect();
+        for ip in mine {
+            let node = self.slots[i].node.as_ref().expect("started");
+            if let Some(p) = pools
+                .iter()
+                .copied()
+                .find(|&p| node.pool(p).range().locate(ip).is_some())
+            {
+                self.host_event(i, p, HostEvent::Added { ip }, 1);
+            }
+        }
+        self.seq += 1;
+        self.queue.push(Delivery {
+            at: self.now + USE_POLL,
+            seq: self.seq,
+            to: i,
+            kind: Kind::UsePoll,
+            data: Rc::from(&[][..]),
+        });
+    }
+
+    fn use_poll(&mut self, i: usize) {
+        if self.slots[i].node.is_none() {
+            return; // stopped; the next start polls again
+        }
+        let used = self.sockets.get(&i).cloned().unwrap_or_default();
+        for p in self.local_pools(i) {
+            if let Some(n) = self.slots[i].node.as_mut() {
+                n.handle_host(self.now, p, HostEvent::InUse(used.clone()));
+            }
+        }
+        self.drain(i);
+        self.seq += 1;
+        self.queue.push(Delivery {
+            at: self.now + USE_POLL,
+            seq: self.seq,
+            to: i,
+            kind: Kind::UsePoll,
+            data: Rc::from(&[][..]),
+        });
     }
 
     pub fn run_until(&mut self, t: Instant) {
@@ -518,6 +683,7 @@ impl Sim {
         let mut transmits = Vec::new();
         let mut events = Vec::new();
         let mut dhcp = Vec::new();
+        let mut host = Vec::new();
         let slot = &mut self.slots[i];
         if let Some(n) = slot.node.as_mut() {
             for (p, c) in n.take_changes() {
@@ -533,6 +699,7 @@ impl Sim {
                     Output::Event(_) => {}
                     // Simulated clients sit on the link of pool 0.
                     Output::Dhcp { pool: 0, transmit } => dhcp.push(transmit),
+                    Output::Host { pool, action } => host.push((pool, action)),
                     Output::Dhcp { .. } | Output::Answer { .. } => {}
                 }
             }
@@ -567,6 +734,9 @@ impl Sim {
         for d in dhcp {
             self.deliver_to_clients(i, d.payload);
         }
+        for (pool, a) in host {
+            self.host_action(i, pool, a);
+        }
         for e in events {
             match e {
                 Event::BlockClaimed { block, .. } => self.set_owner(block, i, true),
@@ -574,7 +744,7 @@ impl Sim {
                     self.set_owner(block, i, false)
                 }
                 Event::NodeIdChanged { .. } => self.id_changes += 1,
-                Event::EndLearning { .. } | Event::Lease(..) => {}
+                Event::EndLearning { .. } | Event::Lease(..) | Event::Local { .. } => {}
             }
         }
         let from = self.slots[i].addr;
