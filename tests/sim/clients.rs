@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use ddhcp::testing::client_message_from;
 use ddhcp::time::Instant;
 use rand::RngExt;
 
@@ -41,23 +42,11 @@ pub enum ClientState {
 
 const RETRY: Duration = Duration::from_secs(3);
 
-fn dhcp_message(c: &Client, msg_type: u8, ciaddr: Ipv4Addr, opts: &[(u8, Vec<u8>)]) -> Vec<u8> {
-    let mut b = vec![0u8; 240];
-    b[0] = 1;
-    b[1] = 1;
-    b[2] = 6;
-    b[4..8].copy_from_slice(&c.xid.to_be_bytes());
-    b[12..16].copy_from_slice(&ciaddr.octets());
-    b[28..34].copy_from_slice(&c.mac);
-    b[236..240].copy_from_slice(&[99, 130, 83, 99]);
-    b.extend_from_slice(&[53, 1, msg_type]);
-    for (code, data) in opts {
-        b.push(*code);
-        b.push(data.len() as u8);
-        b.extend_from_slice(data);
+impl Client {
+    /// A message of `msg_type` from this client, with its hardware address and current xid.
+    fn message(&self, msg_type: u8, ciaddr: Ipv4Addr, opts: &[(u8, &[u8])]) -> Vec<u8> {
+        client_message_from(msg_type, self.mac, self.xid, ciaddr, opts)
     }
-    b.push(255);
-    b
 }
 
 /// Option `code` of a DHCP message (also what the C model parses requests with).
@@ -161,19 +150,13 @@ impl Sim {
         let msg = match cl.state {
             ClientState::Init | ClientState::Selecting | ClientState::Requesting => {
                 self.clients[c].state = ClientState::Selecting;
-                dhcp_message(&cl, 1, Ipv4Addr::UNSPECIFIED, &[])
+                cl.message(1, Ipv4Addr::UNSPECIFIED, &[])
             }
-            ClientState::Renewing => {
-                dhcp_message(&cl, 3, cl.ip.expect("renewing has an address"), &[])
-            }
-            ClientState::Rebooting => dhcp_message(
-                &cl,
+            ClientState::Renewing => cl.message(3, cl.ip.expect("renewing has an address"), &[]),
+            ClientState::Rebooting => cl.message(
                 3,
                 Ipv4Addr::UNSPECIFIED,
-                &[(
-                    50,
-                    cl.ip.expect("rebooting has an address").octets().to_vec(),
-                )],
+                &[(50, &cl.ip.expect("rebooting has an address").octets())],
             ),
             ClientState::Bound => {
                 self.clients[c].next_action = cl.renew_at.min(cl.until);
@@ -207,14 +190,10 @@ impl Sim {
                 let cl = &mut self.clients[c];
                 cl.offered = Some((yiaddr, server));
                 cl.state = ClientState::Requesting;
-                let msg = dhcp_message(
-                    cl,
+                let msg = cl.message(
                     3,
                     Ipv4Addr::UNSPECIFIED,
-                    &[
-                        (50, yiaddr.octets().to_vec()),
-                        (54, server.octets().to_vec()),
-                    ],
+                    &[(50, &yiaddr.octets()), (54, &server.octets())],
                 );
                 self.client_send(c, msg);
             }

@@ -25,10 +25,10 @@ use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use cnode::{CConfig, CNode};
-use ddhcp::blocks::ClaimConfig;
 use ddhcp::node::{Event, Node, NodeConfig, Output, derive_node_id};
 use ddhcp::range::ManagedRange;
 use ddhcp::store::{PoolState, WallClock};
+use ddhcp::testing::claim;
 use ddhcp::time::Instant;
 use ddhcp::wire::NodeId;
 use link::{Delivery, Kind};
@@ -142,13 +142,7 @@ impl Sim {
     pub fn add_c_node(&mut self, c: CConfig) -> usize {
         let cfg = NodeConfig::single(
             c.range,
-            ClaimConfig {
-                tentative_timeout: Duration::from_secs(c.tentative),
-                block_timeout: Duration::from_secs(c.block_timeout),
-                spare_leases: c.spare,
-                needless_timeout: Duration::from_secs(300),
-                learning: c.learning,
-            },
+            claim(c.tentative, c.block_timeout, c.spare, c.learning),
             None,
         );
         self.push_slot(cfg, NodeId([0; 8]), Some(c))
