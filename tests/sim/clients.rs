@@ -11,7 +11,7 @@ use ddhcp::time::Instant;
 use rand::RngExt;
 
 use super::Sim;
-use super::link::{Delivery, Kind};
+use super::link::Kind;
 
 /// A simulated DHCP client: DISCOVER/OFFER/REQUEST/ACK, renewal at half the lease,
 /// INIT-REBOOT after roaming, back to INIT on NAK or expiry. Retransmits every 3 s.
@@ -101,14 +101,7 @@ impl Sim {
         if down || self.rng.random_bool(self.link.loss) {
             return;
         }
-        self.seq += 1;
-        self.queue.push(Delivery {
-            at: self.now + Duration::from_millis(1),
-            seq: self.seq,
-            to: node,
-            kind: Kind::ToServer,
-            data: data.into(),
-        });
+        self.enqueue(Duration::from_millis(1), node, Kind::ToServer, data.into());
     }
 
     /// Replies from node `i` reach the clients on its link with that hardware address.
@@ -122,14 +115,7 @@ impl Sim {
             if cl.node != i || data[28..34] != cl.mac || self.rng.random_bool(self.link.loss) {
                 continue;
             }
-            self.seq += 1;
-            self.queue.push(Delivery {
-                at: self.now + Duration::from_millis(1),
-                seq: self.seq,
-                to: c,
-                kind: Kind::ToClient,
-                data: data.clone(),
-            });
+            self.enqueue(Duration::from_millis(1), c, Kind::ToClient, data.clone());
         }
     }
 

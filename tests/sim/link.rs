@@ -82,6 +82,19 @@ impl Ord for Delivery {
 }
 
 impl Sim {
+    /// Queues `data` for `to` (a node, or a client for [`Kind::ToClient`]), due `delay` from
+    /// now, after everything queued before for the same moment.
+    pub(super) fn enqueue(&mut self, delay: Duration, to: usize, kind: Kind, data: Rc<[u8]>) {
+        self.seq += 1;
+        self.queue.push(Delivery {
+            at: self.now + delay,
+            seq: self.seq,
+            to,
+            kind,
+            data,
+        });
+    }
+
     /// Puts node `i`'s peer datagrams on the link: to every other node (multicast) or the
     /// one at the address (unicast) that is running and in `i`'s partition, each lost,
     /// duplicated and delayed as [`Sim::link`] says.
@@ -123,14 +136,12 @@ impl Sim {
                     let lo = self.link.delay_min.as_millis() as u64;
                     let hi = self.link.delay_max.as_millis() as u64;
                     let delay = self.rng.random_range(lo..=hi);
-                    self.seq += 1;
-                    self.queue.push(Delivery {
-                        at: self.now + Duration::from_millis(delay),
-                        seq: self.seq,
-                        to: j,
-                        kind: Kind::Peer { from, channel },
-                        data: data.clone(),
-                    });
+                    self.enqueue(
+                        Duration::from_millis(delay),
+                        j,
+                        Kind::Peer { from, channel },
+                        data.clone(),
+                    );
                 }
             }
         }
