@@ -5,59 +5,32 @@
 //! `cargo bench --bench core`
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ddhcp::blocks::ClaimConfig;
-use ddhcp::dhcp::DhcpConfig;
-use ddhcp::node::{Channel, Node, NodeConfig};
+use ddhcp::node::{Channel, Node};
 use ddhcp::range::ManagedRange;
+use ddhcp::testing::{claim, client_message_from, dhcp_node};
 use ddhcp::time::Instant;
 use ddhcp::wire::{ClaimEntry, Message, NodeId, Packet};
 
+/// A client message from client number `mac`: hardware address `02:00:` and `mac`'s four
+/// bytes, `mac` also as the xid.
 fn message(msg_type: u8, mac: u32, opts: &[(u8, &[u8])]) -> Vec<u8> {
-    let mut b = vec![0u8; 240];
-    b[0] = 1;
-    b[1] = 1;
-    b[2] = 6;
-    b[4..8].copy_from_slice(&mac.to_be_bytes());
-    b[28..34].copy_from_slice(&[
-        2,
-        0,
-        (mac >> 24) as u8,
-        (mac >> 16) as u8,
-        (mac >> 8) as u8,
-        mac as u8,
-    ]);
-    b[236..240].copy_from_slice(&[99, 130, 83, 99]);
-    b.extend_from_slice(&[53, 1, msg_type]);
-    for (c, d) in opts {
-        b.push(*c);
-        b.push(d.len() as u8);
-        b.extend_from_slice(d);
-    }
-    b.push(255);
-    b
+    let [a, b, c, d] = mac.to_be_bytes();
+    client_message_from(
+        msg_type,
+        [2, 0, a, b, c, d],
+        mac,
+        Ipv4Addr::UNSPECIFIED,
+        opts,
+    )
 }
 
 /// A node on a /10 owning many blocks of 2^`pow` addresses (`-b 7` as the perfdhcp
 /// benchmark configures it; `-b 2` gives a table of a million blocks).
 fn busy_node(pow: u8) -> Node {
     let range = ManagedRange::new(Ipv4Addr::new(10, 64, 0, 0), 10, pow).unwrap();
-    let cfg = NodeConfig::single(
-        range,
-        ClaimConfig {
-            tentative_timeout: Duration::from_secs(2),
-            block_timeout: Duration::from_secs(30),
-            spare_leases: 1_000_000,
-            needless_timeout: Duration::from_secs(300),
-            learning: false,
-        },
-        Some(DhcpConfig {
-            options: vec![],
-            interface_addr: Some(Ipv4Addr::new(10, 0, 0, 1)),
-        }),
-    );
+    let cfg = dhcp_node(range, claim(2, 30, 1_000_000, false), vec![]);
     let mut n = Node::new(cfg, NodeId([5; 8]), Instant::ZERO, 1);
     // Enough rounds to own ~1500 blocks of 128 (192k addresses).
     for s in 0..=20 {

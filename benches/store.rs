@@ -19,13 +19,12 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant as WallInstant};
 
-use ddhcp::blocks::ClaimConfig;
-use ddhcp::dhcp::DhcpConfig;
 use ddhcp::dhcp::leases::ClientKey;
 use ddhcp::node::{Node, NodeConfig};
 use ddhcp::persist::{Change, LeaseRecord};
 use ddhcp::range::ManagedRange;
 use ddhcp::store::{self, Store, StoreOptions, StorePool, WallClock};
+use ddhcp::testing::{claim, dhcp_node};
 use ddhcp::time::Instant;
 use ddhcp::wire::NodeId;
 
@@ -46,20 +45,7 @@ fn pools() -> Vec<StorePool> {
 }
 
 fn node_config(range: ManagedRange) -> NodeConfig {
-    NodeConfig::single(
-        range,
-        ClaimConfig {
-            tentative_timeout: Duration::from_secs(15),
-            block_timeout: Duration::from_secs(300),
-            spare_leases: 16,
-            needless_timeout: Duration::from_secs(300),
-            learning: true,
-        },
-        Some(DhcpConfig {
-            options: vec![],
-            interface_addr: Some(Ipv4Addr::new(10, 0, 0, 1)),
-        }),
-    )
+    dhcp_node(range, claim(15, 300, 16, true), vec![])
 }
 
 fn rss_kib(field: &str) -> u64 {

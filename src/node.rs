@@ -779,24 +779,18 @@ mod tests {
 
     use super::*;
     use crate::blocks::ClaimConfig;
-    use crate::dhcp::DhcpConfig;
     use crate::dhcp::leases::AddrState;
     use crate::persist::LeaseRecord;
+    use crate::testing::{claim, dhcp_node};
 
     fn config() -> NodeConfig {
-        NodeConfig::single(
+        dhcp_node(
             ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 24, 2).unwrap(),
             ClaimConfig {
-                tentative_timeout: Duration::from_secs(2),
-                block_timeout: Duration::from_secs(30),
-                spare_leases: 4,
                 needless_timeout: Duration::from_secs(60),
-                learning: true,
+                ..claim(2, 30, 4, true)
             },
-            Some(DhcpConfig {
-                options: vec![],
-                interface_addr: Some(Ipv4Addr::new(10, 0, 0, 1)),
-            }),
+            vec![],
         )
     }
 

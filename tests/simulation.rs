@@ -16,6 +16,7 @@ use ddhcp::blocks::ClaimConfig;
 use ddhcp::dhcp::leases::AddrState;
 use ddhcp::node::NodeConfig;
 use ddhcp::range::ManagedRange;
+use ddhcp::testing::{claim, dhcp_node, lease_time};
 use ddhcp::time::Instant;
 use sim::{Link, Sim, percentile, seeds};
 
@@ -25,13 +26,7 @@ const B: u64 = 60;
 fn config(net: [u8; 4], len: u8, learning: bool) -> NodeConfig {
     NodeConfig::single(
         ManagedRange::new(Ipv4Addr::from(net), len, 2).unwrap(),
-        ClaimConfig {
-            tentative_timeout: Duration::from_secs(T),
-            block_timeout: Duration::from_secs(B),
-            spare_leases: 2,
-            needless_timeout: Duration::from_secs(300),
-            learning,
-        },
+        claim(T, B, 2, learning),
         None,
     )
 }
@@ -442,18 +437,13 @@ fn assert_no_conflicts_and_served(s: &Sim, seed: u64, min: usize, total: usize) 
 }
 
 fn dhcp_config(lease: u32) -> NodeConfig {
-    NodeConfig::single(
+    dhcp_node(
         ManagedRange::new(Ipv4Addr::new(10, 0, 128, 0), 26, 2).unwrap(),
         ClaimConfig {
-            tentative_timeout: Duration::from_secs(2),
-            block_timeout: Duration::from_secs(30),
-            spare_leases: 2,
             needless_timeout: Duration::from_secs(60),
-            learning: false,
+            ..claim(2, 30, 2, false)
         },
-        Some(ddhcp::testing::dhcp(vec![ddhcp::testing::lease_time(
-            lease,
-        )])),
+        vec![lease_time(lease)],
     )
 }
 

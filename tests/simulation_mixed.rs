@@ -34,9 +34,9 @@ mod sim;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use ddhcp::blocks::ClaimConfig;
 use ddhcp::node::NodeConfig;
 use ddhcp::range::ManagedRange;
+use ddhcp::testing::{claim, dhcp_node, lease_time};
 use ddhcp::time::Instant;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -49,19 +49,7 @@ fn range(len: u8) -> ManagedRange {
 
 /// ddhcpd timers unless the scenario shortens them.
 fn rust_config(r: ManagedRange, t: u64, b: u64, learning: bool, lease: u32) -> NodeConfig {
-    NodeConfig::single(
-        r,
-        ClaimConfig {
-            tentative_timeout: Duration::from_secs(t),
-            block_timeout: Duration::from_secs(b),
-            spare_leases: 2,
-            needless_timeout: Duration::from_secs(300),
-            learning,
-        },
-        Some(ddhcp::testing::dhcp(vec![ddhcp::testing::lease_time(
-            lease,
-        )])),
-    )
+    dhcp_node(r, claim(t, b, 2, learning), vec![lease_time(lease)])
 }
 
 fn c_config(r: ManagedRange, t: u64, b: u64, learning: bool, lease: u32) -> CConfig {

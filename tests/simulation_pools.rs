@@ -12,10 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use ddhcp::blocks::ClaimConfig;
 use ddhcp::node::{NodeConfig, PoolConfig, ServiceConfig};
 use ddhcp::range::ManagedRange;
 use ddhcp::stats::Counter;
+use ddhcp::testing::claim;
 use ddhcp::time::Instant;
 use sim::cnode::CConfig;
 use sim::{Link, Sim, percentile, seeds};
@@ -36,13 +36,7 @@ fn pool(name: &str, spare: u32) -> PoolConfig {
     PoolConfig {
         name: name.into(),
         range: range(name),
-        claim: ClaimConfig {
-            tentative_timeout: Duration::from_secs(T),
-            block_timeout: Duration::from_secs(B),
-            spare_leases: spare,
-            needless_timeout: Duration::from_secs(300),
-            learning: false,
-        },
+        claim: claim(T, B, spare, false),
         service: ServiceConfig::Passive,
         location: match name {
             "dc1" => Some("rack1".into()),

@@ -159,18 +159,7 @@ fn check_range(r: &ddhcp::range::ManagedRange) {
 
 /// A DHCP client message of type `t` (1 DISCOVER, 3 REQUEST) asking for many options.
 fn client_message(t: u8) -> Vec<u8> {
-    let mut b = vec![0u8; 240];
-    b[0] = 1;
-    b[1] = 1;
-    b[2] = 6;
-    b[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
-    b[28..34].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
-    b[236..240].copy_from_slice(&[99, 130, 83, 99]);
-    b.extend_from_slice(&[53, 1, t]);
-    b.push(55);
-    b.push(254);
-    b.extend(1..=254u8);
-    b.extend_from_slice(&[57, 2, 2, 64]); // max message size 576
-    b.push(255);
-    b
+    let prl: Vec<u8> = (1..=254).collect();
+    // Option 57: max message size 576.
+    ddhcp::testing::client_message(t, 1, &[(55, &prl), (57, &[2, 64])])
 }

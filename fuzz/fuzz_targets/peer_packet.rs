@@ -39,11 +39,12 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use ddhcp::blocks::{BlockStateName, ClaimConfig};
+use ddhcp::blocks::BlockStateName;
 use ddhcp::config::DhcpOption;
 use ddhcp::dhcp::DhcpConfig;
 use ddhcp::node::{Channel, Dest, Node, NodeConfig, Output, PoolConfig, ServiceConfig};
 use ddhcp::range::ManagedRange;
+use ddhcp::testing::{claim, lease_time};
 use ddhcp::time::Instant;
 use ddhcp::wire::{self, Message, NodeId, Packet};
 use libfuzzer_sys::fuzz_target;
@@ -264,13 +265,7 @@ fuzz_target!(|data: &[u8]| {
     };
     assert_eq!(range.swarm().block_size, swarm[5]);
     assert_eq!(range.swarm().prefix_len, swarm[4]);
-    let claim = ClaimConfig {
-            tentative_timeout: Duration::from_secs(4),
-            block_timeout: Duration::from_secs(60),
-            spare_leases: 2,
-            needless_timeout: Duration::from_secs(300),
-            learning: flags & 2 != 0,
-    };
+    let claim = claim(4, 60, 2, flags & 2 != 0);
     let dhcp = (flags & 0x10 != 0).then(|| DhcpConfig {
             options: if flags & 0x40 != 0 {
                 vec![
@@ -282,10 +277,7 @@ fuzz_target!(|data: &[u8]| {
                         code: 6,
                         payload: vec![10, 0, 0, 2, 10, 0, 0, 3],
                     },
-                    DhcpOption {
-                        code: 51,
-                        payload: vec![0, 0, 0, 60],
-                    },
+                    lease_time(60),
                 ]
             } else {
                 Vec::new()

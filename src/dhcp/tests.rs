@@ -1,13 +1,11 @@
 //! The DHCP decision table, driven through a real `Node` that owns blocks.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
 
 use super::*;
-use crate::blocks::ClaimConfig;
 use crate::config::DhcpOption;
 use crate::node::{Channel, Dest, Node, NodeConfig};
-use crate::testing::{Harness, client_message as message};
+use crate::testing::{Harness, claim, client_message as message, dhcp_node};
 use crate::wire::{ClaimEntry, NodeId, Packet};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -23,22 +21,13 @@ fn t(ms: u64) -> Instant {
 
 /// Short timers, a router option, and the learning phase as asked.
 fn config(learning: bool) -> NodeConfig {
-    NodeConfig::single(
+    dhcp_node(
         range(),
-        ClaimConfig {
-            tentative_timeout: Duration::from_secs(2),
-            block_timeout: Duration::from_secs(30),
-            spare_leases: 2,
-            needless_timeout: Duration::from_secs(300),
-            learning,
-        },
-        Some(DhcpConfig {
-            options: vec![DhcpOption {
-                code: 3,
-                payload: vec![10, 0, 0, 1],
-            }],
-            interface_addr: Some(SERVER),
-        }),
+        claim(2, 30, 2, learning),
+        vec![DhcpOption {
+            code: 3,
+            payload: vec![10, 0, 0, 1],
+        }],
     )
 }
 

@@ -3,6 +3,7 @@
 //! flags, and small checks on a running daemon.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -150,6 +151,14 @@ pub fn ctl_json_ok(net: &TestNet, i: usize, args: &[&str]) -> Value {
     net.ctl_json(i, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// `ddhcpctl ARGS…` on node i; its output, or the logs and a panic with the error.
+pub fn ctl_ok(net: &TestNet, i: usize, args: &[&str]) -> String {
+    net.ctl(i, args).unwrap_or_else(|e| {
+        net.dump_logs();
+        panic!("{e}")
+    })
+}
+
 /// Counter `name` of daemon i's `stats`.
 pub fn counter(net: &TestNet, i: usize, name: &str) -> u64 {
     let v = ctl_json_ok(net, i, &["stats"]);
@@ -205,4 +214,49 @@ pub fn logging_hook(net: &TestNet, name: &str, log: &Path, then: &str) -> PathBu
         name,
         &format!("printf '%s\\n' \"$*\" >> '{log}'\n{then}\n"),
     )
+}
+
+/// Makes udhcpc on client (i, k) renew now and returns what its script recorded from the
+/// ACK (`lease-<name>.env`, see [`TestNet::lease_env_k`]).
+pub fn renew(net: &TestNet, i: usize, k: usize) -> BTreeMap<String, String> {
+    let env_file = net
+        .state_dir
+        .join(format!("lease-{}.env", net.client_name(i, k)));
+    // The script rewrites the file (tmp + rename) on every bound/renew: once it is back,
+    // it holds what this renewal's ACK said.
+    let _ = fs::remove_file(&env_file);
+    net.clt_renew_k(i, k);
+    let ok = wait_until(Duration::from_secs(10), || env_file.exists());
+    if !ok {
+        net.dump_logs();
+        panic!(
+            "client {i}.{k} did not renew within 10 s; its history:\n{}\nits log:\n{}",
+            net.lease_history_k(i, k),
+            net.client_log_k(i, k)
+        );
+    }
+    // Written by rename: whole once it exists.
+    net.lease_env_k(i, k)
+}
+
+/// Value `key` of a client's lease environment ([`TestNet::lease_env_k`]), "" if absent.
+pub fn env_get<'a>(env: &'a BTreeMap<String, String>, key: &str) -> &'a str {
+    env.get(key).map(String::as_str).unwrap_or("")
+}
+
+/// Parses Prometheus text: `name{labels}` (as written) -> value.
+pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Series `key` of a [`parse_metrics`] result; panics with the whole scrape if absent.
+pub fn metric(m: &BTreeMap<String, f64>, key: &str, text: &str) -> f64 {
+    *m.get(key)
+        .unwrap_or_else(|| panic!("no metric {key} in the scrape:\n{text}"))
 }

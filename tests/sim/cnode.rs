@@ -27,7 +27,7 @@ use ddhcp::wire::{ClaimEntry, Message, NodeId, Packet, RenewPayload};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::reply_option;
+use super::clients::reply_option;
 
 /// Entries per UpdateClaim packet (`UPDATE_CLAIM_MAX_BLOCKS`).
 const CLAIM_MAX: usize = 32;

@@ -7,58 +7,43 @@
 //!
 //! The simulator watches ownership all the time, not only at the end: every moment two
 //! nodes both believe they own a block is recorded as an overlap episode with its duration.
+//!
+//! [`link`] is the shared link and its queue, [`clients`] the simulated DHCP clients,
+//! [`checks`] the ownership record and the checks on it, [`cnode`] the nodes modelled on
+//! the C ddhcpd; this module holds [`Sim`] itself: node slots, starting and stopping,
+//! partitions, and the event loop.
 
 #![allow(dead_code)]
 
+mod checks;
+mod clients;
 pub mod cnode;
+mod link;
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::Ipv6Addr;
-use std::rc::Rc;
 use std::time::Duration;
 
-use cnode::{CConfig, CNode, CState};
-use ddhcp::blocks::ClaimConfig;
+use cnode::{CConfig, CNode};
 use ddhcp::local::{HostAction, HostEvent};
-use ddhcp::node::{Channel, Dest, Event, Node, NodeConfig, Output, derive_node_id};
+use ddhcp::node::{Event, Node, NodeConfig, Output, derive_node_id};
 use ddhcp::range::ManagedRange;
 use ddhcp::store::{PoolState, WallClock};
+use ddhcp::testing::claim;
 use ddhcp::time::Instant;
 use ddhcp::wire::NodeId;
+use link::{Delivery, Kind};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use std::net::Ipv4Addr;
 
-/// How the shared link treats each datagram, independently per receiver.
-#[derive(Clone, Copy, Debug)]
-pub struct Link {
-    pub loss: f64,
-    pub duplicate: f64,
-    pub delay_min: Duration,
-    pub delay_max: Duration,
-}
-
-impl Link {
-    /// A clean LAN-like link: 1–20 ms delay (so datagrams still reorder), no loss.
-    pub fn clean() -> Self {
-        Link {
-            loss: 0.0,
-            duplicate: 0.0,
-            delay_min: Duration::from_millis(1),
-            delay_max: Duration::from_millis(20),
-        }
-    }
-
-    pub fn lossy(loss: f64) -> Self {
-        Link {
-            loss,
-            duplicate: 0.02,
-            delay_min: Duration::from_millis(1),
-            delay_max: Duration::from_millis(200),
-        }
-    }
-}
+// The simulator's types; each scenario file uses some of them.
+#[allow(unused_imports)]
+pub use self::{
+    checks::Overlap,
+    clients::{Client, ClientState},
+    link::Link,
+};
 
 struct Slot {
     node: Option<Node>,
@@ -77,56 +62,8 @@ struct Slot {
     durable: BTreeMap<String, PoolState>,
 }
 
-struct Delivery {
-    at: Instant,
-    seq: u64,
-    to: usize,
-    kind: Kind,
-    data: Rc<[u8]>,
-}
-
-/// What a queued datagram is.
-enum Kind {
-    /// Peer protocol, to node `to`.
-    Peer { from: Ipv6Addr, channel: Channel },
-    /// DHCP from a client to node `to`.
-    ToServer,
-    /// DHCP from a node to client `to`.
-    ToClient,
-    /// The fake host of node `to` reports to its local pool `pool`.
-    Host { pool: usize, ev: HostEvent },
-    /// The fake host of node `to` polls socket use (every [`USE_POLL`]).
-    UsePoll,
-}
-
 /// How often the fake host reports socket use, as the daemon's sock_diag poll.
 pub const USE_POLL: Duration = Duration::from_secs(1);
-
-impl PartialEq for Delivery {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Delivery {}
-impl PartialOrd for Delivery {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Delivery {
-    // Reversed: BinaryHeap is a max-heap and we want the earliest first.
-    fn cmp(&self, o: &Self) -> Ordering {
-        (o.at, o.seq).cmp(&(self.at, self.seq))
-    }
-}
-
-/// One stretch of time during which two or more nodes owned the same block.
-#[derive(Clone, Debug)]
-pub struct Overlap {
-    pub block: u32,
-    pub start: Instant,
-    pub end: Option<Instant>,
-}
 
 /// Granularity of [`Sim::run_until_pred`].
 const PRED_INTERVAL: Duration = Duration::from_millis(100);
@@ -222,13 +159,7 @@ impl Sim {
     pub fn add_c_node(&mut self, c: CConfig) -> usize {
         let cfg = NodeConfig::single(
             c.range,
-            ClaimConfig {
-                tentative_timeout: Duration::from_secs(c.tentative),
-                block_timeout: Duration::from_secs(c.block_timeout),
-                spare_leases: c.spare,
-                needless_timeout: Duration::from_secs(300),
-                learning: c.learning,
-            },
+            claim(c.tentative, c.block_timeout, c.spare, c.learning),
             None,
         );
         self.push_slot(cfg, NodeId([0; 8]), Some(c))
@@ -498,14 +429,12 @@ impl Sim {
     }
 
     fn host_event(&mut self, i: usize, pool: usize, ev: HostEvent, after_ms: u64) {
-        self.seq += 1;
-        self.queue.push(Delivery {
-            at: self.now + Duration::from_millis(after_ms),
-            seq: self.seq,
-            to: i,
-            kind: Kind::Host { pool, ev },
-            data: Rc::from(&[][..]),
-        });
+        self.enqueue(
+            Duration::from_millis(after_ms),
+            i,
+            Kind::Host { pool, ev },
+            std::rc::Rc::from(&[][..]),
+        );
     }
 
     /// The fake host of node i does what its core asked, as netlink, ARP and probes would.
@@ -602,14 +531,7 @@ impl Sim {
                 self.host_event(i, p, HostEvent::Added { ip }, 1);
             }
         }
-        self.seq += 1;
-        self.queue.push(Delivery {
-            at: self.now + USE_POLL,
-            seq: self.seq,
-            to: i,
-            kind: Kind::UsePoll,
-            data: Rc::from(&[][..]),
-        });
+        self.enqueue(USE_POLL, i, Kind::UsePoll, std::rc::Rc::from(&[][..]));
     }
 
     fn use_poll(&mut self, i: usize) {
@@ -623,14 +545,7 @@ impl Sim {
             }
         }
         self.drain(i);
-        self.seq += 1;
-        self.queue.push(Delivery {
-            at: self.now + USE_POLL,
-            seq: self.seq,
-            to: i,
-            kind: Kind::UsePoll,
-            data: Rc::from(&[][..]),
-        });
+        self.enqueue(USE_POLL, i, Kind::UsePoll, std::rc::Rc::from(&[][..]));
     }
 
     pub fn run_until(&mut self, t: Instant) {
@@ -668,14 +583,6 @@ impl Sim {
                 return done(self).then_some(self.now);
             }
         }
-    }
-
-    /// Every running node has the blocks it wants (or the range is exhausted for it).
-    pub fn all_satisfied(&self) -> bool {
-        self.watched().all(|(_, _, p)| {
-            !p.blocks().is_learning()
-                && (p.blocks().blocks_needed() <= 0 || p.blocks().free_count() == 0)
-        })
     }
 
     /// Moves a node's queued output onto the link and its events into the ownership record.
@@ -747,188 +654,7 @@ impl Sim {
                 Event::EndLearning { .. } | Event::Lease(..) | Event::Local { .. } => {}
             }
         }
-        let from = self.slots[i].addr;
-        let group = self.slots[i].group;
-        for t in transmits {
-            self.slots[i].sent_pkts += 1;
-            self.slots[i].sent_bytes += t.payload.len() as u64;
-            let data: Rc<[u8]> = t.payload.into();
-            let (targets, channel): (Vec<usize>, Channel) = match t.dest {
-                Dest::Multicast => (
-                    (0..self.slots.len()).filter(|&j| j != i).collect(),
-                    Channel::Multicast,
-                ),
-                Dest::Unicast(a) => (
-                    self.slots
-                        .iter()
-                        .position(|s| s.addr == a)
-                        .into_iter()
-                        .collect(),
-                    Channel::Unicast,
-                ),
-            };
-            for j in targets {
-                let down = self.slots[j].node.is_none() && self.slots[j].cnode.is_none();
-                if self.slots[j].group != group || down {
-                    continue;
-                }
-                if self.rng.random_bool(self.link.loss) {
-                    continue;
-                }
-                let copies = if self.rng.random_bool(self.link.duplicate) {
-                    2
-                } else {
-                    1
-                };
-                for _ in 0..copies {
-                    let lo = self.link.delay_min.as_millis() as u64;
-                    let hi = self.link.delay_max.as_millis() as u64;
-                    let delay = self.rng.random_range(lo..=hi);
-                    self.seq += 1;
-                    self.queue.push(Delivery {
-                        at: self.now + Duration::from_millis(delay),
-                        seq: self.seq,
-                        to: j,
-                        kind: Kind::Peer { from, channel },
-                        data: data.clone(),
-                    });
-                }
-            }
-        }
-    }
-
-    fn set_owner(&mut self, block: u32, i: usize, owns: bool) {
-        let list = self.owners.entry(block).or_default();
-        if owns {
-            if !list.contains(&i) {
-                list.push(i);
-            }
-        } else {
-            list.retain(|&x| x != i);
-        }
-        let n = list.len();
-        if owns && n == 1 {
-            self.owned_since.insert(block, (i, self.now));
-        }
-        if owns {
-            let h = self.owner_history.entry(block).or_default();
-            if h.last() != Some(&i) {
-                h.push(i);
-            }
-        }
-        if n > 1 {
-            self.open_overlaps.entry(block).or_insert(self.now);
-        } else if let Some(start) = self.open_overlaps.remove(&block) {
-            self.overlaps.push(Overlap {
-                block,
-                start,
-                end: Some(self.now),
-            });
-        }
-    }
-
-    /// Overlap episodes so far, closed and still open.
-    pub fn all_overlaps(&self) -> Vec<Overlap> {
-        let mut v = self.overlaps.clone();
-        v.extend(self.open_overlaps.iter().map(|(&block, &start)| Overlap {
-            block,
-            start,
-            end: None,
-        }));
-        v
-    }
-
-    /// Owner of every owned block, Rust and C nodes alike; an error if a block has two.
-    pub fn owner_map(&self) -> Result<BTreeMap<u32, usize>, String> {
-        let mut owner: BTreeMap<u32, usize> = BTreeMap::new();
-        let rust = self
-            .watched()
-            .map(|(i, _, p)| (i, p.blocks().owned().collect::<Vec<_>>()));
-        let c = self
-            .running_c()
-            .map(|(i, n)| (i, n.owned().collect::<Vec<_>>()));
-        for (i, blocks) in rust.chain(c) {
-            for b in blocks {
-                if let Some(prev) = owner.insert(b, i) {
-                    return Err(format!("block {b} owned by nodes {prev} and {i}"));
-                }
-            }
-        }
-        Ok(owner)
-    }
-
-    /// At most one owner per block, and no running Rust node names an owner other than the
-    /// real one (a view that lapsed to free is tolerated).
-    pub fn check_no_wrong_owner(&self) -> Result<(), String> {
-        let owner = self.owner_map()?;
-        for (j, _, p) in self.watched() {
-            for (&b, &i) in &owner {
-                let want = (self.slots[i].id, self.slots[i].addr);
-                match p.blocks().owner_of(b) {
-                    Some(seen) if seen != want && i != j => {
-                        return Err(format!(
-                            "node {j} sees block {b} as {seen:?}, owner is node {i}"
-                        ));
-                    }
-                    _ => {}
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The settled-state invariants: at most one owner per block, and every running node's
-    /// view of every owned block names the real owner at its real address; no running node
-    /// believes a block is claimed by somebody who does not own it.
-    pub fn check_agreement(&self) -> Result<(), String> {
-        let owner = self.owner_map()?;
-        for (j, c) in self.running_c() {
-            for (&b, &i) in &owner {
-                if i == j {
-                    continue;
-                }
-                let want = (self.slots[i].id, self.slots[i].addr);
-                match c.view(b) {
-                    (CState::Claimed, Some(seen)) if seen == want => {}
-                    // An Inquire turns a claimed block tentative on a C node (reference
-                    // §3.8) until the owner's next claim; a shadow table's reset makes it
-                    // free (§3.11). Neither lets the C node take it while the owner lives.
-                    (CState::Tentative | CState::Free, _) => {}
-                    other => {
-                        return Err(format!(
-                            "C node {j} sees block {b} as {other:?}, but node {i} ({}) owns it",
-                            want.0
-                        ));
-                    }
-                }
-            }
-        }
-        for (j, n, p) in self.watched() {
-            for (&b, &i) in &owner {
-                if i == j {
-                    continue;
-                }
-                let want = (self.slots[i].id, self.slots[i].addr);
-                match p.blocks().owner_of(b) {
-                    Some(seen) if seen == want => {}
-                    other => {
-                        return Err(format!(
-                            "node {j} sees block {b} as {other:?}, but node {i} ({}) owns it",
-                            want.0
-                        ));
-                    }
-                }
-            }
-            for v in p.blocks_view(self.now, n.id()) {
-                if v.owner.is_some() && v.owner != Some(n.id()) && !owner.contains_key(&v.index) {
-                    return Err(format!(
-                        "node {j} sees block {} claimed by {:?}, but nobody owns it",
-                        v.index, v.owner
-                    ));
-                }
-            }
-        }
-        Ok(())
+        self.send_peer(i, transmits);
     }
 }
 
@@ -947,253 +673,4 @@ pub fn seeds(default: u64) -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
-}
-
-/// A simulated DHCP client: DISCOVER/OFFER/REQUEST/ACK, renewal at half the lease,
-/// INIT-REBOOT after roaming, back to INIT on NAK or expiry. Retransmits every 3 s.
-#[derive(Clone, Debug)]
-pub struct Client {
-    pub mac: [u8; 6],
-    /// Node whose client link it is on.
-    pub node: usize,
-    pub state: ClientState,
-    pub ip: Option<Ipv4Addr>,
-    pub until: Instant,
-    renew_at: Instant,
-    xid: u32,
-    offered: Option<(Ipv4Addr, Ipv4Addr)>,
-    pub next_action: Instant,
-    pub acks: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientState {
-    Init,
-    Selecting,
-    Requesting,
-    Bound,
-    Renewing,
-    Rebooting,
-}
-
-const RETRY: Duration = Duration::from_secs(3);
-
-fn dhcp_message(c: &Client, msg_type: u8, ciaddr: Ipv4Addr, opts: &[(u8, Vec<u8>)]) -> Vec<u8> {
-    let mut b = vec![0u8; 240];
-    b[0] = 1;
-    b[1] = 1;
-    b[2] = 6;
-    b[4..8].copy_from_slice(&c.xid.to_be_bytes());
-    b[12..16].copy_from_slice(&ciaddr.octets());
-    b[28..34].copy_from_slice(&c.mac);
-    b[236..240].copy_from_slice(&[99, 130, 83, 99]);
-    b.extend_from_slice(&[53, 1, msg_type]);
-    for (code, data) in opts {
-        b.push(*code);
-        b.push(data.len() as u8);
-        b.extend_from_slice(data);
-    }
-    b.push(255);
-    b
-}
-
-/// Option `code` of a DHCP message (also what the C model parses requests with).
-fn reply_option(p: &[u8], code: u8) -> Option<&[u8]> {
-    let mut i = 240;
-    while i + 1 < p.len() && p[i] != 255 {
-        if p[i] == 0 {
-            i += 1;
-            continue;
-        }
-        let len = usize::from(p[i + 1]);
-        if p[i] == code {
-            return p.get(i + 2..i + 2 + len);
-        }
-        i += 2 + len;
-    }
-    None
-}
-
-impl Sim {
-    /// Adds a client on node `node`'s link; it starts at once.
-    pub fn add_client(&mut self, node: usize) -> usize {
-        let c = self.clients.len();
-        self.clients.push(Client {
-            mac: [0x02, 0xcc, 0, (c >> 16) as u8, (c >> 8) as u8, c as u8],
-            node,
-            state: ClientState::Init,
-            ip: None,
-            until: Instant::ZERO,
-            renew_at: Instant::ZERO,
-            xid: 0,
-            offered: None,
-            next_action: self.now,
-            acks: 0,
-        });
-        c
-    }
-
-    /// Moves a client to another node's link; a bound client reboots there (INIT-REBOOT).
-    pub fn roam(&mut self, c: usize, node: usize) {
-        let cl = &mut self.clients[c];
-        cl.node = node;
-        if cl.ip.is_some() {
-            cl.state = ClientState::Rebooting;
-            cl.next_action = self.now;
-        }
-    }
-
-    fn client_send(&mut self, c: usize, data: Vec<u8>) {
-        let node = self.clients[c].node;
-        let down = self.slots[node].node.is_none() && self.slots[node].cnode.is_none();
-        if down || self.rng.random_bool(self.link.loss) {
-            return;
-        }
-        self.seq += 1;
-        self.queue.push(Delivery {
-            at: self.now + Duration::from_millis(1),
-            seq: self.seq,
-            to: node,
-            kind: Kind::ToServer,
-            data: data.into(),
-        });
-    }
-
-    /// Replies from node `i` reach the clients on its link with that hardware address.
-    fn deliver_to_clients(&mut self, i: usize, payload: Vec<u8>) {
-        if payload.len() < 240 {
-            return;
-        }
-        let data: Rc<[u8]> = payload.into();
-        for c in 0..self.clients.len() {
-            let cl = &self.clients[c];
-            if cl.node != i || data[28..34] != cl.mac || self.rng.random_bool(self.link.loss) {
-                continue;
-            }
-            self.seq += 1;
-            self.queue.push(Delivery {
-                at: self.now + Duration::from_millis(1),
-                seq: self.seq,
-                to: c,
-                kind: Kind::ToClient,
-                data: data.clone(),
-            });
-        }
-    }
-
-    fn client_timer(&mut self, c: usize) {
-        let now = self.now;
-        let cl = &mut self.clients[c];
-        if cl.ip.is_some() && now >= cl.until {
-            // Lease ran out without renewal.
-            cl.ip = None;
-            cl.state = ClientState::Init;
-        }
-        if matches!(cl.state, ClientState::Bound) && now >= cl.renew_at {
-            cl.state = ClientState::Renewing;
-        }
-        cl.xid = cl.xid.wrapping_add(1) | (c as u32) << 16;
-        cl.next_action = now + RETRY;
-        let cl = cl.clone();
-        let msg = match cl.state {
-            ClientState::Init | ClientState::Selecting | ClientState::Requesting => {
-                self.clients[c].state = ClientState::Selecting;
-                dhcp_message(&cl, 1, Ipv4Addr::UNSPECIFIED, &[])
-            }
-            ClientState::Renewing => {
-                dhcp_message(&cl, 3, cl.ip.expect("renewing has an address"), &[])
-            }
-            ClientState::Rebooting => dhcp_message(
-                &cl,
-                3,
-                Ipv4Addr::UNSPECIFIED,
-                &[(
-                    50,
-                    cl.ip.expect("rebooting has an address").octets().to_vec(),
-                )],
-            ),
-            ClientState::Bound => {
-                self.clients[c].next_action = cl.renew_at.min(cl.until);
-                return;
-            }
-        };
-        self.client_send(c, msg);
-    }
-
-    fn client_receive(&mut self, c: usize, data: &[u8]) {
-        let now = self.now;
-        let xid = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
-        if xid != self.clients[c].xid {
-            return;
-        }
-        let yiaddr = Ipv4Addr::new(data[16], data[17], data[18], data[19]);
-        let Some(&[msg_type]) = reply_option(data, 53) else {
-            return;
-        };
-        let server = reply_option(data, 54)
-            .and_then(|s| <[u8; 4]>::try_from(s).ok())
-            .map(Ipv4Addr::from)
-            .unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let lease = reply_option(data, 51)
-            .and_then(|s| <[u8; 4]>::try_from(s).ok())
-            .map(u32::from_be_bytes)
-            .unwrap_or(0);
-        let state = self.clients[c].state;
-        match (msg_type, state) {
-            (2, ClientState::Selecting) => {
-                let cl = &mut self.clients[c];
-                cl.offered = Some((yiaddr, server));
-                cl.state = ClientState::Requesting;
-                let msg = dhcp_message(
-                    cl,
-                    3,
-                    Ipv4Addr::UNSPECIFIED,
-                    &[
-                        (50, yiaddr.octets().to_vec()),
-                        (54, server.octets().to_vec()),
-                    ],
-                );
-                self.client_send(c, msg);
-            }
-            (5, ClientState::Requesting | ClientState::Renewing | ClientState::Rebooting) => {
-                let cl = &mut self.clients[c];
-                cl.ip = Some(yiaddr);
-                cl.until = now + Duration::from_secs(u64::from(lease));
-                cl.renew_at = now + Duration::from_secs(u64::from(lease / 2));
-                cl.state = ClientState::Bound;
-                cl.next_action = cl.renew_at;
-                cl.acks += 1;
-                self.check_address(c);
-            }
-            (6, _) => {
-                let cl = &mut self.clients[c];
-                cl.ip = None;
-                cl.state = ClientState::Init;
-                cl.next_action = now + Duration::from_millis(100);
-            }
-            _ => {}
-        }
-    }
-
-    /// Records a conflict if another client holds the same address right now.
-    fn check_address(&mut self, c: usize) {
-        let Some(ip) = self.clients[c].ip else { return };
-        for (o, other) in self.clients.iter().enumerate() {
-            if o != c && other.ip == Some(ip) && other.until > self.now {
-                self.address_conflicts.push(format!(
-                    "t={:?}: clients {c} and {o} both hold {ip}",
-                    self.now
-                ));
-                self.conflict_ips.push(ip);
-            }
-        }
-    }
-
-    /// Clients holding an address now.
-    pub fn bound_clients(&self) -> usize {
-        self.clients
-            .iter()
-            .filter(|c| c.ip.is_some() && c.until > self.now)
-            .count()
-    }
 }
