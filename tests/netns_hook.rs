@@ -587,8 +587,16 @@ fn hook_queue_overflow_is_counted_and_dhcp_goes_on() {
     eprintln!("perfdhcp ran {:?}:\n{perf_text}", t.elapsed());
     let metrics = ctl_ok(&net, 0, &["metrics"]);
     let m = parse_metrics(&metrics);
-    let acks = metric(&m, "ddhcp_dhcp_packets_sent_total{type=\"ack\"}", &metrics) as u64;
-    let claimed = metric(&m, "ddhcp_block_events_total{event=\"claimed\"}", &metrics) as u64;
+    let acks = metric(
+        &m,
+        "ddhcp_dhcp_packets_sent_total{pool=\"default\",type=\"ack\"}",
+        &metrics,
+    ) as u64;
+    let claimed = metric(
+        &m,
+        "ddhcp_block_events_total{pool=\"default\",event=\"claimed\"}",
+        &metrics,
+    ) as u64;
     assert!(
         acks > 1024 + 50,
         "only {acks} ACKs: the load did not get through, so the queue cannot overflow"

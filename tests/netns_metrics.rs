@@ -129,42 +129,48 @@ fn metrics_match_what_happened() {
             .filter(|b| b["state"] == "ours")
             .count();
         let m = parse_metrics(&text);
-        m.get("ddhcp_blocks{state=\"ours\"}") == Some(&(ours as f64))
+        m.get("ddhcp_blocks{pool=\"default\",state=\"ours\"}") == Some(&(ours as f64))
     });
     eprintln!("scrape:\n{text}");
     let m = parse_metrics(&text);
     let get = |k: &str| metric(&m, k, &text);
     assert!(
         consistent,
-        "ddhcp_blocks{{state=\"ours\"}} never matched {ours} owned blocks"
+        "ddhcp_blocks{{pool=\"default\",state=\"ours\"}} never matched {ours} owned blocks"
     );
-    assert_eq!(get("ddhcp_leases{state=\"leased\"}"), 2.0);
-    assert_eq!(get("ddhcp_leases{state=\"offered\"}"), 0.0);
-    assert!(get("ddhcp_dhcp_packets_sent_total{type=\"ack\"}") >= 3.0);
-    assert!(get("ddhcp_dhcp_packets_sent_total{type=\"offer\"}") >= 3.0);
-    assert!(get("ddhcp_dhcp_packets_received_total{type=\"discover\"}") >= 3.0);
-    assert!(get("ddhcp_dhcp_packets_received_total{type=\"request\"}") >= 3.0);
+    assert_eq!(get("ddhcp_leases{pool=\"default\",state=\"leased\"}"), 2.0);
+    assert_eq!(get("ddhcp_leases{pool=\"default\",state=\"offered\"}"), 0.0);
+    assert!(get("ddhcp_dhcp_packets_sent_total{pool=\"default\",type=\"ack\"}") >= 3.0);
+    assert!(get("ddhcp_dhcp_packets_sent_total{pool=\"default\",type=\"offer\"}") >= 3.0);
+    assert!(get("ddhcp_dhcp_packets_received_total{pool=\"default\",type=\"discover\"}") >= 3.0);
+    assert!(get("ddhcp_dhcp_packets_received_total{pool=\"default\",type=\"request\"}") >= 3.0);
     assert_eq!(
-        get("ddhcp_dhcp_packets_received_total{type=\"release\"}"),
+        get("ddhcp_dhcp_packets_received_total{pool=\"default\",type=\"release\"}"),
         1.0
     );
-    assert_eq!(get("ddhcp_dhcp_packets_sent_total{type=\"nak\"}"), 0.0);
-    let dropped = get("ddhcp_block_events_total{event=\"dropped\"}");
-    let lost = get("ddhcp_block_events_total{event=\"lost\"}");
+    assert_eq!(
+        get("ddhcp_dhcp_packets_sent_total{pool=\"default\",type=\"nak\"}"),
+        0.0
+    );
+    let dropped = get("ddhcp_block_events_total{pool=\"default\",event=\"dropped\"}");
+    let lost = get("ddhcp_block_events_total{pool=\"default\",event=\"lost\"}");
     assert_eq!(
         (dropped, lost),
         (0.0, 0.0),
         "no block should be given up or lost here"
     );
     assert_eq!(
-        get("ddhcp_block_events_total{event=\"claimed\"}"),
+        get("ddhcp_block_events_total{pool=\"default\",event=\"claimed\"}"),
         ours as f64,
         "blocks claimed vs owned"
     );
     assert!(ours >= 1);
     assert_eq!(get("ddhcp_learning"), 0.0);
     assert_eq!(get("ddhcp_hook_runs_total"), 0.0);
-    assert_eq!(get("ddhcp_roaming_forwards_total{outcome=\"sent\"}"), 0.0);
+    assert_eq!(
+        get("ddhcp_roaming_forwards_total{pool=\"default\",outcome=\"sent\"}"),
+        0.0
+    );
     assert!(get("ddhcp_claim_rounds_total") >= 1.0);
     let version = ctl_json_ok(&net, 0, &["status"])["version"]
         .as_str()
@@ -174,7 +180,7 @@ fn metrics_match_what_happened() {
         get(&format!("ddhcp_build_info{{version=\"{version}\"}}")),
         1.0
     );
-    let leased_line = "ddhcp_leases{state=\"leased\"} 2";
+    let leased_line = "ddhcp_leases{pool=\"default\",state=\"leased\"} 2";
     assert!(text.lines().any(|l| l == leased_line));
     let ctl_text = ctl_ok(&net, 0, &["metrics"]);
     assert!(

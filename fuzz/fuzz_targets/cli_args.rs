@@ -13,10 +13,9 @@
 #![no_main]
 
 use clap::Parser;
-use ddhcp::blocks::ClaimConfig;
-use ddhcp::config::{Args, Config, PoolSpec, PoolUse, parse_option, parse_range};
-use ddhcp::dhcp::DhcpConfig;
-use ddhcp::node::{Node, NodeConfig};
+use ddhcp::config::{Args, Config, PoolUse, parse_option, parse_range};
+use ddhcp::daemon::setup::{System, node_config};
+use ddhcp::node::{Node, Output};
 use ddhcp::time::Instant;
 use ddhcp::wire::{NodeId, Packet};
 use libfuzzer_sys::fuzz_target;
@@ -60,10 +59,22 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     check_config(&cfg);
-    for pool in cfg.pools.iter().take(2) {
-        run_node(&cfg, pool);
-    }
+    run_node(&cfg);
 });
+
+/// A host on which every interface exists and has an address, so the configuration
+/// reaches the core whole (the daemon's own setup path, `daemon::setup::node_config`).
+struct AnyHost;
+
+impl System for AnyHost {
+    fn iface_exists(&self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn iface_ipv4(&self, _: &str) -> Option<Ipv4Addr> {
+        Some(Ipv4Addr::new(192, 0, 2, 1))
+    }
+}
 
 /// What `Config` promises about its pools.
 fn check_config(cfg: &Config) {
@@ -102,39 +113,42 @@ fn check_config(cfg: &Config) {
     let _ = cfg.pool_index(None);
 }
 
-fn run_node(cfg: &Config, pool: &PoolSpec) {
-    if pool.range.num_blocks() > 4096 {
+/// The daemon's node for the whole configuration: every pool's datagrams carry its own
+/// swarm, and DHCP goes to each serving pool.
+fn run_node(cfg: &Config) {
+    let blocks: u64 = cfg
+        .pools
+        .iter()
+        .map(|p| u64::from(p.range.num_blocks()))
+        .sum();
+    if blocks > 8192 {
         return;
     }
-    let dhcp = pool.use_ == PoolUse::Dhcp && pool.iface.is_some();
-    let node_cfg = NodeConfig {
-        range: pool.range,
-        claim: ClaimConfig {
-            spare_leases: pool.spare,
-            ..cfg.claim.clone()
-        },
-        dhcp: dhcp.then(|| DhcpConfig {
-            options: pool.options.clone(),
-            interface_addr: Some(Ipv4Addr::new(192, 0, 2, 1)),
-        }),
+    let Ok(node_cfg) = node_config(cfg, &AnyHost) else {
+        return; // refused at start-up (e.g. a use this release does not serve): exit 2
     };
     let id = cfg.node_id.unwrap_or(NodeId([1, 2, 3, 4, 5, 6, 7, 8]));
     let mut node = Node::new(node_cfg, id, Instant::ZERO, 7);
     let mut now = Instant::ZERO;
     for i in 0..64 {
         if i == 32 || i == 33 {
-            node.handle_dhcp(now, &client_message(if i == 32 { 1 } else { 3 }));
+            for p in 0..node.pools().len() {
+                node.handle_dhcp(now, p, &client_message(if i == 32 { 1 } else { 3 }));
+            }
         }
         let t = node.poll_timeout();
         assert!(t >= now, "poll_timeout went backwards");
         now = t;
         node.handle_timeout(now);
-        while let Some(t) = node.poll_transmit() {
-            let p = Packet::decode(&t.payload).expect("node sent an undecodable datagram");
-            assert_eq!(p.swarm, pool.range.swarm());
+        while let Some(o) = node.poll_output() {
+            if let Output::Peer(t) = o {
+                let p = Packet::decode(&t.payload).expect("node sent an undecodable datagram");
+                assert!(
+                    node.pools().iter().any(|q| q.swarm() == p.swarm),
+                    "sent for no pool of ours"
+                );
+            }
         }
-        while node.poll_dhcp_transmit().is_some() {}
-        while node.poll_event().is_some() {}
         let _ = node.status(now);
         let _ = node.blocks_view(now);
     }

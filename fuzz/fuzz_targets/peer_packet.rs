@@ -103,6 +103,7 @@ fn drain(node: &mut Node, range: &ManagedRange) {
                 }
             }
             Output::Answer { .. } => panic!("an answer nobody asked for"),
+            Output::Host { .. } => panic!("a host action without a local pool"),
         }
     }
 }
@@ -259,30 +260,36 @@ fuzz_target!(|data: &[u8]| {
         _ => return,
     };
     let (range, swarm) = if flags & 0x80 != 0 {
-        (ManagedRange::new("10.0.0.0".parse().unwrap(), 12, 7).unwrap(), SWARM_12)
+        (
+            ManagedRange::new("10.0.0.0".parse().unwrap(), 12, 7).unwrap(),
+            SWARM_12,
+        )
     } else {
-        (ManagedRange::new("10.0.0.0".parse().unwrap(), 24, 2).unwrap(), SWARM)
+        (
+            ManagedRange::new("10.0.0.0".parse().unwrap(), 24, 2).unwrap(),
+            SWARM,
+        )
     };
     assert_eq!(range.swarm().block_size, swarm[5]);
     assert_eq!(range.swarm().prefix_len, swarm[4]);
     let claim = claim(4, 60, 2, flags & 2 != 0);
     let dhcp = (flags & 0x10 != 0).then(|| DhcpConfig {
-            options: if flags & 0x40 != 0 {
-                vec![
-                    DhcpOption {
-                        code: 3,
-                        payload: vec![10, 0, 0, 1],
-                    },
-                    DhcpOption {
-                        code: 6,
-                        payload: vec![10, 0, 0, 2, 10, 0, 0, 3],
-                    },
-                    lease_time(60),
-                ]
-            } else {
-                Vec::new()
-            },
-            interface_addr: (flags & 0x20 != 0).then_some(Ipv4Addr::new(10, 0, 0, 1)),
+        options: if flags & 0x40 != 0 {
+            vec![
+                DhcpOption {
+                    code: 3,
+                    payload: vec![10, 0, 0, 1],
+                },
+                DhcpOption {
+                    code: 6,
+                    payload: vec![10, 0, 0, 2, 10, 0, 0, 3],
+                },
+                lease_time(60),
+            ]
+        } else {
+            Vec::new()
+        },
+        interface_addr: (flags & 0x20 != 0).then_some(Ipv4Addr::new(10, 0, 0, 1)),
     });
     let mut cfg = NodeConfig::single(range, claim.clone(), dhcp);
     cfg.pools.push(PoolConfig {
@@ -343,7 +350,11 @@ fuzz_target!(|data: &[u8]| {
             }
         } else {
             if flags & 1 != 0 && buf.len() >= 14 {
-                buf[8..14].copy_from_slice(if src & 0x40 != 0 { &SWARM_OTHER } else { &swarm });
+                buf[8..14].copy_from_slice(if src & 0x40 != 0 {
+                    &SWARM_OTHER
+                } else {
+                    &swarm
+                });
             }
             if flags & 4 != 0 {
                 fold_blocks(&mut buf);

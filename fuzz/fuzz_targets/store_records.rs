@@ -55,20 +55,32 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let range = ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 24, 2).unwrap();
-    let cfg = NodeConfig {
+    let claim = ClaimConfig {
+        tentative_timeout: Duration::from_secs(2),
+        block_timeout: Duration::from_secs(30),
+        spare_leases: 4,
+        needless_timeout: Duration::from_secs(60),
+        learning: data.first().is_some_and(|b| b & 1 == 1),
+    };
+    // Both pools of the store: p0 serves DHCP, p1 has no service.
+    let mut cfg = NodeConfig::single(
         range,
-        claim: ClaimConfig {
-            tentative_timeout: Duration::from_secs(2),
-            block_timeout: Duration::from_secs(30),
-            spare_leases: 4,
-            needless_timeout: Duration::from_secs(60),
-            learning: data.first().is_some_and(|b| b & 1 == 1),
-        },
-        dhcp: Some(DhcpConfig {
+        claim.clone(),
+        Some(DhcpConfig {
             options: vec![],
             interface_addr: Some(Ipv4Addr::new(10, 0, 0, 1)),
         }),
-    };
+    );
+    cfg.pools[0].name = "p0".into();
+    let mut p1 = NodeConfig::single(
+        ManagedRange::new(Ipv4Addr::new(10, 0, 1, 0), 24, 2).unwrap(),
+        claim,
+        None,
+    )
+    .pools
+    .remove(0);
+    p1.name = "p1".into();
+    cfg.pools.push(p1);
     let pools = [
         StorePool {
             name: "p0".into(),
@@ -85,9 +97,8 @@ fuzz_target!(|data: &[u8]| {
             core_now: now,
             wall_now_ms,
         };
-        let mut restored = state.clone().into_restored(&pools, &clock);
+        let restored = state.clone().into_restored(&pools, &clock);
         assert_eq!(restored.len(), pools.len());
-        let restored = restored.swap_remove(0);
         let mut node = Node::new(cfg.clone(), NodeId([5; 8]), now, 7);
         node.restore(now, restored);
         let mut t = now;
@@ -99,8 +110,7 @@ fuzz_target!(|data: &[u8]| {
             t = t.max(next);
             node.handle_timeout(t);
             assert!(node.poll_timeout() > t, "timer would spin");
-            while node.poll_transmit().is_some() {}
-            while node.poll_event().is_some() {}
+            while node.poll_output().is_some() {}
             let _ = node.take_changes();
         }
     }
