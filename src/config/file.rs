@@ -80,6 +80,11 @@ const POOL_KEYS: &[(&str, Kind)] = &[
     ("spare", Kind::Int),
     ("location", Kind::Str),
     ("options", Kind::StrList),
+    ("standby", Kind::Int),
+    ("min", Kind::Int),
+    ("max-standby", Kind::Int),
+    ("test-target", Kind::Str),
+    ("unmanaged", Kind::StrList),
 ];
 
 #[cfg(feature = "config-file")]
@@ -371,7 +376,9 @@ mod toml_file {
                             ),
                         ));
                     };
-                    if kind == Kind::StrList {
+                    if kind == Kind::StrList && pk_s == "unmanaged" {
+                        pool.unmanaged = self.list(&full, val)?;
+                    } else if kind == Kind::StrList {
                         pool.options = self.list(&full, val)?;
                     } else {
                         let raw = self.scalar(&full, val, kind)?;

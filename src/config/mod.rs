@@ -24,7 +24,7 @@ pub mod file;
 mod pool;
 
 pub use file::ConfigFile;
-pub use pool::{PoolSpec, PoolUse};
+pub use pool::{LocalSpec, PoolSpec, PoolUse};
 
 /// `ddhcpd` command line.
 ///

@@ -48,6 +48,21 @@ pub struct PoolSpec {
     pub location: Option<String>,
     /// `-o` options followed by the pool's own, same code replaced (dhcp pools only).
     pub options: Vec<DhcpOption>,
+    /// The local address mode's targets (local pools only).
+    pub local: Option<LocalSpec>,
+}
+
+/// `standby=N,min=M,max-standby=K,test-target=IP[:PORT],unmanaged=CIDR…` of a local pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalSpec {
+    /// Proven, unused addresses to keep configured (default 1).
+    pub standby: u32,
+    /// At least this many configured, standby and active together (default 0).
+    pub min: u32,
+    /// Never more standby than this (default: `standby`).
+    pub max_standby: u32,
+    pub test_target: Option<(std::net::Ipv4Addr, Option<u16>)>,
+    pub unmanaged: Vec<(std::net::Ipv4Addr, u8)>,
 }
 
 /// A pool as written, before validation.
@@ -66,10 +81,16 @@ pub(crate) struct RawPool {
     pub(crate) spare: Option<Raw>,
     pub(crate) location: Option<Raw>,
     pub(crate) options: Vec<Raw>,
+    pub(crate) standby: Option<Raw>,
+    pub(crate) min: Option<Raw>,
+    pub(crate) max_standby: Option<Raw>,
+    pub(crate) test_target: Option<Raw>,
+    pub(crate) unmanaged: Vec<Raw>,
 }
 
 /// The keys of `--pool` after `NAME=CIDR`.
-pub(crate) const FLAG_KEYS: &str = "block, use, iface, spare, location, option";
+pub(crate) const FLAG_KEYS: &str =
+    "block, use, iface, spare, location, option, standby, min, max-standby, test-target, unmanaged";
 
 /// What pools inherit from the node: `-b`, `-s`, `-c`, `-S`, `-o` (or the file's keys).
 pub(crate) struct Defaults {
@@ -98,6 +119,11 @@ impl RawPool {
             spare: None,
             location: None,
             options: Vec::new(),
+            standby: None,
+            min: None,
+            max_standby: None,
+            test_target: None,
+            unmanaged: Vec::new(),
         }
     }
 
@@ -146,7 +172,9 @@ impl RawPool {
             };
             match key {
                 "option" => pool.options.push(raw),
-                "block" | "use" | "iface" | "spare" | "location" => {
+                "unmanaged" => pool.unmanaged.push(raw),
+                "block" | "use" | "iface" | "spare" | "location" | "standby" | "min"
+                | "max-standby" | "test-target" => {
                     pool.set(key, raw).map_err(item_err)?;
                 }
                 _ => {
@@ -166,6 +194,10 @@ impl RawPool {
             "iface" => &mut self.iface,
             "spare" => &mut self.spare,
             "location" => &mut self.location,
+            "standby" => &mut self.standby,
+            "min" => &mut self.min,
+            "max-standby" => &mut self.max_standby,
+            "test-target" => &mut self.test_target,
             _ => return Err(format!("unknown key '{key}'")),
         };
         if slot.is_some() {
@@ -293,6 +325,7 @@ fn build(raw: &RawPool, d: &Defaults) -> Result<Built, ConfigError> {
         }
         Vec::new()
     };
+    let local = local_spec(raw, use_, &range)?;
     Ok(Built {
         spec: PoolSpec {
             name: raw.name.clone(),
@@ -307,9 +340,91 @@ fn build(raw: &RawPool, d: &Defaults) -> Result<Built, ConfigError> {
             iface,
             location,
             options,
+            local,
         },
         iface_at,
     })
+}
+
+/// The local keys: for `use=local` pools only, each checked against the pool.
+fn local_spec(
+    raw: &RawPool,
+    use_: PoolUse,
+    range: &ManagedRange,
+) -> Result<Option<LocalSpec>, ConfigError> {
+    let given = [&raw.standby, &raw.min, &raw.max_standby, &raw.test_target]
+        .into_iter()
+        .flatten()
+        .chain(&raw.unmanaged)
+        .next();
+    if use_ != PoolUse::Local {
+        return match given {
+            Some(k) => Err(k.err(format!(
+                "the local address keys are for use=local pools only (this one is use={use_})"
+            ))),
+            None => Ok(None),
+        };
+    }
+    let size = 1u64 << (32 - u32::from(range.prefix_len()));
+    let count = |r: &Option<Raw>, default: u32| -> Result<u32, ConfigError> {
+        let Some(r) = r else { return Ok(default) };
+        let n: u32 = r.number("a number of addresses")?;
+        if u64::from(n) > size {
+            return Err(r.err(format!("more than the {size} addresses of the pool")));
+        }
+        Ok(n)
+    };
+    let standby = count(&raw.standby, 1)?;
+    let min = count(&raw.min, 0)?;
+    let max_standby = count(&raw.max_standby, standby)?;
+    if max_standby < standby {
+        let r = raw
+            .max_standby
+            .as_ref()
+            .expect("given, else it defaults to standby");
+        return Err(r.err(format!("smaller than standby ({standby})")));
+    }
+    let test_target = raw
+        .test_target
+        .as_ref()
+        .map(|r| {
+            let bad = || r.err("expected A.B.C.D or A.B.C.D:PORT");
+            let (ip, port) = match r.text.split_once(':') {
+                Some((ip, port)) => (ip, Some(port.parse::<u16>().map_err(|_| bad())?)),
+                None => (r.text.as_str(), None),
+            };
+            Ok((ip.parse().map_err(|_| bad())?, port))
+        })
+        .transpose()?;
+    let unmanaged = raw
+        .unmanaged
+        .iter()
+        .map(|r| {
+            let bad = |why: &str| r.err(why.to_string());
+            let (ip, len) = r
+                .text
+                .split_once('/')
+                .ok_or_else(|| bad("expected A.B.C.D/LEN"))?;
+            let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| bad("expected A.B.C.D/LEN"))?;
+            let len: u8 = len
+                .parse()
+                .ok()
+                .filter(|l| *l <= 32)
+                .ok_or_else(|| bad("prefix length is not a number 0-32"))?;
+            let inside = range.locate(ip).is_some() && len >= range.prefix_len();
+            if !inside {
+                return Err(bad(&format!("not inside the pool's range {range}")));
+            }
+            Ok((ip, len))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(LocalSpec {
+        standby,
+        min,
+        max_standby,
+        test_target,
+        unmanaged,
+    }))
 }
 
 /// First and one-past-last address of a range.

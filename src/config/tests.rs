@@ -504,6 +504,7 @@ fn pools_against_each_other() {
 }
 
 /// Every key of the file (close to the example in docs/operations.md).
+#[cfg(feature = "config-file")]
 const EXAMPLE: &str = r#"server-iface = "bat0"
 client-iface = "br-client"
 location = "rack1"
@@ -1140,4 +1141,17 @@ fn without_the_feature_a_config_file_is_refused_in_one_line() {
         e.contains("--config") && e.contains("config-file feature") && !e.contains('\n'),
         "{e}"
     );
+}
+
+#[cfg(feature = "config-file")]
+#[test]
+fn local_keys_in_the_file() {
+    let text = "server-iface = \"s\"\n[pool.h]\nnetwork = \"10.9.0.0/24\"\nuse = \"local\"\niface = \"eth0\"\nstandby = 2\nmax-standby = 4\ntest-target = \"10.9.0.254\"\nunmanaged = [\"10.9.0.240/28\"]\n";
+    let (_f, r) = with_file(text, "");
+    let c = r.unwrap();
+    let l = c.pools[0].local.as_ref().unwrap();
+    assert_eq!((l.standby, l.max_standby), (2, 4));
+    assert_eq!(l.unmanaged.len(), 1);
+    let bad = "server-iface = \"s\"\n[pool.h]\nnetwork = \"10.9.0.0/24\"\nuse = \"local\"\nunmanaged = [\"10.8.0.0/28\"]\n";
+    file_error(bad, "", 5, "pool.h.unmanaged", "not inside");
 }

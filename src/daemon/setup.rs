@@ -94,6 +94,21 @@ pub fn node_config(cfg: &Config, sys: &impl System) -> Result<NodeConfig, Config
     })
 }
 
+/// The local service's configuration of a `use=local` pool (its targets from `--pool`,
+/// the timers at their defaults). Used once the daemon serves local pools.
+pub fn local_config(p: &PoolSpec) -> Option<crate::local::LocalConfig> {
+    let l = p.local.as_ref()?;
+    Some(crate::local::LocalConfig {
+        iface: p.iface.clone()?,
+        standby: l.standby,
+        min: l.min,
+        max_standby: l.max_standby,
+        test_target: l.test_target,
+        unmanaged: l.unmanaged.clone(),
+        timers: crate::local::LocalTimers::default(),
+    })
+}
+
 /// The pools as the store binds itself to them.
 pub fn store_pools(node: &NodeConfig) -> Vec<StorePool> {
     node.pools
@@ -184,5 +199,64 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("use=local") && !e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn local_keys_reach_the_local_service() {
+        let c = cfg(
+            "-i s --pool h=10.9.0.0/24,use=local,iface=eth0,standby=3,max-standby=5,min=1,test-target=10.9.0.254:53,unmanaged=10.9.0.240/28,unmanaged=10.9.0.0/30",
+        );
+        let l = local_config(&c.pools[0]).unwrap();
+        assert_eq!((l.standby, l.min, l.max_standby), (3, 1, 5));
+        assert_eq!(
+            l.test_target,
+            Some((Ipv4Addr::new(10, 9, 0, 254), Some(53)))
+        );
+        assert_eq!(
+            l.unmanaged,
+            vec![
+                (Ipv4Addr::new(10, 9, 0, 240), 28),
+                (Ipv4Addr::new(10, 9, 0, 0), 30)
+            ]
+        );
+        assert_eq!(l.iface, "eth0");
+        let d = cfg("-i s --pool h=10.9.0.0/24,use=local,iface=eth0");
+        let l = local_config(&d.pools[0]).unwrap();
+        assert_eq!(
+            (l.standby, l.min, l.max_standby, l.test_target),
+            (1, 0, 1, None)
+        );
+        let parse_err = |args: &str| {
+            let argv = std::iter::once("ddhcpd").chain(args.split_whitespace());
+            crate::config::from_args(argv).unwrap_err()
+        };
+        for (args, why) in [
+            (
+                "-i s --pool h=10.9.0.0/24,use=local,standby=2,max-standby=1",
+                "smaller than standby",
+            ),
+            (
+                "-i s --pool h=10.9.0.0/24,use=local,test-target=10.9.0.1:x",
+                "A.B.C.D:PORT",
+            ),
+            (
+                "-i s --pool h=10.9.0.0/24,use=local,unmanaged=10.8.0.0/28",
+                "not inside",
+            ),
+            (
+                "-i s -c c0 --pool h=10.9.0.0/24,standby=2",
+                "use=local pools only",
+            ),
+            (
+                "-i s --pool h=10.9.0.0/24,use=local,standby=999",
+                "more than the 256",
+            ),
+        ] {
+            let e = parse_err(args);
+            assert!(
+                e.contains(why) && e.contains("--pool h") && !e.contains('\n'),
+                "{args}: {e}"
+            );
+        }
     }
 }
