@@ -11,6 +11,7 @@
 //! so that after a restart, or next to systemd-networkd and NetworkManager, ours can still
 //! be told from everyone else's.
 
+pub mod arp;
 mod netlink;
 
 use std::io;
