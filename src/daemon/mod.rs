@@ -10,6 +10,8 @@ pub mod audit;
 pub mod control;
 pub mod dhcp_socket;
 pub mod hook;
+#[cfg(feature = "local")]
+pub mod host;
 pub mod iface;
 #[cfg(feature = "metrics")]
 pub mod metrics;
