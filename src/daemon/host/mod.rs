@@ -3,5 +3,7 @@
 //! in their place.
 //!
 //! * [`sockets`]: which of our addresses local sockets use (sock_diag, `/proc` as fallback).
+//! * [`probe`]: two-way reachability from a given source address (ICMP echo, UDP, TCP).
 
+pub mod probe;
 pub mod sockets;
