@@ -1051,6 +1051,24 @@ mod tests {
         assert_ne!(states & (1 << TCP_BOUND_INACTIVE), 0);
     }
 
+    #[test]
+    fn a_protocol_without_sock_diag_is_read_from_proc_alone() {
+        // As after an ENOENT for UDP (no udp_diag module): UDP from /proc, TCP unchanged.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let lo: BTreeSet<Ipv4Addr> = [Ipv4Addr::LOCALHOST].into_iter().collect();
+        let mut w = SocketWatcher::new(Backend::Auto);
+        w.udp_diag_missing = true;
+        let p = w.poll(&lo).unwrap();
+        assert_eq!(p.udp, Method::Proc);
+        if SocketWatcher::new(Backend::SockDiag).poll(&lo).is_ok() {
+            assert_eq!(p.tcp, Method::SockDiag);
+        }
+        let u = &p.uses[&Ipv4Addr::LOCALHOST];
+        assert!(u.tcp_listen >= 1 && u.udp >= 1, "{u:?}");
+        drop((listener, udp));
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_text_never_panics(text in "\\PC*") {
