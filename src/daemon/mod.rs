@@ -10,6 +10,7 @@ pub mod audit;
 pub mod control;
 pub mod dhcp_socket;
 pub mod hook;
+// Local address mode's host side; routers do not carry it (Cargo.toml, feature `local`).
 #[cfg(feature = "local")]
 pub mod host;
 pub mod iface;

@@ -13,6 +13,10 @@
 
 pub mod arp;
 mod netlink;
+/// Two-way reachability from a given source address (ICMP echo, UDP, TCP).
+pub mod probe;
+/// Which of our addresses local sockets use (sock_diag, `/proc` as fallback).
+pub mod sockets;
 
 use std::io;
 use std::net::Ipv4Addr;
