@@ -280,12 +280,9 @@ impl Local {
         changed
             .into_iter()
             .map(|b| {
-                let used = self
-                    .addrs
-                    .keys()
-                    .filter(|ip| self.range.locate(**ip).is_some_and(|(x, _)| x == b))
-                    .count() as u32;
-                (b, used)
+                let first = self.range.block_first(b);
+                let last = self.range.address(b, self.range.block_size() - 1);
+                (b, self.addrs.range(first..=last).count() as u32)
             })
             .collect()
     }

@@ -436,17 +436,7 @@ impl Node {
 
     fn answer(&mut self, now: Instant, q: Query) -> Answer {
         let pool_of = |n: &Node, name: &Option<String>| n.find_pool(name.as_deref());
-        let no_dhcp = |p: &Pool| {
-            Answer::Refused(format!(
-                "pool '{}' has no DHCP service ({})",
-                p.name(),
-                if p.claims() {
-                    "-S"
-                } else {
-                    "not of this node's location"
-                }
-            ))
-        };
+        let no_dhcp = |p: &Pool| Answer::Refused(no_dhcp(p));
         match q {
             Query::Status => Answer::Status(self.status(now)),
             Query::Blocks { pool } => match pool_of(self, &pool) {
@@ -571,17 +561,9 @@ impl Node {
             Err(e) => return Answer::Refused(e),
         };
         let p = &mut self.pools[i];
-        let name = p.name().to_string();
-        let claims = p.claims();
+        let refused = no_dhcp(p);
         let Some(d) = p.dhcp_mut() else {
-            return Answer::Refused(format!(
-                "pool '{name}' has no DHCP service ({})",
-                if claims {
-                    "-S"
-                } else {
-                    "not of this node's location"
-                }
-            ));
+            return Answer::Refused(refused);
         };
         match f(d) {
             Ok(()) => Answer::Done,
@@ -759,6 +741,18 @@ impl Node {
         self.counters.add(bytes, payload.len() as u64);
         self.out.push_back(Output::Peer(Transmit { dest, payload }));
     }
+}
+
+/// Why a pool answers no DHCP query.
+fn no_dhcp(p: &Pool) -> String {
+    let why = if !p.claims() {
+        "not of this node's location"
+    } else if p.local().is_some() {
+        "a local pool"
+    } else {
+        "-S"
+    };
+    format!("pool '{}' has no DHCP service ({why})", p.name())
 }
 
 /// A node id from the server interface's MAC and two random bytes: MAC-first keeps the

@@ -466,7 +466,7 @@ impl Pool {
                 self.out.push(PoolOutput::Dhcp(t));
             }
         }
-        self.drain_local(now);
+        self.drain_local();
         while let Some(out) = self.blocks.poll_output() {
             let message = match out {
                 BlockOutput::Inquire(b) => Message::Inquire(b),
@@ -555,12 +555,11 @@ impl Pool {
         if claimed && let Service::Local(l) = &mut self.service {
             l.handle_timeout(now, &self.blocks);
         }
-        self.drain_local(now);
+        self.drain_local();
     }
 
     /// What the local service asked of the host and of the block table.
-    fn drain_local(&mut self, now: Instant) {
-        let _ = now;
+    fn drain_local(&mut self) {
         let Service::Local(l) = &mut self.service else {
             return;
         };
@@ -598,10 +597,5 @@ impl Pool {
             l.handle_event(now, ev, &self.blocks);
             l.handle_timeout(now, &self.blocks);
         }
-    }
-
-    /// Addresses of this pool as the control socket shows them.
-    pub fn first_of(&self, block: u32) -> Ipv4Addr {
-        self.cfg.range.block_first(block)
     }
 }

@@ -107,11 +107,11 @@ impl Daemon {
             "", "discover", "offer", "request", "decline", "ack", "nak", "release", "inform",
         ];
         // Rows of a per-pool family: every pool, each value under its `what` label.
-        fn rows<'a>(
+        fn rows<'a, T>(
             pools: &'a [crate::pool::Pool],
             what: &'a str,
-            values: impl Fn(&'a crate::pool::Pool) -> Vec<(&'a str, u64)>,
-        ) -> Vec<(Vec<(&'a str, &'a str)>, u64)> {
+            values: impl Fn(&'a crate::pool::Pool) -> Vec<(&'a str, T)>,
+        ) -> Vec<(Vec<(&'a str, &'a str)>, T)> {
             pools
                 .iter()
                 .flat_map(|p| {
@@ -229,20 +229,10 @@ impl Daemon {
             g(C::DuplicateNodeId),
         );
         let id = self.node.id();
-        let gauge_rows =
-            |what: &'static str, f: &dyn Fn(&crate::pool::Pool) -> Vec<(&'static str, i64)>| {
-                pools
-                    .iter()
-                    .flat_map(|p| {
-                        f(p).into_iter()
-                            .map(move |(v, n)| (vec![("pool", p.name()), (what, v)], n))
-                    })
-                    .collect::<Vec<_>>()
-            };
         m.gauge_rows(
             "blocks",
             "Blocks by pool and state",
-            &gauge_rows("state", &|p| {
+            &rows(pools, "state", |p| {
                 let mut states = [0i64; 4];
                 for v in p.blocks_view(now, id) {
                     states[v.state as usize] += 1;
@@ -260,7 +250,7 @@ impl Daemon {
         m.gauge_rows(
             "leases",
             "Addresses by pool and state",
-            &gauge_rows("state", &|p| {
+            &rows(pools, "state", |p| {
                 let (offered, leased) = p.dhcp().map_or((0, 0), |d| {
                     (d.leases.offered() as i64, d.leases.active() as i64)
                 });

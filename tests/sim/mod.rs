@@ -60,6 +60,9 @@ struct Slot {
     /// (the daemon lets nothing out before its store has it, so a crash between steps loses
     /// nothing).
     durable: BTreeMap<String, PoolState>,
+    /// A socket-use poll of this node's fake host is queued (one chain per node, also
+    /// across a quick restart).
+    polling: bool,
 }
 
 /// How often the fake host reports socket use, as the daemon's sock_diag poll.
@@ -182,6 +185,7 @@ impl Sim {
             sent_pkts: 0,
             sent_bytes: 0,
             durable: BTreeMap::new(),
+            polling: false,
         });
         self.start(i);
         i
@@ -531,12 +535,16 @@ impl Sim {
                 self.host_event(i, p, HostEvent::Added { ip }, 1);
             }
         }
-        self.enqueue(USE_POLL, i, Kind::UsePoll, std::rc::Rc::from(&[][..]));
+        if !self.slots[i].polling {
+            self.slots[i].polling = true;
+            self.enqueue(USE_POLL, i, Kind::UsePoll, std::rc::Rc::from(&[][..]));
+        }
     }
 
     fn use_poll(&mut self, i: usize) {
         if self.slots[i].node.is_none() {
-            return; // stopped; the next start polls again
+            self.slots[i].polling = false; // stopped; the next start polls again
+            return;
         }
         let used = self.sockets.get(&i).cloned().unwrap_or_default();
         for p in self.local_pools(i) {
