@@ -182,8 +182,21 @@ fn bad_flags_exit_2_with_one_line() {
         ),
         (vec!["-i", "lo", "--pool", "a=10.0.0.0/24,use=ftp"], "use"),
         (
-            vec!["-i", "lo", "--pool", "a=10.0.0.0/24,use=local,iface=lo"],
-            "use=local",
+            vec![
+                "-i",
+                "lo",
+                "--pool",
+                "a=10.0.0.0/24,use=local,iface=nosuch9",
+            ],
+            "iface=nosuch9",
+        ),
+        (
+            vec!["-i", "lo", "--pool", "a=10.0.0.0/24,use=api"],
+            "use=api",
+        ),
+        (
+            vec!["-i", "lo", "--pool", "a=10.0.0.0/24,use=local"],
+            "iface=IFACE",
         ),
     ];
     let cases: Vec<(&[&str], &str)> = cases

@@ -155,6 +155,9 @@ struct Daemon {
     store: Option<Store>,
     /// Outputs waiting for the store, each with the batch it waits for, in order.
     held: VecDeque<(u64, Held)>,
+    /// The host side of the local pools, if there are any.
+    #[cfg(feature = "local")]
+    host: Option<host::driver::HostHandle>,
 }
 
 /// Changes the log filter at run time (`ddhcpctl log-level`); given by the binary, which owns
@@ -282,6 +285,8 @@ pub async fn run(
     };
     #[cfg(not(feature = "metrics"))]
     let metrics_task: Option<tokio::task::JoinHandle<()>> = None;
+    #[cfg(feature = "local")]
+    let host = start_host(&cfg, &node).await?;
     let ctl_task = tokio::spawn(control::serve(listener, ctl_tx));
     let control_path = cfg.control.clone();
     let mut d = Daemon {
@@ -302,6 +307,8 @@ pub async fn run(
         audit,
         store: Some(store),
         held: VecDeque::new(),
+        #[cfg(feature = "local")]
+        host,
     };
     let result = d.main_loop(ctl_rx, shutdown).await;
     ctl_task.abort();
@@ -354,6 +361,11 @@ impl Daemon {
             let dhcp_open = self.held.len() < MAX_HELD;
             let dhcp_socks = &self.dhcp_socks;
             let dhcp_next = self.dhcp_next;
+            #[cfg(feature = "local")]
+            let host = self.host.as_mut();
+            #[cfg(not(feature = "local"))]
+            let host: Option<&mut NoHost> = None;
+            let host_open = host.is_some();
             let Some(store) = self.store.as_mut() else {
                 return Err(StartError::StoreFailed);
             };
@@ -375,6 +387,9 @@ impl Daemon {
                     self.dhcp_datagrams(pool, r, &mut dbuf)
                 }
                 Some(p) = ctl_rx.recv() => self.control(p),
+                (pool, ev) = host_event(host), if host_open => {
+                    self.node.handle_host(self.clock.now(), pool, ev);
+                }
             }
         }
     }
@@ -493,8 +508,14 @@ impl Daemon {
                 Held::Out(Output::Dhcp { pool, transmit }) => self.send_dhcp(pool, &transmit).await,
                 Held::Out(Output::Event(ev)) => self.event(ev),
                 Held::Out(Output::Answer { .. }) => {}
-                // Setup refuses local pools until the host side is wired in, so the core
-                // asks nothing of the host yet.
+                #[cfg(feature = "local")]
+                Held::Out(Output::Host { pool, action }) => {
+                    if let Some(h) = &self.host {
+                        h.send(pool, action);
+                    }
+                }
+                // Without the feature setup refuses local pools: the core asks nothing.
+                #[cfg(not(feature = "local"))]
                 Held::Out(Output::Host { .. }) => {}
                 Held::Reply(tx, r) => {
                     let _ = tx.send(r);
@@ -574,6 +595,59 @@ impl Daemon {
         let name = self.node.pools().get(pool).map_or("", |p| p.name());
         self.audit.record(self.node.id(), name, l);
     }
+}
+
+/// Starts the host side if a pool here is local (and so claims here).
+#[cfg(feature = "local")]
+async fn start_host(
+    cfg: &Config,
+    node: &Node,
+) -> Result<Option<host::driver::HostHandle>, StartError> {
+    let pools: Vec<host::driver::LocalPool> = node
+        .pools()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let l = p.local()?;
+            Some(host::driver::LocalPool {
+                pool: i,
+                iface: l.config().iface.clone(),
+                range: *p.range(),
+            })
+        })
+        .collect();
+    let Some(first) = pools.first() else {
+        return Ok(None);
+    };
+    let name = cfg.pools[first.pool].name.clone();
+    let iface = first.iface.clone();
+    host::driver::HostHandle::start(pools)
+        .await
+        .map(Some)
+        .map_err(|e| {
+            ConfigError::new(
+                "--pool",
+                format!("{name},use=local,iface={iface}"),
+                format!("cannot manage addresses: {e}"),
+            )
+            .into()
+        })
+}
+
+#[cfg(not(feature = "local"))]
+enum NoHost {}
+
+#[cfg(feature = "local")]
+async fn host_event(h: Option<&mut host::driver::HostHandle>) -> (usize, crate::local::HostEvent) {
+    match h {
+        Some(h) => h.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(feature = "local"))]
+async fn host_event(_: Option<&mut NoHost>) -> (usize, crate::local::HostEvent) {
+    std::future::pending().await
 }
 
 async fn recv(

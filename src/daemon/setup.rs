@@ -66,11 +66,34 @@ pub fn node_config(cfg: &Config, sys: &impl System) -> Result<NodeConfig, Config
                 })
             }
             (PoolUse::Dhcp, None) => ServiceConfig::Passive,
-            (u @ (PoolUse::Local | PoolUse::Api), _) => {
+            (PoolUse::Local, Some(iface)) if cfg!(feature = "local") => {
+                sys.iface_exists(iface).map_err(|e| {
+                    iface_error(p, iface, format!("no such network interface ({e})"))
+                })?;
+                match local_config(p) {
+                    Some(l) => ServiceConfig::Local(l),
+                    None => return Err(iface_error(p, iface, "not a local pool".into())),
+                }
+            }
+            (PoolUse::Local, _) if cfg!(feature = "local") => {
                 return Err(ConfigError::new(
                     "--pool",
-                    format!("{},use={}", p.name, u.as_str()),
-                    "this release serves DHCP pools only; local and API pools come with the local address mode and the allocation API",
+                    format!("{},use=local", p.name),
+                    "a local pool needs iface=IFACE, the interface its addresses go on",
+                ));
+            }
+            (PoolUse::Local, _) => {
+                return Err(ConfigError::new(
+                    "--pool",
+                    format!("{},use=local", p.name),
+                    "this build has no local address mode (built without the feature `local`, as the router build is)",
+                ));
+            }
+            (PoolUse::Api, _) => {
+                return Err(ConfigError::new(
+                    "--pool",
+                    format!("{},use=api", p.name),
+                    "this release has no allocation API yet; API pools come with it",
                 ));
             }
         };
@@ -95,7 +118,7 @@ pub fn node_config(cfg: &Config, sys: &impl System) -> Result<NodeConfig, Config
 }
 
 /// The local service's configuration of a `use=local` pool (its targets from `--pool`,
-/// the timers at their defaults). Used once the daemon serves local pools.
+/// the timers at their defaults).
 pub fn local_config(p: &PoolSpec) -> Option<crate::local::LocalConfig> {
     let l = p.local.as_ref()?;
     Some(crate::local::LocalConfig {
@@ -195,10 +218,27 @@ mod tests {
 
     #[test]
     fn services_not_built_yet_are_refused() {
-        let e = node_config(&cfg("-i s --pool h=10.0.0.0/24,use=local,iface=c0"), &Fake)
+        let e = node_config(&cfg("-i s --pool h=10.0.0.0/24,use=api"), &Fake)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("use=local") && !e.contains('\n'), "{e}");
+        assert!(e.contains("use=api") && !e.contains('\n'), "{e}");
+        let local = node_config(&cfg("-i s --pool h=10.0.0.0/24,use=local,iface=c0"), &Fake);
+        if cfg!(feature = "local") {
+            assert!(matches!(
+                local.unwrap().pools[0].service,
+                ServiceConfig::Local(_)
+            ));
+            let e = node_config(
+                &cfg("-i s --pool h=10.0.0.0/24,use=local,iface=nope"),
+                &Fake,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("iface=nope") && e.contains("no such"), "{e}");
+        } else {
+            let e = local.unwrap_err().to_string();
+            assert!(e.contains("use=local") && e.contains("feature"), "{e}");
+        }
     }
 
     #[test]

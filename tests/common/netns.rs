@@ -713,7 +713,7 @@ impl TestNet {
 
     // ------------------------------------------------- run in a namespace ---
 
-    fn ns_exec(ns: &str, args: &[&str]) -> Output {
+    pub fn ns_exec(ns: &str, args: &[&str]) -> Output {
         output_timeout(
             Command::new("ip").args(["netns", "exec", ns]).args(args),
             CMD_TIMEOUT,

@@ -12,6 +12,8 @@
 //! be told from everyone else's.
 
 pub mod arp;
+/// The task that runs the local service's host actions and reports back.
+pub mod driver;
 mod netlink;
 /// Two-way reachability from a given source address (ICMP echo, UDP, TCP).
 pub mod probe;

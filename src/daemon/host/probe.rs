@@ -185,34 +185,55 @@ pub async fn icmp_echo(
     };
     let token: [u8; 16] = rand::random();
     let first_seq: u16 = rand::random();
-    let fd = register(socket)?;
-    let mut buf = [0u8; 1500];
-    exchange(
-        options,
-        |n| {
-            let seq = first_seq.wrapping_add(u16::try_from(n).unwrap_or(u16::MAX));
-            fd.get_ref()
-                .send(&echo_request(id, seq, &token))
-                .map(|_| None)
-        },
-        async || {
-            let len = recv(&fd, &mut buf).await?;
-            let data = buf.get(..len).unwrap_or_default();
-            let reply = match kind {
-                IcmpKind::Dgram => matching_reply(data, None, &token),
-                IcmpKind::Raw => {
-                    matching_reply(ip_payload(data).unwrap_or_default(), Some(id), &token)
-                }
-            };
-            Ok(reply.map(|seq| {
-                (
-                    usize::from(seq.wrapping_sub(first_seq)),
-                    Answer::EchoReply(kind),
-                )
-            }))
-        },
-    )
-    .await
+    let mut probe = Echo {
+        fd: register(socket)?,
+        buf: [0u8; 1500],
+        id,
+        token,
+        first_seq,
+        kind,
+    };
+    exchange(options, &mut probe).await
+}
+
+struct Echo {
+    fd: AsyncFd<Socket>,
+    buf: [u8; 1500],
+    id: u16,
+    token: [u8; 16],
+    first_seq: u16,
+    kind: IcmpKind,
+}
+
+impl Datagrams for Echo {
+    fn send(&mut self, n: usize) -> io::Result<Option<Answer>> {
+        let seq = self
+            .first_seq
+            .wrapping_add(u16::try_from(n).unwrap_or(u16::MAX));
+        self.fd
+            .get_ref()
+            .send(&echo_request(self.id, seq, &self.token))
+            .map(|_| None)
+    }
+
+    async fn receive(&mut self) -> io::Result<Option<(usize, Answer)>> {
+        let len = recv(&self.fd, &mut self.buf).await?;
+        let data = self.buf.get(..len).unwrap_or_default();
+        let reply = match self.kind {
+            IcmpKind::Dgram => matching_reply(data, None, &self.token),
+            IcmpKind::Raw => matching_reply(
+                ip_payload(data).unwrap_or_default(),
+                Some(self.id),
+                &self.token,
+            ),
+        };
+        Ok(reply.map(|seq| {
+            (
+                usize::from(seq.wrapping_sub(self.first_seq)),
+                Answer::EchoReply(self.kind),
+            )
+        }))
+    }
 }
 
 /// A UDP datagram from `source` to `target`; any datagram back (or a port unreachable) proves
@@ -229,33 +250,46 @@ pub async fn udp(
     socket
         .connect(&SockAddr::from(target))
         .map_err(ProbeError::Socket)?;
-    let fd = register(socket)?;
-    let mut buf = [0u8; 1500];
-    // The socket is connected, so whatever arrives comes from the target: no sequence to
-    // match, the latest send is the one answered.
-    let sent = std::cell::Cell::new(0usize);
-    exchange(
-        options,
-        |n| {
-            sent.set(n);
-            match fd.get_ref().send(payload) {
-                Ok(_) => Ok(None),
-                // The port unreachable for an earlier datagram, reported on this send.
-                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                    Ok(Some(Answer::UdpPortUnreachable))
-                }
-                Err(e) => Err(e),
-            }
-        },
-        async || match recv(&fd, &mut buf).await {
-            Ok(bytes) => Ok(Some((sent.get(), Answer::UdpReply { bytes }))),
+    let mut probe = Udp {
+        fd: register(socket)?,
+        buf: [0u8; 1500],
+        payload,
+        sent: 0,
+    };
+    exchange(options, &mut probe).await
+}
+
+/// The socket is connected, so whatever arrives comes from the target: no sequence to
+/// match, the latest send is the one answered.
+struct Udp<'a> {
+    fd: AsyncFd<Socket>,
+    buf: [u8; 1500],
+    payload: &'a [u8],
+    sent: usize,
+}
+
+impl Datagrams for Udp<'_> {
+    fn send(&mut self, n: usize) -> io::Result<Option<Answer>> {
+        self.sent = n;
+        match self.fd.get_ref().send(self.payload) {
+            Ok(_) => Ok(None),
+            // The port unreachable for an earlier datagram, reported on this send.
             Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                Ok(Some((sent.get(), Answer::UdpPortUnreachable)))
+                Ok(Some(Answer::UdpPortUnreachable))
             }
             Err(e) => Err(e),
-        },
-    )
-    .await
+        }
+    }
+
+    async fn receive(&mut self) -> io::Result<Option<(usize, Answer)>> {
+        match recv(&self.fd, &mut self.buf).await {
+            Ok(bytes) => Ok(Some((self.sent, Answer::UdpReply { bytes }))),
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                Ok(Some((self.sent, Answer::UdpPortUnreachable)))
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// A TCP connection from `source` to `target`; closed again at once.
@@ -328,14 +362,21 @@ fn verdict(e: io::Error) -> ProbeError {
     }
 }
 
-/// The send/receive loop of the datagram probes: `send(n)` sends request number n at
-/// evenly spread times within the timeout (and may learn the answer from the kernel at once);
-/// `receive` waits for one packet and says which request it answers (or `None` for a packet
-/// that is not an answer).
+/// The two halves of a datagram probe. A trait, not two closures: the future of an async
+/// closure that borrows its captures is not `Send` to the compiler (higher-ranked
+/// lifetimes), and the daemon runs each probe as a task of its own.
+trait Datagrams {
+    /// Sends request number `n` (and may learn the answer from the kernel at once).
+    fn send(&mut self, n: usize) -> io::Result<Option<Answer>>;
+    /// Waits for one packet and says which request it answers (`None`: not an answer).
+    async fn receive(&mut self) -> io::Result<Option<(usize, Answer)>>;
+}
+
+/// The send/receive loop of the datagram probes: requests at evenly spread times within
+/// the timeout, until one is answered.
 async fn exchange(
     options: &ProbeOptions,
-    mut send: impl FnMut(usize) -> io::Result<Option<Answer>>,
-    mut receive: impl AsyncFnMut() -> io::Result<Option<(usize, Answer)>>,
+    probe: &mut impl Datagrams,
 ) -> Result<Reached, ProbeError> {
     let sends = usize::try_from(options.sends.max(1)).unwrap_or(1);
     let interval = options.timeout / options.sends.max(1);
@@ -347,7 +388,7 @@ async fn exchange(
         if sent_at.len() < sends
             && now >= start + interval * u32::try_from(sent_at.len()).unwrap_or(u32::MAX)
         {
-            let answer = send(sent_at.len()).map_err(verdict)?;
+            let answer = probe.send(sent_at.len()).map_err(verdict)?;
             sent_at.push(now);
             if let Some(answer) = answer {
                 let rtt = sent_at
@@ -365,7 +406,7 @@ async fn exchange(
             deadline
         };
         tokio::select! {
-            got = receive() => match got.map_err(verdict)? {
+            got = probe.receive() => match got.map_err(verdict)? {
                 Some((n, answer)) => {
                     let sent = sent_at.get(n).or(sent_at.last()).copied().unwrap_or(start);
                     return Ok(Reached { rtt: sent.elapsed(), answer });
