@@ -58,6 +58,33 @@ pub enum Request {
     Stats,
     /// Prometheus text exposition (what `--metrics` serves), as `{"text": "…"}`.
     Metrics,
+    /// The addresses of local pools: of `pool`, or of all local pools without it.
+    Local {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pool: Option<String>,
+    },
+    /// A third party uses `ip` (an address of a local pool on this node).
+    MarkActive {
+        ip: String,
+    },
+    /// A third party no longer uses `ip`.
+    MarkStandby {
+        ip: String,
+    },
+    /// New targets for a local pool (until the daemon restarts); absent keys keep their
+    /// value, `hysteresis` is in seconds.
+    SetLocal {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pool: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        standby: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_standby: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hysteresis: Option<u32>,
+    },
 }
 
 impl Request {
@@ -133,6 +160,20 @@ mod tests {
                 code: 3,
                 pool: Some("lan".into()),
             },
+            Request::Local { pool: None },
+            Request::MarkActive {
+                ip: "10.0.0.5".into(),
+            },
+            Request::MarkStandby {
+                ip: "10.0.0.5".into(),
+            },
+            Request::SetLocal {
+                pool: Some("hosts".into()),
+                standby: Some(2),
+                min: None,
+                max_standby: Some(4),
+                hysteresis: Some(10),
+            },
         ] {
             assert_eq!(Request::parse(r.to_line().as_bytes()).unwrap(), r);
         }
@@ -149,12 +190,55 @@ mod tests {
             Request::Leases { pool: None }.to_line(),
             "{\"cmd\":\"leases\"}\n"
         );
+        // The local commands on the wire.
+        assert_eq!(
+            Request::parse(br#"{"cmd":"local","pool":"hosts"}"#).unwrap(),
+            Request::Local {
+                pool: Some("hosts".into())
+            }
+        );
+        assert_eq!(
+            Request::MarkActive {
+                ip: "10.0.0.5".into()
+            }
+            .to_line(),
+            "{\"cmd\":\"mark-active\",\"ip\":\"10.0.0.5\"}\n"
+        );
+        assert_eq!(
+            Request::parse(br#"{"cmd":"mark-standby","ip":"10.0.0.5"}"#).unwrap(),
+            Request::MarkStandby {
+                ip: "10.0.0.5".into()
+            }
+        );
+        assert_eq!(
+            Request::SetLocal {
+                pool: None,
+                standby: None,
+                min: Some(1),
+                max_standby: Some(3),
+                hysteresis: None,
+            }
+            .to_line(),
+            "{\"cmd\":\"set-local\",\"min\":1,\"max_standby\":3}\n"
+        );
+        assert_eq!(
+            Request::parse(br#"{"cmd":"set-local","hysteresis":5}"#).unwrap(),
+            Request::SetLocal {
+                pool: None,
+                standby: None,
+                min: None,
+                max_standby: None,
+                hysteresis: Some(5),
+            }
+        );
         for bad in [
             &b""[..],
             b"\xff\xfe",
             b"status",
             br#"{"cmd":"reboot"}"#,
             br#"{"cmd":"remove-option","code":300}"#,
+            br#"{"cmd":"mark-active"}"#,
+            br#"{"cmd":"set-local","standby":-1}"#,
         ] {
             assert!(Request::parse(bad).is_err(), "{bad:?}");
         }

@@ -181,6 +181,29 @@ pub struct LocalMove {
     pub reason: String,
 }
 
+/// A run-time change of a local pool's targets (`ddhcpctl set-local`); `None` keeps the
+/// current value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalTargets {
+    pub standby: Option<u32>,
+    pub min: Option<u32>,
+    pub max_standby: Option<u32>,
+    /// Seconds, [`MIN_HYSTERESIS_SECS`] to [`MAX_HYSTERESIS_SECS`].
+    pub hysteresis: Option<u32>,
+}
+
+impl LocalTargets {
+    pub fn is_empty(&self) -> bool {
+        *self == LocalTargets::default()
+    }
+}
+
+/// Shortest hysteresis (`hysteresis=` and `set-local`): an address that lost its last
+/// socket stays active at least this long.
+pub const MIN_HYSTERESIS_SECS: u32 = 1;
+/// Longest hysteresis: one day.
+pub const MAX_HYSTERESIS_SECS: u32 = 86_400;
+
 /// Counters of the local service.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LocalCounters {
@@ -224,6 +247,50 @@ impl Local {
 
     pub fn config(&self) -> &LocalConfig {
         &self.cfg
+    }
+
+    /// Changes the targets (and the hysteresis) at run time, all or nothing: the values
+    /// after the change must hold `max_standby >= standby`, each count at most the pool's
+    /// size, and a hysteresis of [`MIN_HYSTERESIS_SECS`] to [`MAX_HYSTERESIS_SECS`]. The
+    /// caller then runs [`Local::handle_timeout`] so the service moves to the new targets
+    /// at once. A new hysteresis applies from the next time an address goes unused.
+    pub fn set_targets(&mut self, t: LocalTargets) -> Result<(), String> {
+        let size = 1u64 << (32 - u32::from(self.range.prefix_len()));
+        for (key, v) in [
+            ("standby", t.standby),
+            ("min", t.min),
+            ("max-standby", t.max_standby),
+        ] {
+            if let Some(n) = v
+                && u64::from(n) > size
+            {
+                return Err(format!(
+                    "{key}={n} is more than the {size} addresses of the pool"
+                ));
+            }
+        }
+        let standby = t.standby.unwrap_or(self.cfg.standby);
+        let min = t.min.unwrap_or(self.cfg.min);
+        let max_standby = t.max_standby.unwrap_or(self.cfg.max_standby);
+        if max_standby < standby {
+            return Err(format!(
+                "max-standby ({max_standby}) would be smaller than standby ({standby}); give both"
+            ));
+        }
+        if let Some(h) = t.hysteresis
+            && !(MIN_HYSTERESIS_SECS..=MAX_HYSTERESIS_SECS).contains(&h)
+        {
+            return Err(format!(
+                "hysteresis={h} must be between {MIN_HYSTERESIS_SECS} and {MAX_HYSTERESIS_SECS} seconds"
+            ));
+        }
+        self.cfg.standby = standby;
+        self.cfg.min = min;
+        self.cfg.max_standby = max_standby;
+        if let Some(h) = t.hysteresis {
+            self.cfg.timers.hysteresis = Duration::from_secs(u64::from(h));
+        }
+        Ok(())
     }
 
     pub fn addresses(&self) -> impl Iterator<Item = (Ipv4Addr, &LocalAddr)> {
@@ -1024,6 +1091,98 @@ mod tests {
                 .iter()
                 .any(|a| matches!(a, HostAction::Remove { .. }))
         );
+    }
+
+    #[test]
+    fn set_local_moves_to_the_new_targets_at_once() {
+        use crate::node::{Answer, Query};
+        let mut n = node(2, false);
+        let ips: Vec<Ipv4Addr> = actions(&mut n)
+            .into_iter()
+            .filter_map(|a| match a {
+                HostAction::Add { ip, .. } => Some(ip),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ips.len(), 2);
+        n.handle_host(t(3100), 0, HostEvent::Added { ip: ips[0] });
+        n.handle_host(t(3200), 0, HostEvent::Added { ip: ips[1] });
+        let _ = actions(&mut n);
+        let set = |standby, max_standby, hysteresis| Query::SetLocal {
+            pool: None,
+            standby,
+            min: None,
+            max_standby,
+            hysteresis,
+        };
+        // Refused as a whole: nothing changes.
+        for (q, why) in [
+            (
+                set(Some(4), None, Some(5)),
+                "max-standby (3) would be smaller than standby (4)",
+            ),
+            (
+                set(Some(1), Some(999), None),
+                "max-standby=999 is more than the 256 addresses",
+            ),
+            (
+                set(Some(1), None, Some(0)),
+                "hysteresis=0 must be between 1",
+            ),
+            (set(None, None, Some(86_401)), "hysteresis=86401"),
+            (set(None, None, None), "nothing to change"),
+            (
+                Query::SetLocal {
+                    pool: Some("x".into()),
+                    standby: Some(1),
+                    min: None,
+                    max_standby: None,
+                    hysteresis: None,
+                },
+                "no pool named 'x' (pools: hosts)",
+            ),
+        ] {
+            n.handle_query(t(3300), 9, q);
+            match n.poll_answer() {
+                Some((9, Answer::Refused(e))) => assert!(e.contains(why), "{e}"),
+                a => panic!("{a:?}"),
+            }
+        }
+        let cfg = n.pool(0).local().unwrap().config().clone();
+        assert_eq!((cfg.standby, cfg.max_standby), (2, 3));
+        assert_eq!(cfg.timers.hysteresis, Duration::from_secs(30));
+        assert!(actions(&mut n).is_empty());
+        // Fewer standby: the newest goes at once, after a last look at its use.
+        n.handle_query(t(3400), 10, set(Some(1), Some(1), Some(5)));
+        assert_eq!(n.poll_answer(), Some((10, Answer::Done)));
+        assert_eq!(actions(&mut n), vec![HostAction::CheckUse { ip: ips[1] }]);
+        n.handle_host(t(3500), 0, HostEvent::InUse(BTreeMap::new()));
+        assert_eq!(
+            actions(&mut n),
+            vec![HostAction::Remove {
+                ip: ips[1],
+                prefix_len: 24
+            }]
+        );
+        n.handle_host(t(3600), 0, HostEvent::Removed { ip: ips[1] });
+        assert_eq!(state(&n, ips[1]), None);
+        // More standby: reserved at once in the block we own.
+        n.handle_query(t(3700), 11, set(Some(3), Some(3), None));
+        assert_eq!(n.poll_answer(), Some((11, Answer::Done)));
+        let adds = actions(&mut n)
+            .iter()
+            .filter(|a| matches!(a, HostAction::Add { .. }))
+            .count();
+        assert_eq!(adds, 2);
+        // The new hysteresis: unused for 5 s, standby again.
+        let used = BTreeMap::from([(ips[0], "tcp listen :22".to_string())]);
+        n.handle_host(t(3800), 0, HostEvent::InUse(used));
+        assert_eq!(state(&n, ips[0]), Some("active"));
+        n.handle_host(t(4000), 0, HostEvent::InUse(BTreeMap::new()));
+        n.handle_timeout(t(8900));
+        assert_eq!(state(&n, ips[0]), Some("active"));
+        n.handle_timeout(t(9000));
+        assert_eq!(state(&n, ips[0]), Some("standby"));
     }
 
     #[test]

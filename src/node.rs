@@ -153,6 +153,15 @@ pub enum Query {
         ip: Ipv4Addr,
         active: bool,
     },
+    /// New targets for a local pool until the daemon restarts; `None` keeps a value.
+    /// `hysteresis` is in seconds.
+    SetLocal {
+        pool: Option<String>,
+        standby: Option<u32>,
+        min: Option<u32>,
+        max_standby: Option<u32>,
+        hysteresis: Option<u32>,
+    },
 }
 
 /// One address of `ddhcpctl local`.
@@ -530,6 +539,37 @@ impl Node {
                     return Answer::Refused(format!("{ip} is in no pool of this node"));
                 };
                 let r = self.pools[i].mark(now, ip, active);
+                self.pools[i].drain(now);
+                self.flush_pool(i);
+                match r {
+                    Ok(()) => Answer::Done,
+                    Err(e) => Answer::Refused(e),
+                }
+            }
+            Query::SetLocal {
+                pool,
+                standby,
+                min,
+                max_standby,
+                hysteresis,
+            } => {
+                let i = match pool_of(self, &pool) {
+                    Ok(i) => i,
+                    Err(e) => return Answer::Refused(e),
+                };
+                let t = crate::local::LocalTargets {
+                    standby,
+                    min,
+                    max_standby,
+                    hysteresis,
+                };
+                if t.is_empty() {
+                    return Answer::Refused(
+                        "set-local: nothing to change (give standby, min, max-standby or hysteresis)"
+                            .into(),
+                    );
+                }
+                let r = self.pools[i].set_local_targets(now, t);
                 self.pools[i].drain(now);
                 self.flush_pool(i);
                 match r {
@@ -1061,6 +1101,24 @@ mod tests {
         }
         // A single-pool node needs no name.
         let mut one = Node::new(config(), NodeId([5; 8]), t(0), 1);
+        match ask(
+            &mut one,
+            Query::SetLocal {
+                pool: None,
+                standby: Some(1),
+                min: None,
+                max_standby: None,
+                hysteresis: None,
+            },
+        ) {
+            Answer::Refused(e) => {
+                assert_eq!(
+                    e,
+                    "pool 'default' is not a local pool on this node (use=dhcp)"
+                )
+            }
+            a => panic!("{a:?}"),
+        }
         assert!(matches!(
             ask(&mut one, Query::Leases { pool: None }),
             Answer::Leases { .. }

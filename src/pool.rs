@@ -584,11 +584,29 @@ impl Pool {
     /// `mark-active` / `mark-standby`; the service then moves towards its targets.
     pub(crate) fn mark(&mut self, now: Instant, ip: Ipv4Addr, active: bool) -> Result<(), String> {
         let Service::Local(l) = &mut self.service else {
-            return Err(format!("pool '{}' is not a local pool", self.cfg.name));
+            return Err(not_local(self));
         };
         let r = l.mark(now, ip, active);
         l.handle_timeout(now, &self.blocks);
         r
+    }
+
+    /// `set-local`: new targets for the local service, which then moves towards them at
+    /// once (surplus standby addresses released, missing ones reserved).
+    pub(crate) fn set_local_targets(
+        &mut self,
+        now: Instant,
+        t: crate::local::LocalTargets,
+    ) -> Result<(), String> {
+        let Service::Local(l) = &mut self.service else {
+            return Err(not_local(self));
+        };
+        l.set_targets(t)?;
+        info!(pool = %self.cfg.name, standby = l.config().standby, min = l.config().min,
+              max_standby = l.config().max_standby,
+              hysteresis_secs = l.config().timers.hysteresis.as_secs(), "local targets changed");
+        l.handle_timeout(now, &self.blocks);
+        Ok(())
     }
 
     /// Something the host did or saw, for the local service.
@@ -598,4 +616,16 @@ impl Pool {
             l.handle_timeout(now, &self.blocks);
         }
     }
+}
+
+/// Why a pool has no local service to mark or change.
+fn not_local(p: &Pool) -> String {
+    let why = match p.cfg.service {
+        ServiceConfig::Local(_) => "not of this node's location",
+        ServiceConfig::Dhcp(_) | ServiceConfig::Passive => "use=dhcp",
+    };
+    format!(
+        "pool '{}' is not a local pool on this node ({why})",
+        p.cfg.name
+    )
 }

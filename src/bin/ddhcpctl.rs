@@ -15,7 +15,7 @@ use serde_json::Value;
     name = "ddhcpctl",
     version,
     about = "Control a running ddhcpd",
-    after_help = "Commands: status, blocks, leases, options, set-option CODE:LEN:P…, remove-option CODE, lease-time SECS, log-level LEVEL, stats, metrics",
+    after_help = "Commands: status, blocks, leases, options, set-option CODE:LEN:P…, remove-option CODE, lease-time SECS, log-level LEVEL, stats, metrics, local, mark-active IP, mark-standby IP, set-local [standby=N] [min=M] [max-standby=K] [hysteresis=SECS]",
     disable_version_flag = true
 )]
 struct Args {
@@ -26,7 +26,8 @@ struct Args {
     #[arg(long)]
     json: bool,
     /// The pool a command is about (blocks, leases, options, set-option, remove-option,
-    /// lease-time); without it the pool `default`, else the only one
+    /// lease-time, set-local); without it the pool `default`, else the only one; `local`
+    /// without it lists every local pool
     #[arg(long, value_name = "NAME")]
     pool: Option<String>,
     /// Show blocks (as `blocks`)
@@ -123,6 +124,10 @@ fn request(a: &Args) -> Result<Request, String> {
         Some("log-level") => Request::LogLevel {
             level: arg("LEVEL")?,
         },
+        Some("local") => Request::Local { pool },
+        Some("mark-active") => Request::MarkActive { ip: arg("IP")? },
+        Some("mark-standby") => Request::MarkStandby { ip: arg("IP")? },
+        Some("set-local") => return set_local(&words[1..], pool),
         Some(other) => return Err(format!("unknown command '{other}'")),
     };
     let expected = if matches!(
@@ -131,6 +136,8 @@ fn request(a: &Args) -> Result<Request, String> {
             | Request::RemoveOption { .. }
             | Request::LeaseTime { .. }
             | Request::LogLevel { .. }
+            | Request::MarkActive { .. }
+            | Request::MarkStandby { .. }
     ) {
         2
     } else {
@@ -140,6 +147,57 @@ fn request(a: &Args) -> Result<Request, String> {
         return Err(format!("unexpected argument '{}'", words[expected]));
     }
     Ok(req)
+}
+
+/// The keys of `set-local`.
+const SET_LOCAL_KEYS: &str = "standby, min, max-standby, hysteresis";
+
+/// `set-local KEY=VALUE…`: at least one key, each at most once.
+fn set_local(items: &[&str], pool: Option<String>) -> Result<Request, String> {
+    let (mut standby, mut min, mut max_standby, mut hysteresis) = (None, None, None, None);
+    if items.is_empty() {
+        return Err(format!(
+            "set-local needs at least one of {SET_LOCAL_KEYS} as KEY=VALUE"
+        ));
+    }
+    for item in items {
+        let Some((key, value)) = item.split_once('=') else {
+            return Err(format!(
+                "set-local: expected KEY=VALUE, not '{item}' (keys: {SET_LOCAL_KEYS})"
+            ));
+        };
+        let slot = match key {
+            "standby" => &mut standby,
+            "min" => &mut min,
+            "max-standby" => &mut max_standby,
+            "hysteresis" => &mut hysteresis,
+            _ => {
+                return Err(format!(
+                    "set-local: unknown key '{key}' (keys: {SET_LOCAL_KEYS})"
+                ));
+            }
+        };
+        if slot.is_some() {
+            return Err(format!("set-local: {key} is given twice"));
+        }
+        let what = if key == "hysteresis" {
+            "a whole number of seconds"
+        } else {
+            "a whole number of addresses"
+        };
+        *slot = Some(
+            value
+                .parse::<u32>()
+                .map_err(|_| format!("set-local: {key}={value}: not {what}"))?,
+        );
+    }
+    Ok(Request::SetLocal {
+        pool,
+        standby,
+        min,
+        max_standby,
+        hysteresis,
+    })
 }
 
 fn exchange(path: &PathBuf, req: &Request) -> Result<Response, String> {
@@ -302,8 +360,32 @@ fn render(req: &Request, v: &Value) {
             }
         }
         Request::Metrics => print!("{}", v["text"].as_str().unwrap_or_default()),
+        Request::Local { .. } => print_table(
+            &["ip", "pool", "iface", "state", "since", "reason"],
+            local_rows(v),
+        ),
         _ => println!("ok"),
     }
+}
+
+/// The rows of `local`: `since` as seconds ago.
+fn local_rows(v: &Value) -> Vec<Vec<String>> {
+    v["addresses"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    ["ip", "pool", "iface", "state", "since", "reason"]
+                        .iter()
+                        .map(|k| match (*k, &r[*k]) {
+                            ("since", Value::Number(n)) => format!("{n}s"),
+                            (_, x) => s(x),
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn main() -> ExitCode {
@@ -345,4 +427,126 @@ fn main() -> ExitCode {
         render(&req, &result);
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(args: &[&str]) -> Result<Request, String> {
+        let argv = std::iter::once("ddhcpctl").chain(args.iter().copied());
+        request(&Args::try_parse_from(argv).map_err(|e| e.to_string())?)
+    }
+
+    #[test]
+    fn local_commands() {
+        assert_eq!(req(&["local"]), Ok(Request::Local { pool: None }));
+        assert_eq!(
+            req(&["local", "--pool", "hosts"]),
+            Ok(Request::Local {
+                pool: Some("hosts".into())
+            })
+        );
+        assert_eq!(
+            req(&["mark-active", "10.0.0.5"]),
+            Ok(Request::MarkActive {
+                ip: "10.0.0.5".into()
+            })
+        );
+        assert_eq!(
+            req(&["mark-standby", "10.0.0.5"]),
+            Ok(Request::MarkStandby {
+                ip: "10.0.0.5".into()
+            })
+        );
+        assert_eq!(
+            req(&["mark-active"]),
+            Err("mark-active needs IP".to_string())
+        );
+        assert_eq!(
+            req(&["mark-standby", "10.0.0.5", "x"]),
+            Err("unexpected argument 'x'".to_string())
+        );
+        assert_eq!(
+            req(&["local", "x"]),
+            Err("unexpected argument 'x'".to_string())
+        );
+    }
+
+    #[test]
+    fn set_local_takes_keys() {
+        assert_eq!(
+            req(&[
+                "set-local",
+                "--pool",
+                "hosts",
+                "standby=2",
+                "max-standby=4",
+                "hysteresis=10"
+            ]),
+            Ok(Request::SetLocal {
+                pool: Some("hosts".into()),
+                standby: Some(2),
+                min: None,
+                max_standby: Some(4),
+                hysteresis: Some(10),
+            })
+        );
+        assert_eq!(
+            req(&["set-local", "min=1"]),
+            Ok(Request::SetLocal {
+                pool: None,
+                standby: None,
+                min: Some(1),
+                max_standby: None,
+                hysteresis: None,
+            })
+        );
+        for (args, line) in [
+            (
+                &["set-local"][..],
+                "set-local needs at least one of standby, min, max-standby, hysteresis as KEY=VALUE",
+            ),
+            (
+                &["set-local", "standby=1", "spare=3"],
+                "set-local: unknown key 'spare' (keys: standby, min, max-standby, hysteresis)",
+            ),
+            (
+                &["set-local", "standby"],
+                "set-local: expected KEY=VALUE, not 'standby' (keys: standby, min, max-standby, hysteresis)",
+            ),
+            (
+                &["set-local", "min=1", "min=2"],
+                "set-local: min is given twice",
+            ),
+            (
+                &["set-local", "hysteresis=5s"],
+                "set-local: hysteresis=5s: not a whole number of seconds",
+            ),
+            (
+                &["set-local", "standby=-1"],
+                "set-local: standby=-1: not a whole number of addresses",
+            ),
+        ] {
+            assert_eq!(req(args), Err(line.to_string()), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn local_table_rows() {
+        let v = serde_json::json!({"addresses": [{"ip": "10.5.0.130", "pool": "hosts",
+            "iface": "eth0", "state": "active", "since": 7, "reason": "in use: tcp listen :22"}]});
+        assert_eq!(
+            local_rows(&v),
+            vec![vec![
+                "10.5.0.130".to_string(),
+                "hosts".into(),
+                "eth0".into(),
+                "active".into(),
+                "7s".into(),
+                "in use: tcp listen :22".into()
+            ]]
+        );
+        assert!(local_rows(&serde_json::json!({"addresses": []})).is_empty());
+    }
 }

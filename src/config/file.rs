@@ -83,6 +83,7 @@ const POOL_KEYS: &[(&str, Kind)] = &[
     ("standby", Kind::Int),
     ("min", Kind::Int),
     ("max-standby", Kind::Int),
+    ("hysteresis", Kind::Int),
     ("test-target", Kind::Str),
     ("unmanaged", Kind::StrList),
 ];

@@ -52,7 +52,8 @@ pub struct PoolSpec {
     pub local: Option<LocalSpec>,
 }
 
-/// `standby=N,min=M,max-standby=K,test-target=IP[:PORT],unmanaged=CIDR…` of a local pool.
+/// `standby=N,min=M,max-standby=K,hysteresis=SECS,test-target=IP[:PORT],unmanaged=CIDR…` of
+/// a local pool.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalSpec {
     /// Proven, unused addresses to keep configured (default 1).
@@ -61,6 +62,9 @@ pub struct LocalSpec {
     pub min: u32,
     /// Never more standby than this (default: `standby`).
     pub max_standby: u32,
+    /// Seconds an address stays active after its last socket is gone (None: the
+    /// service's default, 30 s).
+    pub hysteresis: Option<u32>,
     pub test_target: Option<(std::net::Ipv4Addr, Option<u16>)>,
     pub unmanaged: Vec<(std::net::Ipv4Addr, u8)>,
 }
@@ -84,13 +88,13 @@ pub(crate) struct RawPool {
     pub(crate) standby: Option<Raw>,
     pub(crate) min: Option<Raw>,
     pub(crate) max_standby: Option<Raw>,
+    pub(crate) hysteresis: Option<Raw>,
     pub(crate) test_target: Option<Raw>,
     pub(crate) unmanaged: Vec<Raw>,
 }
 
 /// The keys of `--pool` after `NAME=CIDR`.
-pub(crate) const FLAG_KEYS: &str =
-    "block, use, iface, spare, location, option, standby, min, max-standby, test-target, unmanaged";
+pub(crate) const FLAG_KEYS: &str = "block, use, iface, spare, location, option, standby, min, max-standby, hysteresis, test-target, unmanaged";
 
 /// What pools inherit from the node: `-b`, `-s`, `-c`, `-S`, `-o` (or the file's keys).
 pub(crate) struct Defaults {
@@ -122,6 +126,7 @@ impl RawPool {
             standby: None,
             min: None,
             max_standby: None,
+            hysteresis: None,
             test_target: None,
             unmanaged: Vec::new(),
         }
@@ -174,7 +179,7 @@ impl RawPool {
                 "option" => pool.options.push(raw),
                 "unmanaged" => pool.unmanaged.push(raw),
                 "block" | "use" | "iface" | "spare" | "location" | "standby" | "min"
-                | "max-standby" | "test-target" => {
+                | "max-standby" | "hysteresis" | "test-target" => {
                     pool.set(key, raw).map_err(item_err)?;
                 }
                 _ => {
@@ -197,6 +202,7 @@ impl RawPool {
             "standby" => &mut self.standby,
             "min" => &mut self.min,
             "max-standby" => &mut self.max_standby,
+            "hysteresis" => &mut self.hysteresis,
             "test-target" => &mut self.test_target,
             _ => return Err(format!("unknown key '{key}'")),
         };
@@ -352,11 +358,17 @@ fn local_spec(
     use_: PoolUse,
     range: &ManagedRange,
 ) -> Result<Option<LocalSpec>, ConfigError> {
-    let given = [&raw.standby, &raw.min, &raw.max_standby, &raw.test_target]
-        .into_iter()
-        .flatten()
-        .chain(&raw.unmanaged)
-        .next();
+    let given = [
+        &raw.standby,
+        &raw.min,
+        &raw.max_standby,
+        &raw.hysteresis,
+        &raw.test_target,
+    ]
+    .into_iter()
+    .flatten()
+    .chain(&raw.unmanaged)
+    .next();
     if use_ != PoolUse::Local {
         return match given {
             Some(k) => Err(k.err(format!(
@@ -384,6 +396,19 @@ fn local_spec(
             .expect("given, else it defaults to standby");
         return Err(r.err(format!("smaller than standby ({standby})")));
     }
+    use crate::local::{MAX_HYSTERESIS_SECS, MIN_HYSTERESIS_SECS};
+    let hysteresis = raw
+        .hysteresis
+        .as_ref()
+        .map(|r| {
+            let secs = r.secs_in(
+                MIN_HYSTERESIS_SECS.into(),
+                MAX_HYSTERESIS_SECS.into(),
+                " (how long an unused address stays active)",
+            )?;
+            Ok(secs.as_secs() as u32)
+        })
+        .transpose()?;
     let test_target = raw
         .test_target
         .as_ref()
@@ -422,6 +447,7 @@ fn local_spec(
         standby,
         min,
         max_standby,
+        hysteresis,
         test_target,
         unmanaged,
     }))

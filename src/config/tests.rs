@@ -1066,6 +1066,7 @@ mod never_panics {
             Just("spare=".to_string()),
             Just("location=".to_string()),
             Just("option=".to_string()),
+            Just("hysteresis=".to_string()),
             Just("dhcp".to_string()),
             Just("local".to_string()),
             Just("10.0.0.0/24".to_string()),
@@ -1154,4 +1155,78 @@ fn local_keys_in_the_file() {
     assert_eq!(l.unmanaged.len(), 1);
     let bad = "server-iface = \"s\"\n[pool.h]\nnetwork = \"10.9.0.0/24\"\nuse = \"local\"\nunmanaged = [\"10.8.0.0/28\"]\n";
     file_error(bad, "", 5, "pool.h.unmanaged", "not inside");
+}
+
+#[test]
+fn hysteresis_of_a_local_pool() {
+    let c = parse("-i s --pool h=10.9.0.0/24,use=local,iface=eth0,hysteresis=45").unwrap();
+    assert_eq!(c.pools[0].local.as_ref().unwrap().hysteresis, Some(45));
+    let l = crate::daemon::setup::local_config(&c.pools[0]).unwrap();
+    assert_eq!(l.timers.hysteresis, Duration::from_secs(45));
+    // Without the key: the service's default.
+    let c = parse("-i s --pool h=10.9.0.0/24,use=local,iface=eth0").unwrap();
+    assert_eq!(c.pools[0].local.as_ref().unwrap().hysteresis, None);
+    let l = crate::daemon::setup::local_config(&c.pools[0]).unwrap();
+    assert_eq!(l.timers.hysteresis, Duration::from_secs(30));
+    for (value, flag, why) in [
+        (
+            "h=10.9.0.0/24,use=local,hysteresis=0",
+            "'0' for --pool h.hysteresis",
+            "must be between 1 and 86400 seconds",
+        ),
+        (
+            "h=10.9.0.0/24,use=local,hysteresis=86401",
+            "'86401' for --pool h.hysteresis",
+            "must be between 1 and 86400 seconds",
+        ),
+        (
+            "h=10.9.0.0/24,use=local,hysteresis=30s",
+            "'30s' for --pool h.hysteresis",
+            "not a whole number of seconds",
+        ),
+        (
+            "h=10.9.0.0/24,use=local,hysteresis=5,hysteresis=6",
+            "for --pool h",
+            "hysteresis is given twice",
+        ),
+        (
+            "h=10.9.0.0/24,hysteresis=5",
+            "'5' for --pool h.hysteresis",
+            "use=local pools only",
+        ),
+        (
+            "h=10.9.0.0/24,use=local,hysterisis=5",
+            "for --pool h",
+            "unknown key 'hysterisis' (keys: block, use, iface, spare, location, option, standby, min, max-standby, hysteresis, test-target, unmanaged)",
+        ),
+    ] {
+        let e = parse_argv(["-i", "s", "-c", "c", "--pool", value]).unwrap_err();
+        assert!(e.contains(flag) && e.contains(why), "{value}: {e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+}
+
+#[cfg(feature = "config-file")]
+#[test]
+fn hysteresis_in_the_file() {
+    let pool = "server-iface = \"s\"\n[pool.h]\nnetwork = \"10.9.0.0/24\"\nuse = \"local\"\n";
+    let (_f, r) = with_file(&format!("{pool}hysteresis = 90\n"), "");
+    let c = r.unwrap();
+    assert_eq!(c.pools[0].local.as_ref().unwrap().hysteresis, Some(90));
+    file_error(
+        &format!("{pool}hysteresis = 0\n"),
+        "",
+        5,
+        "pool.h.hysteresis",
+        "must be between 1 and 86400 seconds",
+    );
+    file_error(
+        &format!("{pool}hysteresis = \"90\"\n"),
+        "",
+        5,
+        "pool.h.hysteresis",
+        "expected an integer, found a string",
+    );
+    let dhcp = "server-iface = \"s\"\nclient-iface = \"c\"\n[pool.h]\nnetwork = \"10.9.0.0/24\"\nhysteresis = 5\n";
+    file_error(dhcp, "", 5, "pool.h.hysteresis", "use=local pools only");
 }

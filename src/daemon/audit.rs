@@ -1,4 +1,5 @@
-//! Audit trail: one structured record per allocation and release.
+//! Audit trail: one structured record per allocation and release, and per move of a
+//! local pool's address ([`LocalRecord`]).
 //!
 //! Every record goes to the `ddhcp::audit` tracing target (so it can be routed on its own,
 //! e.g. `RUST_LOG=ddhcp=warn,ddhcp::audit=info`) and, with `--audit-log PATH`, is appended
@@ -79,6 +80,46 @@ impl Record {
     }
 }
 
+/// One move of a local pool's address in its life cycle, as written to the JSON lines
+/// file: `{"time", "node_id", "pool", "event": "local", "ip", "from", "to", "reason"}`.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct LocalRecord {
+    /// RFC 3339 UTC wall-clock time.
+    pub time: String,
+    pub node_id: String,
+    pub pool: String,
+    /// Always `local`.
+    pub event: &'static str,
+    pub ip: Ipv4Addr,
+    /// `free`, `reserved`, `standby`, `active`.
+    pub from: &'static str,
+    pub to: &'static str,
+    pub reason: String,
+}
+
+impl LocalRecord {
+    pub fn new(
+        node_id: NodeId,
+        pool: &str,
+        time: SystemTime,
+        ip: Ipv4Addr,
+        from: &'static str,
+        to: &'static str,
+        reason: &str,
+    ) -> Self {
+        LocalRecord {
+            time: rfc3339(time),
+            node_id: node_id.to_string(),
+            pool: pool.to_string(),
+            event: "local",
+            ip,
+            from,
+            to,
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// Where audit records go.
 pub struct Audit {
     file: Option<File>,
@@ -105,8 +146,29 @@ impl Audit {
               hostname = ?r.hostname.as_deref().unwrap_or(""),
               lease_seconds = r.lease_seconds.unwrap_or(0), forwarded = r.forwarded,
               node_id = %r.node_id, "audit");
+        self.write(&r);
+    }
+
+    /// The record of `Event::Local`: an address of local pool `pool` moved.
+    pub fn local(
+        &mut self,
+        node_id: NodeId,
+        pool: &str,
+        ip: Ipv4Addr,
+        from: &'static str,
+        to: &'static str,
+        reason: &str,
+    ) {
+        let r = LocalRecord::new(node_id, pool, SystemTime::now(), ip, from, to, reason);
+        info!(target: "ddhcp::audit", event = r.event, pool = %r.pool, ip = %r.ip,
+              from = r.from, to = r.to, reason = %r.reason, node_id = %r.node_id, "audit");
+        self.write(&r);
+    }
+
+    /// Appends one record as a JSON line, if there is a file.
+    fn write(&mut self, r: &impl Serialize) {
         if let Some(f) = &mut self.file {
-            let mut line = serde_json::to_vec(&r).expect("audit records serialize");
+            let mut line = serde_json::to_vec(r).expect("audit records serialize");
             line.push(b'\n');
             // One write per record keeps lines whole for concurrent readers (O_APPEND).
             if let Err(e) = f.write_all(&line) {
@@ -158,6 +220,52 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-11-23T00:00:00.123Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn a_local_move_is_one_exact_line() {
+        let r = LocalRecord::new(
+            NodeId([0xa2; 8]),
+            "hosts",
+            UNIX_EPOCH + Duration::from_millis(1_795_392_000_123),
+            Ipv4Addr::new(10, 5, 0, 130),
+            "standby",
+            "active",
+            "in use: tcp listen :22",
+        );
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"time":"2026-11-23T00:00:00.123Z","node_id":"A2A2A2A2A2A2A2A2","pool":"hosts","event":"local","ip":"10.5.0.130","from":"standby","to":"active","reason":"in use: tcp listen :22"}"#
+        );
+    }
+
+    #[test]
+    fn local_records_are_appended_as_lines() {
+        let path = std::env::temp_dir().join(format!("ddhcp-audit-test-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut a = Audit::open(Some(&path)).unwrap();
+        let ip = Ipv4Addr::new(10, 5, 0, 130);
+        a.local(
+            NodeId([1; 8]),
+            "hosts",
+            ip,
+            "free",
+            "reserved",
+            "being configured",
+        );
+        a.local(NodeId([1; 8]), "hosts", ip, "reserved", "standby", "x\"\ny");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["event"], "local");
+        assert_eq!(lines[0]["from"], "free");
+        assert_eq!(lines[1]["to"], "standby");
+        assert_eq!(lines[1]["reason"], "x\"\ny");
+        assert_eq!(a.write_errors(), 0);
     }
 
     #[test]

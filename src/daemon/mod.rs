@@ -567,6 +567,17 @@ impl Daemon {
                 }
             }
             Event::Lease(pool, l) => self.audit(pool, &l),
+            Event::Local {
+                pool,
+                ip,
+                from,
+                to,
+                reason,
+            } => {
+                let name = self.node.pools().get(pool).map_or("", |p| p.name());
+                self.audit
+                    .local(self.node.id(), name, ip, from, to, &reason);
+            }
             _ => {}
         }
         self.hook.emit(args);

@@ -34,10 +34,43 @@ pub fn route(req: Request) -> Result<Routed, Response> {
         },
         Request::RemoveOption { code, pool } => Query::RemoveOption { pool, code },
         Request::LeaseTime { secs, pool } => Query::LeaseTime { pool, secs },
+        Request::Local { pool } => Query::Local { pool },
+        Request::MarkActive { ip } => Query::Mark {
+            ip: parse_ip("mark-active", &ip)?,
+            active: true,
+        },
+        Request::MarkStandby { ip } => Query::Mark {
+            ip: parse_ip("mark-standby", &ip)?,
+            active: false,
+        },
+        Request::SetLocal {
+            pool,
+            standby,
+            min,
+            max_standby,
+            hysteresis,
+        } => Query::SetLocal {
+            pool,
+            standby,
+            min,
+            max_standby,
+            hysteresis,
+        },
         r @ (Request::LogLevel { .. } | Request::Stats | Request::Metrics) => {
             return Ok(Routed::Shell(r));
         }
     }))
+}
+
+/// The address of a `mark-*` command; a refusal naming the command and the value if it
+/// is not one.
+fn parse_ip(cmd: &str, ip: &str) -> Result<std::net::Ipv4Addr, Response> {
+    ip.trim().parse().map_err(|_| {
+        Response::err(format!(
+            "{cmd}: '{}' is not an IPv4 address (expected A.B.C.D)",
+            ip.escape_debug()
+        ))
+    })
 }
 
 fn pool_json(p: &PoolStatus) -> Value {
@@ -216,6 +249,99 @@ mod tests {
         assert_eq!(
             route(Request::Stats).unwrap(),
             Routed::Shell(Request::Stats)
+        );
+    }
+
+    #[test]
+    fn local_commands_go_to_the_core() {
+        assert_eq!(
+            route(Request::Local {
+                pool: Some("hosts".into())
+            })
+            .unwrap(),
+            Routed::Core(Query::Local {
+                pool: Some("hosts".into())
+            })
+        );
+        assert_eq!(
+            route(Request::MarkActive {
+                ip: "10.5.0.130".into()
+            })
+            .unwrap(),
+            Routed::Core(Query::Mark {
+                ip: Ipv4Addr::new(10, 5, 0, 130),
+                active: true
+            })
+        );
+        assert_eq!(
+            route(Request::MarkStandby {
+                ip: "10.5.0.130".into()
+            })
+            .unwrap(),
+            Routed::Core(Query::Mark {
+                ip: Ipv4Addr::new(10, 5, 0, 130),
+                active: false
+            })
+        );
+        for (req, line) in [
+            (
+                Request::MarkActive {
+                    ip: "10.5.0.300".into(),
+                },
+                "mark-active: '10.5.0.300' is not an IPv4 address (expected A.B.C.D)",
+            ),
+            (
+                Request::MarkStandby { ip: "".into() },
+                "mark-standby: '' is not an IPv4 address (expected A.B.C.D)",
+            ),
+            (
+                Request::MarkStandby { ip: "x\ny".into() },
+                "mark-standby: 'x\\ny' is not an IPv4 address (expected A.B.C.D)",
+            ),
+        ] {
+            let r = route(req).unwrap_err();
+            assert!(!r.ok);
+            assert_eq!(r.error.as_deref(), Some(line));
+        }
+        assert_eq!(
+            route(Request::SetLocal {
+                pool: None,
+                standby: Some(2),
+                min: Some(1),
+                max_standby: Some(3),
+                hysteresis: Some(9),
+            })
+            .unwrap(),
+            Routed::Core(Query::SetLocal {
+                pool: None,
+                standby: Some(2),
+                min: Some(1),
+                max_standby: Some(3),
+                hysteresis: Some(9),
+            })
+        );
+    }
+
+    #[test]
+    fn local_addresses_and_changes_render_as_documented() {
+        let v = render(Answer::Local {
+            addresses: vec![crate::node::LocalRow {
+                ip: Ipv4Addr::new(10, 5, 0, 130),
+                pool: "hosts".into(),
+                iface: "eth0".into(),
+                state: "standby",
+                since_secs: 42,
+                reason: "proven: the test target answered".into(),
+            }],
+        });
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"ok":true,"result":{"addresses":[{"iface":"eth0","ip":"10.5.0.130","pool":"hosts","reason":"proven: the test target answered","since":42,"state":"standby"}]}}"#
+        );
+        // mark-* and set-local: as every change.
+        assert_eq!(
+            serde_json::to_string(&render(Answer::Done)).unwrap(),
+            r#"{"ok":true,"result":{"ok":true}}"#
         );
     }
 

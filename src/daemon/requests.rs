@@ -9,6 +9,8 @@ use super::metrics;
 use super::{Daemon, log_filter};
 use crate::control::{Request, Response};
 #[cfg(feature = "metrics")]
+use crate::pool::Pool;
+#[cfg(feature = "metrics")]
 use crate::time::Instant;
 
 impl Daemon {
@@ -106,21 +108,6 @@ impl Daemon {
         let names = [
             "", "discover", "offer", "request", "decline", "ack", "nak", "release", "inform",
         ];
-        // Rows of a per-pool family: every pool, each value under its `what` label.
-        fn rows<'a, T>(
-            pools: &'a [crate::pool::Pool],
-            what: &'a str,
-            values: impl Fn(&'a crate::pool::Pool) -> Vec<(&'a str, T)>,
-        ) -> Vec<(Vec<(&'a str, &'a str)>, T)> {
-            pools
-                .iter()
-                .flat_map(|p| {
-                    values(p)
-                        .into_iter()
-                        .map(move |(v, n)| (vec![("pool", p.name()), (what, v)], n))
-                })
-                .collect()
-        }
         let dc = |p: &crate::pool::Pool| p.dhcp().map(|d| d.counters.clone()).unwrap_or_default();
         let by_type = |v: [u64; 9]| -> Vec<(&str, u64)> {
             names.iter().zip(v).skip(1).map(|(n, c)| (*n, c)).collect()
@@ -257,6 +244,7 @@ impl Daemon {
                 vec![("offered", offered), ("leased", leased)]
             }),
         );
+        local_metrics(&mut m, pools);
         let st = self.node.status(now);
         m.gauge(
             "peers",
@@ -309,5 +297,196 @@ impl Daemon {
             self.held.len() as i64,
         );
         m.render()
+    }
+}
+
+/// Rows of a per-pool family: every pool, each value under its `what` label.
+#[cfg(feature = "metrics")]
+fn rows<'a, T>(
+    pools: &'a [Pool],
+    what: &'a str,
+    values: impl Fn(&'a Pool) -> Vec<(&'a str, T)>,
+) -> Vec<(Vec<(&'a str, &'a str)>, T)> {
+    pools
+        .iter()
+        .flat_map(|p| {
+            values(p)
+                .into_iter()
+                .map(move |(v, n)| (vec![("pool", p.name()), (what, v)], n))
+        })
+        .collect()
+}
+
+/// The families of local pools (only when the node has one): addresses by state, and the
+/// service's counters.
+#[cfg(feature = "metrics")]
+fn local_metrics(m: &mut metrics::Scrape, pools: &[Pool]) {
+    use crate::local::{LocalCounters, LocalState};
+    if !pools.iter().any(|p| p.local().is_some()) {
+        return;
+    }
+    m.gauge_rows(
+        "local_addresses",
+        "Addresses of local pools configured (or being configured) here, by pool and state",
+        &rows(pools, "state", |p| {
+            p.local().map_or_else(Vec::new, |l| {
+                let n = |f: fn(&LocalState) -> bool| l.count(f) as i64;
+                vec![
+                    ("reserved", n(|s| matches!(s, LocalState::Reserved { .. }))),
+                    ("standby", n(|s| matches!(s, LocalState::Standby))),
+                    ("active", n(|s| matches!(s, LocalState::Active { .. }))),
+                ]
+            })
+        }),
+    );
+    /// Name, help, and the counter of a family.
+    type Family = (&'static str, &'static str, fn(&LocalCounters) -> u64);
+    let families: [Family; 6] = [
+        (
+            "local_added",
+            "Addresses the host confirmed configured, by pool",
+            |c| c.added,
+        ),
+        (
+            "local_removed",
+            "Addresses the host confirmed removed on our request, by pool",
+            |c| c.removed,
+        ),
+        (
+            "local_proofs_failed",
+            "Reachability probes that failed, and addresses not proven in time, by pool",
+            |c| c.proofs_failed,
+        ),
+        (
+            "local_deleted_by_others",
+            "Addresses of ours someone else removed from the interface, by pool",
+            |c| c.deleted_by_others,
+        ),
+        (
+            "local_add_failed",
+            "Addresses the host could not configure, by pool",
+            |c| c.add_failed,
+        ),
+        (
+            "local_lost_with_block",
+            "Addresses removed because their block was given up or lost, by pool",
+            |c| c.lost_with_block,
+        ),
+    ];
+    for (name, help, value) in families {
+        let rows: Vec<_> = pools
+            .iter()
+            .filter_map(|p| Some((vec![("pool", p.name())], value(&p.local()?.counters))))
+            .collect();
+        m.counter_rows(name, help, &rows);
+    }
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::local::{HostAction, HostEvent, LocalConfig, LocalTimers};
+    use crate::node::{Node, NodeConfig, Output, PoolConfig, ServiceConfig};
+    use crate::range::ManagedRange;
+    use crate::testing::{claim, dhcp_node};
+    use crate::wire::NodeId;
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_millis(1_000_000 + ms)
+    }
+
+    fn scrape(n: &Node) -> String {
+        let mut m = metrics::Scrape::new();
+        local_metrics(&mut m, n.pools());
+        m.render()
+    }
+
+    #[test]
+    fn local_pools_have_address_gauges_and_counters() {
+        let local = PoolConfig {
+            name: "hosts".into(),
+            range: ManagedRange::new(Ipv4Addr::new(10, 5, 0, 0), 24, 3).unwrap(),
+            claim: claim(2, 30, 0, false),
+            service: ServiceConfig::Local(LocalConfig {
+                iface: "eth0".into(),
+                standby: 2,
+                min: 0,
+                max_standby: 2,
+                test_target: None,
+                unmanaged: vec![],
+                timers: LocalTimers::default(),
+            }),
+            location: None,
+        };
+        let mut lan = dhcp_node(
+            ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 24, 2).unwrap(),
+            claim(2, 30, 0, false),
+            vec![],
+        )
+        .pools
+        .remove(0);
+        lan.name = "lan".into();
+        let cfg = NodeConfig {
+            pools: vec![lan, local],
+            location: None,
+        };
+        let mut n = Node::new(cfg, NodeId([5; 8]), t(0), 3);
+        let mut adds = Vec::new();
+        for s in 0..=3 {
+            n.handle_timeout(t(s * 1000));
+            while let Some(o) = n.poll_output() {
+                if let Output::Host {
+                    action: HostAction::Add { ip, .. },
+                    ..
+                } = o
+                {
+                    adds.push(ip);
+                }
+            }
+        }
+        assert_eq!(adds.len(), 2);
+        n.handle_host(t(3100), 1, HostEvent::Added { ip: adds[0] });
+        n.handle_host(
+            t(3200),
+            1,
+            HostEvent::AddFailed {
+                ip: adds[1],
+                reason: "EEXIST".into(),
+            },
+        );
+        let used = BTreeMap::from([(adds[0], "udp :53".to_string())]);
+        n.handle_host(t(3300), 1, HostEvent::InUse(used));
+        let text = scrape(&n);
+        for line in [
+            "# TYPE ddhcp_local_addresses gauge",
+            "ddhcp_local_addresses{pool=\"hosts\",state=\"reserved\"} 2",
+            "ddhcp_local_addresses{pool=\"hosts\",state=\"standby\"} 0",
+            "ddhcp_local_addresses{pool=\"hosts\",state=\"active\"} 1",
+            "# TYPE ddhcp_local_added counter",
+            "ddhcp_local_added_total{pool=\"hosts\"} 1",
+            "ddhcp_local_add_failed_total{pool=\"hosts\"} 1",
+            "ddhcp_local_removed_total{pool=\"hosts\"} 0",
+            "ddhcp_local_proofs_failed_total{pool=\"hosts\"} 0",
+            "ddhcp_local_deleted_by_others_total{pool=\"hosts\"} 0",
+            "ddhcp_local_lost_with_block_total{pool=\"hosts\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        assert!(!text.contains("pool=\"lan\""), "{text}");
+        // A node without local pools has none of these families.
+        let n = Node::new(
+            dhcp_node(
+                ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 24, 2).unwrap(),
+                claim(2, 30, 0, false),
+                vec![],
+            ),
+            NodeId([5; 8]),
+            t(0),
+            3,
+        );
+        assert!(!scrape(&n).contains("local"));
     }
 }

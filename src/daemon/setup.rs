@@ -128,7 +128,14 @@ pub fn local_config(p: &PoolSpec) -> Option<crate::local::LocalConfig> {
         max_standby: l.max_standby,
         test_target: l.test_target,
         unmanaged: l.unmanaged.clone(),
-        timers: crate::local::LocalTimers::default(),
+        timers: crate::local::LocalTimers {
+            hysteresis: l
+                .hysteresis
+                .map_or(crate::local::LocalTimers::default().hysteresis, |s| {
+                    std::time::Duration::from_secs(s.into())
+                }),
+            ..Default::default()
+        },
     })
 }
 
