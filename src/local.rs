@@ -224,6 +224,9 @@ pub struct Local {
     marked: BTreeSet<Ipv4Addr>,
     actions: VecDeque<HostAction>,
     moves: VecDeque<LocalMove>,
+    /// Standby or active addresses someone else deleted (with the state they were in),
+    /// for the hook: not a move, they are held and come back.
+    deleted: VecDeque<(Ipv4Addr, &'static str)>,
     /// Blocks whose usage changed since the block table was last told.
     changed: BTreeSet<u32>,
     link_up: bool,
@@ -239,6 +242,7 @@ impl Local {
             marked: BTreeSet::new(),
             actions: VecDeque::new(),
             moves: VecDeque::new(),
+            deleted: VecDeque::new(),
             changed: BTreeSet::new(),
             link_up: true,
             counters: LocalCounters::default(),
@@ -339,6 +343,11 @@ impl Local {
 
     pub fn poll_move(&mut self) -> Option<LocalMove> {
         self.moves.pop_front()
+    }
+
+    /// An address of ours someone else deleted while it was standby or active.
+    pub fn poll_deleted(&mut self) -> Option<(Ipv4Addr, &'static str)> {
+        self.deleted.pop_front()
     }
 
     /// Usage per block changed since the last call: every address we hold counts.
@@ -801,6 +810,7 @@ impl Local {
                 if !self.link_up {
                     return;
                 }
+                self.deleted.push_back((ip, a.state.name()));
                 let backoff = if a.backoff.is_zero() {
                     self.cfg.timers.readd_backoff
                 } else {

@@ -115,6 +115,13 @@ pub enum Event {
         to: &'static str,
         reason: String,
     },
+    /// Someone else deleted a standby or active address of local pool `pool` from the
+    /// interface (`state`: which it was); it is added again after a back-off.
+    LocalDeleted {
+        pool: usize,
+        ip: Ipv4Addr,
+        state: &'static str,
+    },
 }
 
 /// A control request, as the core takes it. `pool: None` means the pool named `default`,

@@ -575,6 +575,14 @@ impl Pool {
                 reason: m.reason,
             }));
         }
+        while let Some((ip, state)) = l.poll_deleted() {
+            self.out
+                .push(PoolOutput::Event(crate::node::Event::LocalDeleted {
+                    pool: self.index,
+                    ip,
+                    state,
+                }));
+        }
         for (block, used) in l.take_changed() {
             self.blocks.set_usage(block, used);
         }

@@ -25,13 +25,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::daemon::{assert_alive, ctl_json_ok, ctl_ok, new_net, serial, start_node};
+use common::daemon::{
+    assert_alive, ctl_json_ok, ctl_ok, logging_hook, new_net, serial, start_node,
+};
 use common::netns::{TestNet, require_netns, wait_until};
 use serde_json::Value;
 
 const RANGE: &str = "10.0.200.0/24";
-/// The test target (client host (i, 0)) and the observer (client host (0, 1)), in the
-/// pool's unmanaged part.
+/// The test target (a client host with a static address, no DHCP client) and the observer
+/// (client host (0, 1)), in the pool's unmanaged part.
 const TARGET: &str = "10.0.200.254";
 const OBSERVER: &str = "10.0.200.253";
 const HYSTERESIS: u64 = 3;
@@ -245,8 +247,18 @@ fn local_mode_life_cycle() {
     );
     let mac = mac_of_client0(&net, 0);
     let pool = pool_arg(2, 3);
+    let hook_log = net.state_dir.join("hook.log");
+    let hook = logging_hook(&net, "hook.sh", &hook_log, "");
+    let hook = hook.to_str().unwrap().to_string();
+    let hooked = |what: &str| {
+        std::fs::read_to_string(&hook_log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == what)
+    };
     let started = Instant::now();
-    start_node(&mut net, 0, &["--pool", &pool]);
+    // -n 2: an unused block is given up after 2 s, not the default minute.
+    start_node(&mut net, 0, &["--pool", &pool, "-n", "2", "-H", &hook]);
 
     // Proven standby addresses, on the interface and nowhere else.
     let mut first = None;
@@ -306,6 +318,13 @@ fn local_mode_life_cycle() {
         "FIGURE local: bound address active after {:.2} s (socket poll every 1 s)",
         bound.elapsed().as_secs_f64()
     );
+    for line in [
+        format!("local {a} free reserved"),
+        format!("local {a} reserved standby"),
+        format!("local {a} standby active"),
+    ] {
+        must(&net, Duration::from_secs(5), &line, || hooked(&line));
+    }
     must(
         &net,
         Duration::from_secs(15),
@@ -332,8 +351,17 @@ fn local_mode_life_cycle() {
         "the deleted address back",
         || configured(&net, 0).contains(&b) && state_of(&net, 0, b).as_deref() == Some("standby"),
     );
-    let deleted = ctl_json_ok(&net, 0, &["stats"]).to_string();
-    assert!(deleted.contains("deleted_by_others"), "{deleted}");
+    must(&net, Duration::from_secs(5), "the hook told of it", || {
+        hooked(&format!("local-deleted {b} standby"))
+    });
+    let metrics = ctl_json_ok(&net, 0, &["metrics"])["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        metrics.contains("ddhcp_local_deleted_by_others_total{pool=\"hosts\"} 1"),
+        "{metrics}"
+    );
 
     // kill -9 and a restart: the active address stays configured all along.
     let missing = Arc::new(AtomicBool::new(false));
@@ -353,7 +381,7 @@ fn local_mode_life_cycle() {
     };
     net.kill_daemon(0, "KILL");
     net.wait_daemon(0, Duration::from_secs(5));
-    start_node(&mut net, 0, &["--pool", &pool]);
+    start_node(&mut net, 0, &["--pool", &pool, "-n", "2", "-H", &hook]);
     must(
         &net,
         Duration::from_secs(20),
@@ -447,9 +475,14 @@ fn local_mode_life_cycle() {
     ctl_ok(&net, 0, &["mark-active", &m.to_string()]);
     std::thread::sleep(Duration::from_secs(HYSTERESIS + 2));
     assert_eq!(state_of(&net, 0, m).as_deref(), Some("active"));
+    // Marked standby, it is one too many (a replacement came while it was active): one of
+    // the two goes, whichever became standby last.
     ctl_ok(&net, 0, &["mark-standby", &m.to_string()]);
-    must(&net, Duration::from_secs(5), "marked standby", || {
-        state_of(&net, 0, m).as_deref() == Some("standby")
+    must(&net, Duration::from_secs(5), "no longer active", || {
+        state_of(&net, 0, m).as_deref() != Some("active")
+    });
+    must(&net, Duration::from_secs(15), "back to one standby", || {
+        in_state(&net, 0, "standby").len() == 1 && configured(&net, 0).len() == 1
     });
     assert_alive(&mut net, 0);
 }
@@ -460,9 +493,10 @@ fn two_local_nodes_and_dhcp_never_share_an_address() {
     if !prerequisites("two_local_nodes_and_dhcp_never_share_an_address") {
         return;
     }
-    let mut net = new_net(2, 1);
+    // Client (i, 1) is node i's test target (static: udhcpc on (i, 0) flushes its own).
+    let mut net = new_net(2, 2);
     for i in 0..2 {
-        static_peer(&net, i, 0, TARGET);
+        static_peer(&net, i, 1, TARGET);
     }
     let pool = pool_arg(3, 4);
     for i in 0..2 {

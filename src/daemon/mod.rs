@@ -578,6 +578,18 @@ impl Daemon {
                 self.audit
                     .local(self.node.id(), name, ip, from, to, &reason);
             }
+            Event::LocalDeleted { pool, ip, state } => {
+                let name = self.node.pools().get(pool).map_or("", |p| p.name());
+                warn!(pool = name, %ip, state, "our address was deleted by someone else; adding it again");
+                self.audit.local(
+                    self.node.id(),
+                    name,
+                    ip,
+                    state,
+                    state,
+                    "deleted by someone else; adding it again",
+                );
+            }
             _ => {}
         }
         self.hook.emit(args);

@@ -188,6 +188,9 @@ pub fn hook_args(ev: &Event, ranges: &[ManagedRange]) -> Vec<String> {
         Event::Local { ip, from, to, .. } => {
             vec!["local".into(), ip.to_string(), (*from).into(), (*to).into()]
         }
+        Event::LocalDeleted { ip, state, .. } => {
+            vec!["local-deleted".into(), ip.to_string(), (*state).into()]
+        }
         Event::Lease(_, l) => match l {
             L::Leased { ip, mac, .. } => vec!["lease".into(), ip.to_string(), mac.clone()],
             L::Released { ip, mac } => vec!["release".into(), ip.to_string(), mac.clone()],

@@ -659,7 +659,10 @@ impl Sim {
                     self.set_owner(block, i, false)
                 }
                 Event::NodeIdChanged { .. } => self.id_changes += 1,
-                Event::EndLearning { .. } | Event::Lease(..) | Event::Local { .. } => {}
+                Event::EndLearning { .. }
+                | Event::Lease(..)
+                | Event::Local { .. }
+                | Event::LocalDeleted { .. } => {}
             }
         }
         self.send_peer(i, transmits);
