@@ -9,6 +9,7 @@
 //! Requests are bounded: [`MAX_REQUEST`] bytes and [`REQUEST_TIMEOUT`], so a client that
 //! sends nothing or floods cannot hold the daemon.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -85,6 +86,38 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         hysteresis: Option<u32>,
     },
+    /// An address of API pool `pool` for `owner` (a VM, a host name: the caller's key),
+    /// pinned until released. Idempotent: the same (pool, owner) always gets the same
+    /// address back. `ip` asks for that address; `timeout_ms` bounds the wait for a claim
+    /// when no owned block has room.
+    Allocate {
+        pool: String,
+        owner: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip: Option<String>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        meta: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
+    /// Gives an allocation back: by address, or by (pool, owner).
+    Release {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pool: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+    },
+    /// The allocations of this node, of one pool and/or one owner.
+    Allocations {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pool: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+    },
+    /// What this node knows of one address: its allocation, cooldown, block.
+    Show { ip: String },
 }
 
 impl Request {

@@ -59,6 +59,13 @@ pub fn route(req: Request) -> Result<Routed, Response> {
         r @ (Request::LogLevel { .. } | Request::Stats | Request::Metrics) => {
             return Ok(Routed::Shell(r));
         }
+        // Setup refuses use=api pools until the allocation service is in the core.
+        Request::Allocate { .. }
+        | Request::Release { .. }
+        | Request::Allocations { .. }
+        | Request::Show { .. } => {
+            return Err(Response::err("this node has no api pool"));
+        }
     }))
 }
 
