@@ -409,6 +409,24 @@ impl Blocks {
         self.next_refresh = now + self.cfg.refresh_interval();
     }
 
+    /// Asks for `block` to be claimed before any other (an allocation names an address in
+    /// it). False if that cannot happen now: out of range, excluded, or someone else's or
+    /// someone else's tentative claim.
+    pub fn want(&mut self, block: u32) -> bool {
+        if block >= self.range.num_blocks() || self.excluded.contains(&block) {
+            return false;
+        }
+        match self.states[block as usize] {
+            State::Ours => true,
+            State::Free => {
+                self.wanted.insert(block);
+                true
+            }
+            State::Claiming { .. } => true,
+            State::Tentative { .. } | State::Claimed { .. } => false,
+        }
+    }
+
     /// Whether a block we owned before a restart is still to be claimed back.
     pub fn is_wanted(&self, block: u32) -> bool {
         self.wanted.contains(&block)

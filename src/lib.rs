@@ -4,6 +4,7 @@
 //! inputs and returns outputs without touching sockets or clocks; [`daemon`] is the thin tokio
 //! shell around it. See `docs/architecture.md`.
 
+pub mod api;
 pub mod blocks;
 pub mod config;
 pub mod control;

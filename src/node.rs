@@ -122,6 +122,8 @@ pub enum Event {
         ip: Ipv4Addr,
         state: &'static str,
     },
+    /// An allocation of API pool `pool` was made, released or lost.
+    Api(usize, crate::api::ApiEvent),
 }
 
 /// A control request, as the core takes it. `pool: None` means the pool named `default`,
@@ -154,6 +156,28 @@ pub enum Query {
     /// The addresses of local pools (all of them without a pool name).
     Local {
         pool: Option<String>,
+    },
+    /// An address of API pool `pool` for `owner`; answered when it is durable, possibly
+    /// after waiting up to `timeout` for a claim.
+    Allocate {
+        pool: String,
+        owner: String,
+        ip: Option<Ipv4Addr>,
+        meta: std::collections::BTreeMap<String, String>,
+        timeout: Option<std::time::Duration>,
+    },
+    /// Gives an allocation back, by address (in any API pool) or by (pool, owner).
+    Release {
+        ip: Option<Ipv4Addr>,
+        pool: Option<String>,
+        owner: Option<String>,
+    },
+    Allocations {
+        pool: Option<String>,
+        owner: Option<String>,
+    },
+    Show {
+        ip: Ipv4Addr,
     },
     /// A third party says `ip` (of a local pool) is in use, or no longer.
     Mark {
@@ -238,6 +262,15 @@ pub enum Answer {
     Local {
         addresses: Vec<LocalRow>,
     },
+    Allocated {
+        row: crate::api::AllocRow,
+        created: bool,
+    },
+    Released {
+        ip: Ipv4Addr,
+    },
+    Allocations(Vec<crate::api::AllocRow>),
+    Show(crate::api::ShowRow),
     /// A change was made (it is durable once the answer leaves, see [`Node`]).
     Done,
     Refused(String),
@@ -303,7 +336,7 @@ impl Node {
             .pools
             .into_iter()
             .enumerate()
-            .map(|(i, p)| Pool::new(i, p, cfg.location.as_deref(), now))
+            .map(|(i, p)| Pool::new(i, p, cfg.location.as_deref(), id, now))
             .collect();
         let mut node = Node {
             id,
@@ -446,8 +479,47 @@ impl Node {
 
     /// A control query; its answer comes out of [`Node::poll_output`] with the same `id`.
     pub fn handle_query(&mut self, now: Instant, id: u64, q: Query) {
+        if let Query::Allocate {
+            pool,
+            owner,
+            ip,
+            meta,
+            timeout,
+        } = q
+        {
+            return self.allocate(now, id, &pool, owner, ip, meta, timeout);
+        }
         let answer = self.answer(now, q);
         self.out.push_back(Output::Answer { id, answer });
+    }
+
+    /// `allocate`: its answer comes out of the pool, now or once a claim made room.
+    #[allow(clippy::too_many_arguments)]
+    fn allocate(
+        &mut self,
+        now: Instant,
+        id: u64,
+        pool: &str,
+        owner: String,
+        ip: Option<Ipv4Addr>,
+        meta: std::collections::BTreeMap<String, String>,
+        timeout: Option<std::time::Duration>,
+    ) {
+        let i = match self.find_pool(Some(pool)) {
+            Ok(i) => i,
+            Err(e) => {
+                let answer = Answer::Refused(e);
+                return self.out.push_back(Output::Answer { id, answer });
+            }
+        };
+        let me = self.id;
+        let Some((api, blocks)) = self.pools[i].api_mut() else {
+            let answer = Answer::Refused(no_api(&self.pools[i]));
+            return self.out.push_back(Output::Answer { id, answer });
+        };
+        api.allocate(now, id, me, owner, ip, meta, timeout, blocks);
+        self.pools[i].drain(now);
+        self.flush_pool(i);
     }
 
     fn answer(&mut self, now: Instant, q: Query) -> Answer {
@@ -537,6 +609,69 @@ impl Node {
                 }
                 Answer::Local { addresses }
             }
+            Query::Release { ip, pool, owner } => {
+                let i = match (&pool, ip) {
+                    (Some(n), _) => match self.find_pool(Some(n)) {
+                        Ok(i) => i,
+                        Err(e) => return Answer::Refused(e),
+                    },
+                    (None, Some(ip)) => match self
+                        .pools
+                        .iter()
+                        .position(|p| p.api().is_some() && p.range().locate(ip).is_some())
+                    {
+                        Some(i) => i,
+                        None => {
+                            return Answer::Refused(format!("{ip} is in no api pool of this node"));
+                        }
+                    },
+                    (None, None) => {
+                        return Answer::Refused(
+                            "release: give an address, or --pool and --owner".into(),
+                        );
+                    }
+                };
+                let Some((api, _)) = self.pools[i].api_mut() else {
+                    return Answer::Refused(no_api(&self.pools[i]));
+                };
+                let r = api.release(now, ip, owner.as_deref());
+                self.pools[i].drain(now);
+                self.flush_pool(i);
+                match r {
+                    Ok(ip) => Answer::Released { ip },
+                    Err(e) => Answer::Refused(e),
+                }
+            }
+            Query::Allocations { pool, owner } => {
+                let pools: Vec<usize> = match &pool {
+                    Some(n) => match self.find_pool(Some(n)) {
+                        Ok(i) if self.pools[i].api().is_some() => vec![i],
+                        Ok(i) => return Answer::Refused(no_api(&self.pools[i])),
+                        Err(e) => return Answer::Refused(e),
+                    },
+                    None => (0..self.pools.len()).collect(),
+                };
+                let mut rows = Vec::new();
+                for i in pools {
+                    if let Some(a) = self.pools[i].api() {
+                        rows.extend(a.rows(now, owner.as_deref()));
+                    }
+                }
+                Answer::Allocations(rows)
+            }
+            Query::Show { ip } => {
+                let me = self.id;
+                match self
+                    .pools
+                    .iter()
+                    .find_map(|p| p.api().and_then(|a| a.show(now, ip, p.blocks(), me)))
+                {
+                    Some(row) => Answer::Show(row),
+                    None => Answer::Refused(format!("{ip} is in no api pool of this node")),
+                }
+            }
+            // Taken by handle_query before it gets here.
+            Query::Allocate { .. } => Answer::Refused("allocate is answered by its pool".into()),
             Query::Mark { ip, active } => {
                 let Some(i) = self
                     .pools
@@ -739,6 +874,7 @@ impl Node {
         self.out
             .push_back(Output::Event(Event::NodeIdChanged { old, new }));
         for i in 0..self.pools.len() {
+            self.pools[i].me = new;
             self.pools[i].announce_all(now);
             self.pools[i].drain(now);
             self.flush_pool(i);
@@ -757,6 +893,15 @@ impl Node {
                 }),
                 PoolOutput::Host(action) => self.out.push_back(Output::Host { pool: i, action }),
                 PoolOutput::Event(ev) => self.out.push_back(Output::Event(ev)),
+                PoolOutput::Answer(id, a) => self.out.push_back(Output::Answer {
+                    id,
+                    answer: match a {
+                        crate::api::ApiAnswer::Allocated { row, created } => {
+                            Answer::Allocated { row, created }
+                        }
+                        crate::api::ApiAnswer::Refused(e) => Answer::Refused(e),
+                    },
+                }),
             }
         }
     }
@@ -791,11 +936,25 @@ impl Node {
 }
 
 /// Why a pool answers no DHCP query.
+fn no_api(p: &Pool) -> String {
+    let why = match p.config().service {
+        ServiceConfig::Api(_) => "not of this node's location",
+        ServiceConfig::Local(_) => "use=local",
+        ServiceConfig::Dhcp(_) | ServiceConfig::Passive => "use=dhcp",
+    };
+    format!(
+        "pool '{}' is not an api pool on this node ({why})",
+        p.name()
+    )
+}
+
 fn no_dhcp(p: &Pool) -> String {
     let why = if !p.claims() {
         "not of this node's location"
     } else if p.local().is_some() {
         "a local pool"
+    } else if p.api().is_some() {
+        "an api pool"
     } else {
         "-S"
     };

@@ -32,6 +32,8 @@ pub enum ServiceConfig {
     Dhcp(DhcpConfig),
     /// Addresses for this host (`use=local`).
     Local(crate::local::LocalConfig),
+    /// Addresses for provisioning scripts (`use=api`).
+    Api(crate::api::ApiConfig),
     /// No service (`-S`, or a pool of another location): the pool learns the claims of
     /// its range and keeps `spare_leases` addresses' worth of blocks (zero for `-S`, as
     /// ddhcpd; the simulator uses it to exercise claiming alone).
@@ -68,6 +70,7 @@ impl PoolConfig {
         match self.service {
             ServiceConfig::Dhcp(_) | ServiceConfig::Passive => "dhcp",
             ServiceConfig::Local(_) => "local",
+            ServiceConfig::Api(_) => "api",
         }
     }
 }
@@ -76,6 +79,7 @@ impl PoolConfig {
 pub enum Service {
     Dhcp(Box<Dhcp>),
     Local(Box<crate::local::Local>),
+    Api(Box<crate::api::Api>),
     Passive,
 }
 
@@ -85,6 +89,8 @@ pub(crate) enum PoolOutput {
     Dhcp(DhcpTransmit),
     Host(crate::local::HostAction),
     Event(crate::node::Event),
+    /// A deferred answer to query `id` (an allocation that waited for room).
+    Answer(u64, crate::api::ApiAnswer),
 }
 
 /// How fast new clients arrive, to claim blocks before they are needed: new addresses
@@ -97,6 +103,8 @@ struct Demand {
 
 pub struct Pool {
     index: usize,
+    /// This node's id (allocations record it).
+    pub(crate) me: NodeId,
     cfg: PoolConfig,
     /// Whether this node may claim in the pool (its location matches).
     claims: bool,
@@ -117,7 +125,13 @@ pub struct Pool {
 impl Pool {
     /// `location` is the node's. A pool of another location learns claims and claims
     /// nothing: its service is passive and it keeps no spare addresses.
-    pub fn new(index: usize, mut cfg: PoolConfig, location: Option<&str>, now: Instant) -> Self {
+    pub fn new(
+        index: usize,
+        mut cfg: PoolConfig,
+        location: Option<&str>,
+        me: NodeId,
+        now: Instant,
+    ) -> Self {
         let claims = cfg.location.as_deref().is_none_or(|l| location == Some(l));
         if !claims {
             cfg.claim.spare_leases = 0;
@@ -129,6 +143,14 @@ impl Pool {
                 cfg.claim.spare_leases = 0;
                 Service::Local(Box::new(crate::local::Local::new(l.clone(), cfg.range)))
             }
+            ServiceConfig::Api(a) if claims => {
+                cfg.claim.spare_leases = 0;
+                Service::Api(Box::new(crate::api::Api::new(
+                    a.clone(),
+                    cfg.range,
+                    &cfg.name,
+                )))
+            }
             _ => Service::Passive,
         };
         let mut blocks = Blocks::new(cfg.claim.clone(), cfg.range, now);
@@ -137,6 +159,7 @@ impl Pool {
         }
         let mut pool = Pool {
             index,
+            me,
             blocks,
             service,
             claims,
@@ -194,6 +217,20 @@ impl Pool {
     pub(crate) fn dhcp_mut(&mut self) -> Option<&mut Dhcp> {
         match &mut self.service {
             Service::Dhcp(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub fn api(&self) -> Option<&crate::api::Api> {
+        match &self.service {
+            Service::Api(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn api_mut(&mut self) -> Option<(&mut crate::api::Api, &mut Blocks)> {
+        match &mut self.service {
+            Service::Api(a) => Some((a, &mut self.blocks)),
             _ => None,
         }
     }
@@ -278,7 +315,7 @@ impl Pool {
             }
             // Nothing serves the leases: they are gone; run-time options stay stored
             // for when the pool serves again.
-            Service::Passive | Service::Local(_) => {
+            Service::Passive | Service::Local(_) | Service::Api(_) => {
                 self.changes
                     .extend(r.leases.iter().map(|l| Change::LeaseGone(l.ip)));
             }
@@ -331,7 +368,7 @@ impl Pool {
             Service::Dhcp(d) => d.handle_renew(now, from, &self.blocks, p),
             // Without a DHCP service no lease is ours: as ddhcpd, refuse what is in range
             // and ignore the rest.
-            Service::Passive | Service::Local(_) => {
+            Service::Passive | Service::Local(_) | Service::Api(_) => {
                 let marked = p.lease_seconds == crate::dhcp::roaming::RENEW_MARK;
                 let mut nak = *p;
                 if marked {
@@ -370,6 +407,7 @@ impl Pool {
         match &mut self.service {
             Service::Dhcp(d) => d.handle_timeout(now),
             Service::Local(l) => l.handle_timeout(now, &self.blocks),
+            Service::Api(a) => a.handle_timeout(now, self.me, &mut self.blocks),
             Service::Passive => {}
         }
         self.sample_demand(now);
@@ -387,6 +425,7 @@ impl Pool {
         let s = match &self.service {
             Service::Dhcp(d) => d.next_deadline(),
             Service::Local(l) => l.next_deadline(),
+            Service::Api(a) => a.next_deadline(),
             Service::Passive => None,
         };
         s.map_or(b, |s| b.min(s))
@@ -515,6 +554,7 @@ impl Pool {
                     match &mut self.service {
                         Service::Dhcp(d) => d.block_gone(block),
                         Service::Local(l) => l.block_gone(now, block),
+                        Service::Api(a) => a.block_gone(block),
                         Service::Passive => {}
                     }
                     Event::BlockDropped {
@@ -529,6 +569,7 @@ impl Pool {
                     match &mut self.service {
                         Service::Dhcp(d) => d.block_gone(block),
                         Service::Local(l) => l.block_gone(now, block),
+                        Service::Api(a) => a.block_gone(block),
                         Service::Passive => {}
                     }
                     Event::BlockLost {
@@ -551,11 +592,34 @@ impl Pool {
                 self.blocks.set_usage(block, used);
             }
         }
-        // A block just claimed can serve the local service's missing addresses now.
+        // A block just claimed can serve the local service's missing addresses now, and
+        // allocations waiting for room.
         if claimed && let Service::Local(l) = &mut self.service {
             l.handle_timeout(now, &self.blocks);
         }
+        if claimed && let Service::Api(a) = &mut self.service {
+            a.handle_timeout(now, self.me, &mut self.blocks);
+        }
         self.drain_local();
+        self.drain_api();
+    }
+
+    /// The allocation service's answers and events, and what it uses of the block table.
+    pub(crate) fn drain_api(&mut self) {
+        let Service::Api(a) = &mut self.service else {
+            return;
+        };
+        while let Some((id, answer)) = a.poll_answer() {
+            self.out.push(PoolOutput::Answer(id, answer));
+        }
+        while let Some(e) = a.poll_event() {
+            self.out
+                .push(PoolOutput::Event(crate::node::Event::Api(self.index, e)));
+        }
+        for (block, used) in a.take_changed() {
+            self.blocks.set_usage(block, used);
+        }
+        self.blocks.set_spare(a.free_wanted());
     }
 
     /// What the local service asked of the host and of the block table.
@@ -631,6 +695,7 @@ fn not_local(p: &Pool) -> String {
     let why = match p.cfg.service {
         ServiceConfig::Local(_) => "not of this node's location",
         ServiceConfig::Dhcp(_) | ServiceConfig::Passive => "use=dhcp",
+        ServiceConfig::Api(_) => "use=api",
     };
     format!(
         "pool '{}' is not a local pool on this node ({why})",

@@ -15,7 +15,7 @@ use serde_json::Value;
     name = "ddhcpctl",
     version,
     about = "Control a running ddhcpd",
-    after_help = "Commands: status, blocks, leases, options, set-option CODE:LEN:P…, remove-option CODE, lease-time SECS, log-level LEVEL, stats, metrics, local, mark-active IP, mark-standby IP, set-local [standby=N] [min=M] [max-standby=K] [hysteresis=SECS]",
+    after_help = "Commands: status, blocks, leases, options, set-option CODE:LEN:P…, remove-option CODE, lease-time SECS, log-level LEVEL, stats, metrics, local, mark-active IP, mark-standby IP, set-local [standby=N] [min=M] [max-standby=K] [hysteresis=SECS], allocate --pool NAME --owner ID [--ip A.B.C.D] [--meta K=V…] [--timeout SECS], release IP | release --pool NAME --owner ID, allocations [--pool NAME] [--owner ID], show IP",
     disable_version_flag = true
 )]
 struct Args {
@@ -30,6 +30,19 @@ struct Args {
     /// without it lists every local pool
     #[arg(long, value_name = "NAME")]
     pool: Option<String>,
+    /// allocate/release/allocations: the owner of an allocation (a VM id, a host name)
+    #[arg(long, value_name = "ID")]
+    owner: Option<String>,
+    /// allocate: this address rather than any free one
+    #[arg(long, value_name = "A.B.C.D")]
+    ip: Option<String>,
+    /// allocate: metadata kept with the allocation (repeatable)
+    #[arg(long, value_name = "K=V")]
+    meta: Vec<String>,
+    /// allocate: how long to wait for room when no owned block has any (default: the
+    /// daemon's, a few claim rounds)
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
     /// Show blocks (as `blocks`)
     #[arg(short = 'b')]
     blocks: bool,
@@ -128,6 +141,42 @@ fn request(a: &Args) -> Result<Request, String> {
         Some("mark-active") => Request::MarkActive { ip: arg("IP")? },
         Some("mark-standby") => Request::MarkStandby { ip: arg("IP")? },
         Some("set-local") => return set_local(&words[1..], pool),
+        Some("allocate") => {
+            let mut meta = std::collections::BTreeMap::new();
+            for m in &a.meta {
+                let Some((k, v)) = m.split_once('=') else {
+                    return Err(format!("--meta {m}: expected KEY=VALUE"));
+                };
+                if meta.insert(k.to_string(), v.to_string()).is_some() {
+                    return Err(format!("--meta {k} is given twice"));
+                }
+            }
+            Request::Allocate {
+                pool: pool.ok_or("allocate needs --pool NAME")?,
+                owner: a.owner.clone().ok_or("allocate needs --owner ID")?,
+                ip: a.ip.clone(),
+                meta,
+                timeout_ms: a.timeout.map(|s| s.saturating_mul(1000)),
+            }
+        }
+        Some("release") => match (words.get(1), &a.owner) {
+            (Some(ip), _) => Request::Release {
+                ip: Some(ip.to_string()),
+                pool,
+                owner: a.owner.clone(),
+            },
+            (None, Some(o)) => Request::Release {
+                ip: None,
+                pool: Some(pool.ok_or("release --owner needs --pool NAME")?),
+                owner: Some(o.clone()),
+            },
+            (None, None) => return Err("release needs IP, or --pool NAME --owner ID".into()),
+        },
+        Some("allocations") => Request::Allocations {
+            pool,
+            owner: a.owner.clone(),
+        },
+        Some("show") => Request::Show { ip: arg("IP")? },
         Some(other) => return Err(format!("unknown command '{other}'")),
     };
     let expected = if matches!(
@@ -138,7 +187,9 @@ fn request(a: &Args) -> Result<Request, String> {
             | Request::LogLevel { .. }
             | Request::MarkActive { .. }
             | Request::MarkStandby { .. }
-    ) {
+            | Request::Show { .. }
+    ) || matches!(&req, Request::Release { ip: Some(_), .. })
+    {
         2
     } else {
         1
@@ -203,7 +254,12 @@ fn set_local(items: &[&str], pool: Option<String>) -> Result<Request, String> {
 fn exchange(path: &PathBuf, req: &Request) -> Result<Response, String> {
     let mut s = UnixStream::connect(path)
         .map_err(|e| format!("cannot reach ddhcpd at {}: {e}", path.display()))?;
-    let timeout = Some(Duration::from_secs(5));
+    // An allocation may wait for a claim round; the daemon's own bound is 10 minutes.
+    let wait = match req {
+        Request::Allocate { timeout_ms, .. } => timeout_ms.unwrap_or(60_000).min(600_000),
+        _ => 0,
+    };
+    let timeout = Some(Duration::from_secs(5) + Duration::from_millis(wait));
     s.set_read_timeout(timeout).ok();
     s.set_write_timeout(timeout).ok();
     s.write_all(req.to_line().as_bytes())
@@ -364,6 +420,55 @@ fn render(req: &Request, v: &Value) {
             &["ip", "pool", "iface", "state", "since", "reason"],
             local_rows(v),
         ),
+        Request::Allocate { .. } => println!("{}", s(&v["ip"])),
+        Request::Release { .. } => println!("released {}", s(&v["ip"])),
+        Request::Allocations { .. } => {
+            let rows = v["allocations"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|r| {
+                            let meta = r["meta"]
+                                .as_object()
+                                .map(|m| {
+                                    m.iter()
+                                        .map(|(k, v)| format!("{k}={}", s(v)))
+                                        .collect::<Vec<_>>()
+                                        .join(",")
+                                })
+                                .unwrap_or_default();
+                            vec![
+                                s(&r["ip"]),
+                                s(&r["pool"]),
+                                s(&r["owner"]),
+                                s(&r["node_id"]),
+                                format!("{}s", s(&r["since"])),
+                                meta,
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            print_table(&["ip", "pool", "owner", "node", "since", "meta"], rows);
+        }
+        Request::Show { .. } => {
+            for key in [
+                "ip",
+                "pool",
+                "state",
+                "cooldown",
+                "block",
+                "block_state",
+                "block_owner",
+            ] {
+                println!("{key:<12}{}", s(&v[key]));
+            }
+            if let Some(a) = v["allocation"].as_object() {
+                for key in ["owner", "node_id", "since", "meta"] {
+                    println!("{key:<12}{}", s(&a[key]));
+                }
+            }
+        }
         _ => println!("ok"),
     }
 }

@@ -84,6 +84,7 @@ const POOL_KEYS: &[(&str, Kind)] = &[
     ("min", Kind::Int),
     ("max-standby", Kind::Int),
     ("hysteresis", Kind::Int),
+    ("cooldown", Kind::Int),
     ("test-target", Kind::Str),
     ("unmanaged", Kind::StrList),
 ];

@@ -50,6 +50,9 @@ pub struct PoolSpec {
     pub options: Vec<DhcpOption>,
     /// The local address mode's targets (local pools only).
     pub local: Option<LocalSpec>,
+    /// api pools: seconds a released address waits before it is handed out again (None:
+    /// the default, 300 s).
+    pub cooldown: Option<u32>,
 }
 
 /// `standby=N,min=M,max-standby=K,hysteresis=SECS,test-target=IP[:PORT],unmanaged=CIDR…` of
@@ -91,10 +94,11 @@ pub(crate) struct RawPool {
     pub(crate) hysteresis: Option<Raw>,
     pub(crate) test_target: Option<Raw>,
     pub(crate) unmanaged: Vec<Raw>,
+    pub(crate) cooldown: Option<Raw>,
 }
 
 /// The keys of `--pool` after `NAME=CIDR`.
-pub(crate) const FLAG_KEYS: &str = "block, use, iface, spare, location, option, standby, min, max-standby, hysteresis, test-target, unmanaged";
+pub(crate) const FLAG_KEYS: &str = "block, use, iface, spare, location, option, standby, min, max-standby, hysteresis, test-target, unmanaged, cooldown";
 
 /// What pools inherit from the node: `-b`, `-s`, `-c`, `-S`, `-o` (or the file's keys).
 pub(crate) struct Defaults {
@@ -129,6 +133,7 @@ impl RawPool {
             hysteresis: None,
             test_target: None,
             unmanaged: Vec::new(),
+            cooldown: None,
         }
     }
 
@@ -179,7 +184,7 @@ impl RawPool {
                 "option" => pool.options.push(raw),
                 "unmanaged" => pool.unmanaged.push(raw),
                 "block" | "use" | "iface" | "spare" | "location" | "standby" | "min"
-                | "max-standby" | "hysteresis" | "test-target" => {
+                | "max-standby" | "hysteresis" | "test-target" | "cooldown" => {
                     pool.set(key, raw).map_err(item_err)?;
                 }
                 _ => {
@@ -204,6 +209,7 @@ impl RawPool {
             "max-standby" => &mut self.max_standby,
             "hysteresis" => &mut self.hysteresis,
             "test-target" => &mut self.test_target,
+            "cooldown" => &mut self.cooldown,
             _ => return Err(format!("unknown key '{key}'")),
         };
         if slot.is_some() {
@@ -332,6 +338,21 @@ fn build(raw: &RawPool, d: &Defaults) -> Result<Built, ConfigError> {
         Vec::new()
     };
     let local = local_spec(raw, use_, &range)?;
+    let cooldown = match (&raw.cooldown, use_) {
+        (None, _) => None,
+        (Some(r), PoolUse::Api) => {
+            let secs: u32 = r.number("a number of seconds")?;
+            if secs > 30 * 86_400 {
+                return Err(r.err("at most 30 days (2592000 s)"));
+            }
+            Some(secs)
+        }
+        (Some(r), u) => {
+            return Err(r.err(format!(
+                "cooldown is for use=api pools only (this one is use={u})"
+            )));
+        }
+    };
     Ok(Built {
         spec: PoolSpec {
             name: raw.name.clone(),
@@ -347,6 +368,7 @@ fn build(raw: &RawPool, d: &Defaults) -> Result<Built, ConfigError> {
             location,
             options,
             local,
+            cooldown,
         },
         iface_at,
     })

@@ -97,6 +97,40 @@ pub struct LocalRecord {
     pub reason: String,
 }
 
+/// An allocation made, released or lost, as written to the JSON lines file: `{"time",
+/// "node_id", "pool", "event": "allocate"|"release"|"lost", "ip", "owner", "meta"}`.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct AllocRecord {
+    pub time: String,
+    pub node_id: String,
+    pub pool: String,
+    pub event: &'static str,
+    pub ip: Ipv4Addr,
+    pub owner: String,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub meta: std::collections::BTreeMap<String, String>,
+}
+
+impl AllocRecord {
+    pub fn new(node_id: NodeId, pool: &str, time: SystemTime, e: &crate::api::ApiEvent) -> Self {
+        use crate::api::ApiEvent as E;
+        let (event, ip, owner, meta) = match e {
+            E::Allocated { ip, owner, meta } => ("allocate", *ip, owner, meta.clone()),
+            E::Released { ip, owner } => ("release", *ip, owner, Default::default()),
+            E::Lost { ip, owner } => ("lost", *ip, owner, Default::default()),
+        };
+        AllocRecord {
+            time: rfc3339(time),
+            node_id: node_id.to_string(),
+            pool: pool.to_string(),
+            event,
+            ip,
+            owner: owner.clone(),
+            meta,
+        }
+    }
+}
+
 impl LocalRecord {
     pub fn new(
         node_id: NodeId,
@@ -162,6 +196,14 @@ impl Audit {
         let r = LocalRecord::new(node_id, pool, SystemTime::now(), ip, from, to, reason);
         info!(target: "ddhcp::audit", event = r.event, pool = %r.pool, ip = %r.ip,
               from = r.from, to = r.to, reason = %r.reason, node_id = %r.node_id, "audit");
+        self.write(&r);
+    }
+
+    /// The record of an allocation event, written once it is durable.
+    pub fn allocation(&mut self, node_id: NodeId, pool: &str, e: &crate::api::ApiEvent) {
+        let r = AllocRecord::new(node_id, pool, SystemTime::now(), e);
+        info!(target: "ddhcp::audit", event = r.event, pool = %r.pool, ip = %r.ip,
+              owner = %r.owner.escape_debug(), node_id = %r.node_id, "audit");
         self.write(&r);
     }
 

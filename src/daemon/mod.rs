@@ -567,6 +567,10 @@ impl Daemon {
                 }
             }
             Event::Lease(pool, l) => self.audit(pool, &l),
+            Event::Api(pool, e) => {
+                let name = self.node.pools().get(pool).map_or("", |p| p.name());
+                self.audit.allocation(self.node.id(), name, &e);
+            }
             Event::Local {
                 pool,
                 ip,

@@ -59,13 +59,28 @@ pub fn route(req: Request) -> Result<Routed, Response> {
         r @ (Request::LogLevel { .. } | Request::Stats | Request::Metrics) => {
             return Ok(Routed::Shell(r));
         }
-        // Setup refuses use=api pools until the allocation service is in the core.
-        Request::Allocate { .. }
-        | Request::Release { .. }
-        | Request::Allocations { .. }
-        | Request::Show { .. } => {
-            return Err(Response::err("this node has no api pool"));
-        }
+        Request::Allocate {
+            pool,
+            owner,
+            ip,
+            meta,
+            timeout_ms,
+        } => Query::Allocate {
+            pool,
+            owner,
+            ip: ip.map(|ip| parse_ip("allocate", &ip)).transpose()?,
+            meta,
+            timeout: timeout_ms.map(|ms| std::time::Duration::from_millis(ms.min(600_000))),
+        },
+        Request::Release { ip, pool, owner } => Query::Release {
+            ip: ip.map(|ip| parse_ip("release", &ip)).transpose()?,
+            pool,
+            owner,
+        },
+        Request::Allocations { pool, owner } => Query::Allocations { pool, owner },
+        Request::Show { ip } => Query::Show {
+            ip: parse_ip("show", &ip)?,
+        },
     }))
 }
 
@@ -111,6 +126,17 @@ fn status_json(s: &Status) -> Value {
         "leases_active": s.pools.iter().map(|p| p.leases_active).sum::<usize>(),
         "peers": s.peers,
         "pools": s.pools.iter().map(pool_json).collect::<Vec<_>>(),
+    })
+}
+
+fn alloc_json(r: &crate::api::AllocRow) -> Value {
+    json!({
+        "ip": r.ip.to_string(),
+        "pool": r.pool,
+        "owner": r.owner,
+        "node_id": r.node_id.to_string(),
+        "since": r.since_secs,
+        "meta": r.meta,
     })
 }
 
@@ -169,6 +195,29 @@ pub fn render(answer: Answer) -> Response {
                 .collect();
             Response::ok(json!({ "addresses": rows }))
         }
+        Answer::Allocated { row, created } => {
+            let mut v = alloc_json(&row);
+            v["created"] = json!(created);
+            if let Some(o) = v.as_object_mut() {
+                o.remove("since");
+                o.remove("meta");
+            }
+            Response::ok(v)
+        }
+        Answer::Released { ip } => Response::ok(json!({"ok": true, "ip": ip.to_string()})),
+        Answer::Allocations(rows) => Response::ok(json!({
+            "allocations": rows.iter().map(alloc_json).collect::<Vec<_>>(),
+        })),
+        Answer::Show(s) => Response::ok(json!({
+            "ip": s.ip.to_string(),
+            "pool": s.pool,
+            "state": s.state,
+            "allocation": s.allocation.as_ref().map(alloc_json),
+            "cooldown": s.cooldown_secs,
+            "block": s.block,
+            "block_state": s.block_state.map(|b| b.as_str()),
+            "block_owner": s.block_owner.map(|o| o.to_string()),
+        })),
         Answer::Done => Response::ok(json!({"ok": true})),
         Answer::Refused(e) => Response::err(e),
     }
@@ -197,6 +246,25 @@ pub fn hook_args(ev: &Event, ranges: &[ManagedRange]) -> Vec<String> {
         }
         Event::LocalDeleted { ip, state, .. } => {
             vec!["local-deleted".into(), ip.to_string(), (*state).into()]
+        }
+        Event::Api(pool, e) => {
+            let name = |p: &usize| ranges.get(*p).map(|r| r.to_string()).unwrap_or_default();
+            match e {
+                crate::api::ApiEvent::Allocated { ip, owner, .. } => {
+                    vec!["allocate".into(), ip.to_string(), owner.clone(), name(pool)]
+                }
+                crate::api::ApiEvent::Released { ip, owner } => {
+                    vec!["release".into(), ip.to_string(), owner.clone(), name(pool)]
+                }
+                crate::api::ApiEvent::Lost { ip, owner } => {
+                    vec![
+                        "allocation-lost".into(),
+                        ip.to_string(),
+                        owner.clone(),
+                        name(pool),
+                    ]
+                }
+            }
         }
         Event::Lease(_, l) => match l {
             L::Leased { ip, mac, .. } => vec!["lease".into(), ip.to_string(), mac.clone()],

@@ -89,13 +89,12 @@ pub fn node_config(cfg: &Config, sys: &impl System) -> Result<NodeConfig, Config
                     "this build has no local address mode (built without the feature `local`, as the router build is)",
                 ));
             }
-            (PoolUse::Api, _) => {
-                return Err(ConfigError::new(
-                    "--pool",
-                    format!("{},use=api", p.name),
-                    "this release has no allocation API yet; API pools come with it",
-                ));
-            }
+            (PoolUse::Api, _) => ServiceConfig::Api(crate::api::ApiConfig {
+                cooldown: std::time::Duration::from_secs(u64::from(p.cooldown.unwrap_or(300))),
+                spare: p.spare,
+                // A few claim rounds: enough for a block to be claimed when none has room.
+                default_timeout: cfg.claim.tentative_timeout * 3,
+            }),
         };
         let mut claim = cfg.claim.clone();
         claim.spare_leases = if matches!(service, ServiceConfig::Passive) {
@@ -224,11 +223,13 @@ mod tests {
     }
 
     #[test]
-    fn services_not_built_yet_are_refused() {
-        let e = node_config(&cfg("-i s --pool h=10.0.0.0/24,use=api"), &Fake)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("use=api") && !e.contains('\n'), "{e}");
+    fn local_and_api_pools_get_their_services() {
+        let api =
+            node_config(&cfg("-i s --pool h=10.0.0.0/24,use=api,cooldown=60"), &Fake).unwrap();
+        match &api.pools[0].service {
+            ServiceConfig::Api(a) => assert_eq!(a.cooldown, std::time::Duration::from_secs(60)),
+            s => panic!("{s:?}"),
+        }
         let local = node_config(&cfg("-i s --pool h=10.0.0.0/24,use=local,iface=c0"), &Fake);
         if cfg!(feature = "local") {
             assert!(matches!(
