@@ -622,3 +622,198 @@ fn check_meta(meta: &BTreeMap<String, String>) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{Answer, Node, NodeConfig, PoolConfig, Query, ServiceConfig};
+    use crate::testing::{Harness, claim};
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_millis(1_000_000 + ms)
+    }
+
+    /// A node alone on its link with one API pool (10.9.0.0/24, blocks of 8, cooldown 5 s).
+    fn node(spare: u32) -> Harness {
+        let cfg = NodeConfig {
+            pools: vec![PoolConfig {
+                name: "vms".into(),
+                range: ManagedRange::new(Ipv4Addr::new(10, 9, 0, 0), 24, 3).unwrap(),
+                claim: claim(2, 30, 0, false),
+                service: ServiceConfig::Api(ApiConfig {
+                    cooldown: Duration::from_secs(5),
+                    spare,
+                    default_timeout: Duration::from_secs(6),
+                }),
+                location: None,
+            }],
+            location: None,
+        };
+        Harness::new(Node::new(cfg, NodeId([1; 8]), t(0), 7))
+    }
+
+    fn allocate(h: &mut Harness, now: Instant, id: u64, owner: &str, ip: Option<&str>) {
+        h.handle_query(
+            now,
+            id,
+            Query::Allocate {
+                pool: "vms".into(),
+                owner: owner.into(),
+                ip: ip.map(|s| s.parse().unwrap()),
+                meta: BTreeMap::from([("env".to_string(), "test".to_string())]),
+                timeout: None,
+            },
+        );
+    }
+
+    /// Runs the node's timers until `until`, a step at a time.
+    fn run(h: &mut Harness, from: Instant, until: Instant) {
+        let mut now = from;
+        while now < until {
+            now = (now + Duration::from_millis(100)).min(until);
+            h.handle_timeout(now);
+        }
+    }
+
+    fn answer(h: &mut Harness) -> Option<(u64, Answer)> {
+        h.poll_answer()
+    }
+
+    #[test]
+    fn waits_for_a_claim_then_is_idempotent_by_owner() {
+        let mut h = node(2);
+        allocate(&mut h, t(0), 1, "vm-a", None);
+        assert_eq!(answer(&mut h), None, "no block yet: it waits");
+        run(&mut h, t(0), t(4000));
+        let Some((1, Answer::Allocated { row, created: true })) = answer(&mut h) else {
+            panic!("allocated once the block was claimed");
+        };
+        assert_eq!(row.owner, "vm-a");
+        assert_eq!(row.meta["env"], "test");
+        allocate(&mut h, t(4000), 2, "vm-a", None);
+        let Some((
+            2,
+            Answer::Allocated {
+                row: again,
+                created: false,
+            },
+        )) = answer(&mut h)
+        else {
+            panic!("the same owner again");
+        };
+        assert_eq!(again.ip, row.ip);
+        allocate(&mut h, t(4000), 3, "vm-b", None);
+        let Some((
+            3,
+            Answer::Allocated {
+                row: b,
+                created: true,
+            },
+        )) = answer(&mut h)
+        else {
+            panic!("a second owner, at once from the owned block");
+        };
+        assert_ne!(b.ip, row.ip);
+        // Asking for another address for an owner who holds one is refused.
+        allocate(&mut h, t(4000), 4, "vm-a", Some(&b.ip.to_string()));
+        assert!(
+            matches!(answer(&mut h), Some((4, Answer::Refused(e))) if e.contains("already holds"))
+        );
+        // The pool's blocks are pinned: they count as used.
+        let p = &h.pools()[0];
+        assert_eq!(p.api().unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_given_address_is_refused_with_the_reason() {
+        let mut h = node(0);
+        allocate(&mut h, t(0), 1, "vm-a", Some("10.9.0.9"));
+        run(&mut h, t(0), t(4000));
+        assert!(matches!(
+            answer(&mut h),
+            Some((1, Answer::Allocated { .. }))
+        ));
+        allocate(&mut h, t(4000), 2, "vm-b", Some("10.9.0.9"));
+        assert!(
+            matches!(answer(&mut h), Some((2, Answer::Refused(e))) if e.contains("allocated to owner 'vm-a'"))
+        );
+        allocate(&mut h, t(4000), 3, "vm-b", Some("10.9.1.9"));
+        assert!(
+            matches!(answer(&mut h), Some((3, Answer::Refused(e))) if e.contains("not in pool"))
+        );
+        allocate(&mut h, t(4000), 4, "vm-b", Some("10.9.0.0"));
+        assert!(matches!(answer(&mut h), Some((4, Answer::Refused(e))) if e.contains("network")));
+        allocate(&mut h, t(4000), 5, "", None);
+        assert!(matches!(answer(&mut h), Some((5, Answer::Refused(_)))));
+    }
+
+    #[test]
+    fn released_addresses_cool_down_first() {
+        let mut h = node(0);
+        allocate(&mut h, t(0), 1, "vm-a", Some("10.9.0.9"));
+        run(&mut h, t(0), t(4000));
+        assert!(matches!(
+            answer(&mut h),
+            Some((1, Answer::Allocated { .. }))
+        ));
+        h.handle_query(
+            t(4000),
+            2,
+            Query::Release {
+                ip: None,
+                pool: Some("vms".into()),
+                owner: Some("vm-a".into()),
+            },
+        );
+        assert!(matches!(answer(&mut h), Some((2, Answer::Released { .. }))));
+        h.handle_query(
+            t(4000),
+            3,
+            Query::Release {
+                ip: Some("10.9.0.9".parse().unwrap()),
+                pool: None,
+                owner: None,
+            },
+        );
+        assert!(
+            matches!(answer(&mut h), Some((3, Answer::Refused(e))) if e.contains("not allocated"))
+        );
+        allocate(&mut h, t(5000), 4, "vm-b", Some("10.9.0.9"));
+        assert!(
+            matches!(answer(&mut h), Some((4, Answer::Refused(e))) if e.contains("cools down"))
+        );
+        run(&mut h, t(5000), t(9100));
+        allocate(&mut h, t(9100), 5, "vm-b", Some("10.9.0.9"));
+        assert!(matches!(
+            answer(&mut h),
+            Some((5, Answer::Allocated { created: true, .. }))
+        ));
+    }
+
+    #[test]
+    fn a_full_pool_refuses_at_the_timeout() {
+        let mut h = node(0);
+        let mut now = t(0);
+        // 256 addresses less network and broadcast.
+        for k in 0..254u64 {
+            allocate(&mut h, now, k, &format!("vm-{k}"), None);
+            run(&mut h, now, now + Duration::from_millis(500));
+            now = now + Duration::from_millis(500);
+        }
+        run(&mut h, now, now + Duration::from_secs(10));
+        now = now + Duration::from_secs(10);
+        let mut ips = BTreeSet::new();
+        while let Some((_, a)) = answer(&mut h) {
+            let Answer::Allocated { row, .. } = a else {
+                panic!("{a:?}")
+            };
+            assert!(ips.insert(row.ip), "{} twice", row.ip);
+        }
+        assert_eq!(ips.len(), 254);
+        allocate(&mut h, now, 999, "one-too-many", None);
+        run(&mut h, now, now + Duration::from_secs(7));
+        assert!(
+            matches!(answer(&mut h), Some((999, Answer::Refused(e))) if e.contains("no free address"))
+        );
+    }
+}

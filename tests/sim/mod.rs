@@ -662,7 +662,8 @@ impl Sim {
                 Event::EndLearning { .. }
                 | Event::Lease(..)
                 | Event::Local { .. }
-                | Event::LocalDeleted { .. } => {}
+                | Event::LocalDeleted { .. }
+                | Event::Api(..) => {}
             }
         }
         self.send_peer(i, transmits);
