@@ -31,7 +31,7 @@ use std::net::Ipv4Addr;
 
 use super::StorePool;
 use crate::dhcp::leases::ClientKey;
-use crate::persist::{Change, LeaseRecord};
+use crate::persist::{Change, LeaseRecord, LocalHeld};
 use crate::range::ManagedRange;
 use crate::time::Instant;
 
@@ -59,6 +59,28 @@ const LEASE: u8 = 4;
 const LEASE_GONE: u8 = 5;
 const OPTION: u8 = 6;
 const BLOCK_HOLD: u8 = 7;
+const LOCAL: u8 = 8;
+const LOCAL_GONE: u8 = 9;
+
+/// Every record kind this code reads. Version 1 files hold kinds 1-7; kinds 8 and 9 came
+/// with the local service and need no new version: a reader that does not know a kind
+/// refuses the file (see [`FrameError::UnknownKind`]), it never skips the record.
+const KINDS: [u8; 9] = [
+    BLOCK_OWNED,
+    BLOCK_GONE,
+    ANNOUNCED,
+    LEASE,
+    LEASE_GONE,
+    OPTION,
+    BLOCK_HOLD,
+    LOCAL,
+    LOCAL_GONE,
+];
+
+/// The `held` byte of a [`LOCAL`] record.
+const HELD_STANDBY: u8 = 0;
+const HELD_ACTIVE: u8 = 1;
+const HELD_MARKED: u8 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -400,6 +422,19 @@ pub fn encode(pool: u8, change: &Change, wall: impl Fn(Instant) -> u64, out: &mu
                 None => out.extend_from_slice(&[0, 0]),
             }
         }
+        Change::Local { ip, held } => {
+            kind(out, LOCAL);
+            out.extend_from_slice(&u32::from(*ip).to_le_bytes());
+            out.push(match held {
+                LocalHeld::Standby => HELD_STANDBY,
+                LocalHeld::Active => HELD_ACTIVE,
+                LocalHeld::Marked => HELD_MARKED,
+            });
+        }
+        Change::LocalGone(ip) => {
+            kind(out, LOCAL_GONE);
+            out.extend_from_slice(&u32::from(*ip).to_le_bytes());
+        }
     }
     let body_len = (out.len() - start - FRAME_LEN) as u32;
     let crc = crc32fast::hash(&out[start + FRAME_LEN..]);
@@ -425,13 +460,17 @@ pub enum FrameError {
     /// The checksum holds, so the bytes are as written, yet they make no sense to us.
     #[error("record of unknown kind or layout ({0})")]
     Body(&'static str),
+    /// The checksum holds and the kind is one this code does not know: written by a newer
+    /// version (or by hand). Never skipped: state we cannot read would be lost silently.
+    #[error("record of kind {0}, which this ddhcpd does not know (written by a newer ddhcpd?)")]
+    UnknownKind(u8),
 }
 
 impl FrameError {
     /// Whether the damage is what an interrupted append leaves behind (as opposed to a
     /// record we cannot understand).
     pub fn is_torn(&self) -> bool {
-        !matches!(self, FrameError::Body(_))
+        !matches!(self, FrameError::Body(_) | FrameError::UnknownKind(_))
     }
 }
 
@@ -451,6 +490,9 @@ pub fn decode(data: &[u8], format: Format) -> Result<(u8, Change, usize), FrameE
         .ok_or(FrameError::Short)?;
     if crc32fast::hash(body) != crc {
         return Err(FrameError::Crc);
+    }
+    if !KINDS.contains(&body[0]) {
+        return Err(FrameError::UnknownKind(body[0]));
     }
     let (pool, change) = decode_body(body, format).ok_or(FrameError::Body("bad body"))?;
     Ok((pool, change, FRAME_LEN + len))
@@ -541,6 +583,16 @@ fn decode_body(body: &[u8], format: Format) -> Option<(u8, Change)> {
                 payload: (present == 1).then(|| payload.to_vec()),
             }
         }
+        LOCAL => Change::Local {
+            ip: Ipv4Addr::from(b.u32()?),
+            held: match b.u8()? {
+                HELD_STANDBY => LocalHeld::Standby,
+                HELD_ACTIVE => LocalHeld::Active,
+                HELD_MARKED => LocalHeld::Marked,
+                _ => return None,
+            },
+        },
+        LOCAL_GONE => Change::LocalGone(Ipv4Addr::from(b.u32()?)),
         _ => return None,
     };
     b.0.is_empty().then_some((pool, change))
@@ -588,6 +640,19 @@ mod tests {
                 code: 3,
                 payload: None,
             },
+            Change::Local {
+                ip: Ipv4Addr::new(10, 5, 0, 130),
+                held: LocalHeld::Standby,
+            },
+            Change::Local {
+                ip: Ipv4Addr::new(10, 5, 0, 131),
+                held: LocalHeld::Active,
+            },
+            Change::Local {
+                ip: Ipv4Addr::new(10, 5, 0, 132),
+                held: LocalHeld::Marked,
+            },
+            Change::LocalGone(Ipv4Addr::new(10, 5, 0, 130)),
         ]
     }
 
@@ -642,6 +707,75 @@ mod tests {
         assert_eq!(decode(&buf, Format::V1), Ok((0, lease(), buf.len())));
         // Read as version 2, the kind's first field is taken for the pool: refused.
         assert!(matches!(decode(&buf, Format::V2), Err(FrameError::Body(_))));
+    }
+
+    /// The local service's records, byte for byte (kinds 8 and 9, in version 2).
+    #[test]
+    fn golden_local_bytes() {
+        let frame = |body: &[u8]| {
+            let mut f = (body.len() as u32).to_le_bytes().to_vec();
+            f.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+            f.extend_from_slice(body);
+            f
+        };
+        let ip = Ipv4Addr::new(10, 5, 0, 131);
+        let cases: [(Change, &[u8]); 4] = [
+            (
+                Change::Local {
+                    ip,
+                    held: LocalHeld::Standby,
+                },
+                &[8, 2, 131, 0, 5, 10, 0], // local, pool 2, 10.5.0.131, standby
+            ),
+            (
+                Change::Local {
+                    ip,
+                    held: LocalHeld::Active,
+                },
+                &[8, 2, 131, 0, 5, 10, 1], // active (by a socket)
+            ),
+            (
+                Change::Local {
+                    ip,
+                    held: LocalHeld::Marked,
+                },
+                &[8, 2, 131, 0, 5, 10, 2], // active by mark-active
+            ),
+            (Change::LocalGone(ip), &[9, 2, 131, 0, 5, 10]), // local gone
+        ];
+        for (c, body) in cases {
+            let mut buf = Vec::new();
+            encode(2, &c, |t| t.as_millis(), &mut buf);
+            assert_eq!(buf, frame(body), "{c:?}");
+            assert_eq!(decode(&buf, Format::V2), Ok((2, c, buf.len())));
+        }
+        // A held byte this code does not know is refused, not read as some state.
+        let bad = frame(&[8, 2, 131, 0, 5, 10, 3]);
+        assert_eq!(decode(&bad, Format::V2), Err(FrameError::Body("bad body")));
+    }
+
+    /// A kind this code does not know (a newer daemon's) is refused by name, never skipped,
+    /// and is not mistaken for a torn write.
+    #[test]
+    fn an_unknown_record_kind_is_refused() {
+        let body: &[u8] = &[10, 0, 1, 2, 3, 4];
+        let mut buf = (body.len() as u32).to_le_bytes().to_vec();
+        buf.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        buf.extend_from_slice(body);
+        let e = decode(&buf, Format::V2).unwrap_err();
+        assert_eq!(e, FrameError::UnknownKind(10));
+        assert!(!e.is_torn());
+        assert!(e.to_string().contains("newer ddhcpd"), "{e}");
+        for k in KINDS {
+            let mut b = buf.clone();
+            b[FRAME_LEN] = k;
+            let crc = crc32fast::hash(&b[FRAME_LEN..]);
+            b[4..8].copy_from_slice(&crc.to_le_bytes());
+            assert!(
+                !matches!(decode(&b, Format::V2), Err(FrameError::UnknownKind(_))),
+                "kind {k}"
+            );
+        }
     }
 
     #[test]

@@ -46,7 +46,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{error, info, warn};
 
 use crate::hash::FxHashMap;
-use crate::persist::{Change, LeaseRecord, Restored};
+use crate::persist::{Change, LeaseRecord, LocalHeld, Restored};
 use crate::range::ManagedRange;
 use crate::time::Instant;
 use codec::{FileKind, Format, Header, Pools, StoredRange, TableEntry};
@@ -226,6 +226,8 @@ pub struct PoolState {
     pub announced: Option<(Instant, u16)>,
     pub leases: FxHashMap<Ipv4Addr, LeaseRecord>,
     pub options: BTreeMap<u8, Option<Vec<u8>>>,
+    /// Addresses the local service holds (standby or active).
+    pub local: BTreeMap<Ipv4Addr, LocalHeld>,
 }
 
 impl PoolState {
@@ -250,6 +252,12 @@ impl PoolState {
             }
             Change::Option { code, payload } => {
                 self.options.insert(code, payload);
+            }
+            Change::Local { ip, held } => {
+                self.local.insert(ip, held);
+            }
+            Change::LocalGone(ip) => {
+                self.local.remove(&ip);
             }
         }
     }
@@ -278,11 +286,16 @@ impl PoolState {
             payload: p.clone(),
         });
         let leases = self.leases.values().cloned().map(Change::Lease);
+        let local = self
+            .local
+            .iter()
+            .map(|(&ip, &held)| Change::Local { ip, held });
         blocks
             .chain(holds)
             .chain(announced)
             .chain(options)
             .chain(leases)
+            .chain(local)
     }
 
     /// The latest wall-clock time the state mentions as "now" (last announcement, last
@@ -327,6 +340,7 @@ impl PoolState {
                 .map(|(at, ttl)| (clock.core(at.as_millis()), ttl)),
             leases,
             options: self.options.into_iter().collect(),
+            local: self.local.into_iter().collect(),
             clock_went_back,
         }
     }
@@ -626,7 +640,9 @@ fn intact_record_after(data: &[u8], bad: usize, format: Format) -> bool {
     if data.len() - bad > MAX_TORN_TAIL {
         return true;
     }
-    (bad + 1..data.len()).any(|p| codec::decode(&data[p..], format).is_ok())
+    // A frame whose checksum holds counts, whether or not we understand its body: a record
+    // of a kind a newer daemon wrote must not be cut off as if it were torn.
+    (bad + 1..data.len()).any(|p| !codec::decode(&data[p..], format).is_err_and(|e| e.is_torn()))
 }
 
 /// Replays the store in `dir` for `pools`: the newest snapshot (up to generation `upto`),
