@@ -255,6 +255,7 @@ impl Pool {
             valid = owned.len(),
             lapsed = lapsed.len(),
             leases = r.leases.len(),
+            local = r.local.len(),
             "state restored"
         );
         match &mut self.service {
@@ -283,13 +284,23 @@ impl Pool {
                     .extend(r.leases.iter().map(|l| Change::LeaseGone(l.ip)));
             }
         }
+        match &mut self.service {
+            // Configured again at once, before the learning phase ends.
+            Service::Local(l) => l.restore(now, &r.local, &self.blocks),
+            // No local service (any more, or not at this location): nothing holds them.
+            Service::Dhcp(_) | Service::Passive => self
+                .changes
+                .extend(r.local.iter().map(|&(ip, _)| Change::LocalGone(ip))),
+        }
         self.drain(now);
     }
 
     /// Moves the pool's durable changes, in order, to `out`.
     pub(crate) fn take_changes(&mut self, out: &mut Vec<(usize, Change)>) {
-        if let Service::Dhcp(d) = &mut self.service {
-            d.take_changes(&mut self.changes);
+        match &mut self.service {
+            Service::Dhcp(d) => d.take_changes(&mut self.changes),
+            Service::Local(l) => l.take_changes(&mut self.changes),
+            Service::Passive => {}
         }
         out.extend(self.changes.drain(..).map(|c| (self.index, c)));
     }
