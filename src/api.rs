@@ -22,6 +22,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use crate::blocks::{BlockStateName, Blocks};
+use crate::persist::Change;
 use crate::range::ManagedRange;
 use crate::time::Instant;
 use crate::wire::NodeId;
@@ -55,21 +56,6 @@ pub struct Allocation {
     pub node_id: NodeId,
     pub since: Instant,
     pub meta: BTreeMap<String, String>,
-}
-
-/// A durable change of the service, for the store.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ApiChange {
-    Allocated {
-        ip: Ipv4Addr,
-        alloc: Allocation,
-    },
-    /// Released (or lost with its block); cooling down until `until` (`None`: lost, no
-    /// cooldown here, the block is someone else's).
-    Released {
-        ip: Ipv4Addr,
-        until: Option<Instant>,
-    },
 }
 
 /// Something that happened, for hooks and audit.
@@ -151,7 +137,7 @@ pub struct Api {
     waiters: VecDeque<Waiter>,
     answers: VecDeque<(u64, ApiAnswer)>,
     events: VecDeque<ApiEvent>,
-    changes: Vec<ApiChange>,
+    changes: Vec<Change>,
 }
 
 impl Api {
@@ -205,7 +191,7 @@ impl Api {
         self.events.pop_front()
     }
 
-    pub fn take_changes(&mut self, out: &mut Vec<ApiChange>) {
+    pub fn take_changes(&mut self, out: &mut Vec<Change>) {
         out.append(&mut self.changes);
     }
 
@@ -403,7 +389,7 @@ impl Api {
                     };
                     let row = self.row(now, ip, &alloc);
                     self.insert(ip, alloc.clone());
-                    self.changes.push(ApiChange::Allocated { ip, alloc });
+                    self.changes.push(Change::Allocated { ip, alloc });
                     self.events.push_back(ApiEvent::Allocated {
                         ip,
                         owner: w.owner,
@@ -476,9 +462,9 @@ impl Api {
         };
         let until = now + self.cfg.cooldown;
         self.cool(ip, until);
-        self.changes.push(ApiChange::Released {
+        self.changes.push(Change::AllocGone {
             ip,
-            until: Some(until),
+            cooldown: Some(until),
         });
         self.events.push_back(ApiEvent::Released {
             ip,
@@ -506,7 +492,7 @@ impl Api {
         let ips: Vec<Ipv4Addr> = self.allocs.range(first..=last).map(|(&ip, _)| ip).collect();
         for ip in ips {
             if let Some(a) = self.remove(ip) {
-                self.changes.push(ApiChange::Released { ip, until: None });
+                self.changes.push(Change::AllocGone { ip, cooldown: None });
                 self.events.push_back(ApiEvent::Lost {
                     ip,
                     owner: a.owner.to_string(),
@@ -815,5 +801,78 @@ mod tests {
         assert!(
             matches!(answer(&mut h), Some((999, Answer::Refused(e))) if e.contains("no free address"))
         );
+    }
+
+    /// What the store would hold of `h`'s changes.
+    fn stored(h: &mut Harness) -> crate::store::PoolState {
+        let mut st = crate::store::PoolState::default();
+        for (_, c) in h.take_changes() {
+            st.apply(c);
+        }
+        st
+    }
+
+    /// What the store gives back at a restart at `at`.
+    fn restored(st: &crate::store::PoolState, at: Instant) -> crate::persist::Restored {
+        st.clone().into_restored(&crate::store::WallClock {
+            core_now: at,
+            wall_now_ms: at.as_millis(),
+        })
+    }
+
+    fn rows(h: &mut Harness, now: Instant) -> Vec<AllocRow> {
+        h.handle_query(
+            now,
+            77,
+            Query::Allocations {
+                pool: None,
+                owner: None,
+            },
+        );
+        match answer(h) {
+            Some((77, Answer::Allocations(r))) => r,
+            a => panic!("{a:?}"),
+        }
+    }
+
+    #[test]
+    fn allocations_come_back_after_a_restart_short_or_long() {
+        let mut h = node(0);
+        allocate(&mut h, t(0), 1, "vm-a", Some("10.9.0.9"));
+        run(&mut h, t(0), t(4000));
+        assert!(matches!(
+            answer(&mut h),
+            Some((1, Answer::Allocated { .. }))
+        ));
+        // Within the block TTL (30 s here): ours again at once, the allocation with it.
+        // Long after: the block is claimed back first, the allocation pinned meanwhile.
+        let st = stored(&mut h);
+        for down in [2_000, 120_000] {
+            let back = t(4000 + down);
+            let r = restored(&st, back);
+            let cfg = NodeConfig {
+                pools: vec![h.pools()[0].config().clone()],
+                location: None,
+            };
+            let mut h2 = Harness::new(Node::new(cfg, NodeId([1; 8]), back, 8));
+            h2.restore(back, vec![r]);
+            let got = rows(&mut h2, back);
+            assert_eq!(got.len(), 1, "down {down} ms");
+            assert_eq!(
+                (got[0].ip.to_string().as_str(), got[0].owner.as_str()),
+                ("10.9.0.9", "vm-a")
+            );
+            run(&mut h2, back, back + Duration::from_secs(5));
+            let later = back + Duration::from_secs(5);
+            assert!(
+                h2.pools()[0].blocks().owns(1),
+                "down {down} ms: block 1 ours again"
+            );
+            allocate(&mut h2, later, 2, "vm-a", None);
+            assert!(
+                matches!(answer(&mut h2), Some((2, Answer::Allocated { created: false, ref row })) if row.ip.to_string() == "10.9.0.9"),
+                "down {down} ms: the same address, not a new one"
+            );
+        }
     }
 }

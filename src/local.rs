@@ -21,6 +21,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use crate::blocks::Blocks;
+use crate::persist::{Change, LocalHeld};
 use crate::range::ManagedRange;
 use crate::time::Instant;
 
@@ -92,7 +93,10 @@ pub enum HostAction {
 /// What the host saw or did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostEvent {
-    /// `ip` is configured (after our `Add`, or found at start-up).
+    /// `ip` is configured (after our `Add`, or found at start-up). An `Add` of an address
+    /// already on the interface with our tag is answered with `Added` too (not
+    /// `AddFailed`): after a restart that did not reboot the host, the addresses restored
+    /// from the store are all there. Reporting one twice is harmless.
     Added {
         ip: Ipv4Addr,
     },
@@ -167,8 +171,15 @@ pub struct LocalAddr {
     /// Deleted by someone else: re-added at this instant, with this back-off.
     readd_at: Option<Instant>,
     backoff: Duration,
-    /// Whether it was standby or active when someone deleted it.
+    /// Whether it was standby or active when someone deleted it, or before a restart
+    /// (then it is reserved, being configured again).
     was: Option<Box<LocalState>>,
+    /// The host has it configured (an `Added` seen since our last `Add`): a repeated
+    /// `Added` (the shell's answer and its start-up dump, a notification of changed flags)
+    /// changes nothing.
+    configured: bool,
+    /// What the store holds for it; a record is written when this changes.
+    stored: Option<LocalHeld>,
 }
 
 /// A move of an address, for hooks, audit and logs.
@@ -229,6 +240,8 @@ pub struct Local {
     deleted: VecDeque<(Ipv4Addr, &'static str)>,
     /// Blocks whose usage changed since the block table was last told.
     changed: BTreeSet<u32>,
+    /// Durable changes not yet taken.
+    changes: Vec<Change>,
     link_up: bool,
     pub counters: LocalCounters,
 }
@@ -244,6 +257,7 @@ impl Local {
             moves: VecDeque::new(),
             deleted: VecDeque::new(),
             changed: BTreeSet::new(),
+            changes: Vec::new(),
             link_up: true,
             counters: LocalCounters::default(),
         }
@@ -350,6 +364,12 @@ impl Local {
         self.deleted.pop_front()
     }
 
+    /// Durable changes since the last call, in order: an address became standby or active
+    /// (or moved between the two), or was freed.
+    pub fn take_changes(&mut self, out: &mut Vec<Change>) {
+        out.append(&mut self.changes);
+    }
+
     /// Usage per block changed since the last call: every address we hold counts.
     pub fn take_changed(&mut self) -> Vec<(u32, u32)> {
         let changed = std::mem::take(&mut self.changed);
@@ -441,12 +461,28 @@ impl Local {
             readd_at: None,
             backoff: Duration::ZERO,
             was: None,
+            configured: false,
+            stored: None,
         });
         if from != to {
             a.since = now;
         }
         a.state = state;
         a.reason.clone_from(&reason);
+        // Standby and active (by a socket or by a mark) are what a restart configures
+        // again; a reserved address keeps what was stored for it until it is freed.
+        let held = match &a.state {
+            LocalState::Standby => Some(LocalHeld::Standby),
+            LocalState::Active { by: Use::Socket(_) } => Some(LocalHeld::Active),
+            LocalState::Active { by: Use::Mark } => Some(LocalHeld::Marked),
+            LocalState::Reserved { .. } => None,
+        };
+        if let Some(held) = held
+            && a.stored != Some(held)
+        {
+            a.stored = Some(held);
+            self.changes.push(Change::Local { ip, held });
+        }
         if from != to {
             self.moves.push_back(LocalMove {
                 ip,
@@ -461,6 +497,10 @@ impl Local {
         if let Some(a) = self.addrs.remove(&ip) {
             if let Some(b) = self.block_of(ip) {
                 self.changed.insert(b);
+            }
+            self.marked.remove(&ip);
+            if a.stored.is_some() {
+                self.changes.push(Change::LocalGone(ip));
             }
             self.moves.push_back(LocalMove {
                 ip,
@@ -652,6 +692,49 @@ impl Local {
         self.actions.push_back(HostAction::Add { ip, prefix_len });
     }
 
+    /// Takes back the addresses held before a restart, right after the pool's blocks are
+    /// restored (`blocks`). Each one in a block that is ours is held at once, reserved and
+    /// being added again (an `Add` now, learning phase or not), remembering what it was:
+    /// once the host has it, an active one is active again at once and a standby one is
+    /// proven again. The others (their block is not ours any more, or the address is no
+    /// longer ours to configure) are dropped from the store; should the host still have one,
+    /// its `Added` has it removed.
+    pub fn restore(&mut self, now: Instant, addrs: &[(Ipv4Addr, LocalHeld)], blocks: &Blocks) {
+        let prefix_len = self.prefix_len();
+        for &(ip, held) in addrs {
+            let ours = self.block_of(ip).is_some_and(|b| blocks.owns(b)) && self.usable(ip);
+            if !ours || self.addrs.contains_key(&ip) {
+                self.changes.push(Change::LocalGone(ip));
+                continue;
+            }
+            let (was, what) = match held {
+                LocalHeld::Standby => (LocalState::Standby, "standby"),
+                LocalHeld::Active => (
+                    LocalState::Active {
+                        by: Use::Socket("in use before the restart".into()),
+                    },
+                    "active",
+                ),
+                LocalHeld::Marked => {
+                    self.marked.insert(ip);
+                    (LocalState::Active { by: Use::Mark }, "marked active")
+                }
+            };
+            self.set(
+                now,
+                ip,
+                LocalState::Reserved { step: Step::Adding },
+                format!("{what} before the restart; being configured again"),
+            );
+            if let Some(a) = self.addrs.get_mut(&ip) {
+                a.deadline = Some(now + self.cfg.timers.reserve_timeout);
+                a.was = Some(Box::new(was));
+                a.stored = Some(held);
+            }
+            self.actions.push_back(HostAction::Add { ip, prefix_len });
+        }
+    }
+
     /// `blocks` says which blocks are ours: a tagged address the host has in one of them
     /// (from before a restart) is taken back, any other is removed.
     pub fn handle_event(&mut self, now: Instant, ev: HostEvent, blocks: &Blocks) {
@@ -684,6 +767,7 @@ impl Local {
                 for (_, a) in self.addrs.iter_mut() {
                     a.next_probe = None;
                     a.next_announce = None;
+                    a.configured = false;
                 }
             }
             HostEvent::LinkBack => {
@@ -698,7 +782,23 @@ impl Local {
         }
     }
 
+    /// Stored addresses whose blocks went to another node before we could claim them back:
+    /// forgotten, and removed from the host should it still have them.
+    pub fn drop_restored(&mut self, ips: &[Ipv4Addr]) {
+        let prefix_len = self.prefix_len();
+        for &ip in ips {
+            self.changes.push(Change::LocalGone(ip));
+            self.actions
+                .push_back(HostAction::Remove { ip, prefix_len });
+        }
+    }
+
     fn on_added(&mut self, now: Instant, ip: Ipv4Addr, blocks: &Blocks) {
+        if !self.addrs.contains_key(&ip) && self.block_of(ip).is_some_and(|b| blocks.is_wanted(b)) {
+            // Its block is being claimed back: the stored address is configured (taken
+            // back) once it is ours, or removed if another node has it.
+            return;
+        }
         let Some(a) = self.addrs.get(&ip).cloned() else {
             let ours = self.block_of(ip).is_some_and(|b| blocks.owns(b)) && self.usable(ip);
             if ours {
@@ -721,24 +821,42 @@ impl Local {
                 .push_back(HostAction::Remove { ip, prefix_len });
             return;
         };
+        if a.configured {
+            return;
+        }
+        if let Some(x) = self.addrs.get_mut(&ip) {
+            x.configured = true;
+        }
         let t = self.cfg.timers;
         self.counters.added += 1;
+        let restored = a.state == LocalState::Reserved { step: Step::Adding };
         if let Some(was) = a.was {
-            // Re-added after someone deleted it: back where it was.
-            let every = t.announce_interval;
             if let Some(x) = self.addrs.get_mut(&ip) {
                 x.was = None;
-                x.backoff = Duration::ZERO;
-                x.next_announce = Some(now + every);
             }
-            self.actions
-                .push_back(HostAction::Announce { ip, burst: 3 });
-            let why = "re-added after it was deleted";
-            match *was {
-                LocalState::Active { by } => self.set(now, ip, LocalState::Active { by }, why),
-                s => self.set(now, ip, s, why),
+            // A standby address from before a restart is proven again, as a new one is;
+            // anything else is back where it was at once.
+            if !(restored && *was == LocalState::Standby) {
+                let every = t.announce_interval;
+                if let Some(x) = self.addrs.get_mut(&ip) {
+                    x.backoff = Duration::ZERO;
+                    x.next_announce = Some(now + every);
+                    if restored {
+                        // Not the reserve timeout any more: an active address's deadline
+                        // is its hysteresis, started by the first poll without a socket.
+                        x.deadline = None;
+                    }
+                }
+                self.actions
+                    .push_back(HostAction::Announce { ip, burst: 3 });
+                let why = if restored {
+                    "configured again after a restart"
+                } else {
+                    "re-added after it was deleted"
+                };
+                self.set(now, ip, *was, why);
+                return;
             }
-            return;
         }
         match a.state {
             LocalState::Reserved { step: Step::Adding } => {
@@ -807,6 +925,9 @@ impl Local {
             }
             LocalState::Standby | LocalState::Active { .. } => {
                 self.counters.deleted_by_others += 1;
+                if let Some(x) = self.addrs.get_mut(&ip) {
+                    x.configured = false;
+                }
                 if !self.link_up {
                     return;
                 }
@@ -818,6 +939,7 @@ impl Local {
                 };
                 if let Some(x) = self.addrs.get_mut(&ip) {
                     x.was = Some(Box::new(a.state.clone()));
+                    x.configured = false;
                     x.backoff = backoff;
                     x.readd_at = Some(now + backoff);
                     x.next_announce = None;
@@ -957,6 +1079,7 @@ impl Local {
 mod tests {
     use super::*;
     use crate::node::{Node, NodeConfig, PoolConfig, ServiceConfig};
+    use crate::persist::Change;
     use crate::testing::{Harness, claim};
     use crate::wire::NodeId;
 
@@ -1101,6 +1224,245 @@ mod tests {
                 .iter()
                 .any(|a| matches!(a, HostAction::Remove { .. }))
         );
+    }
+
+    /// The local service's durable changes, without the pool's others.
+    fn local_changes(n: &mut Harness) -> Vec<Change> {
+        n.take_changes()
+            .into_iter()
+            .map(|(_, c)| c)
+            .filter(|c| matches!(c, Change::Local { .. } | Change::LocalGone(_)))
+            .collect()
+    }
+
+    /// A host that does at once what the node asks, with `used` as the sockets.
+    fn serve(n: &mut Harness, now: Instant, used: &BTreeMap<Ipv4Addr, String>) {
+        while let Some((_, a)) = n.poll_host() {
+            let ev = match a {
+                HostAction::Add { ip, .. } => HostEvent::Added { ip },
+                HostAction::Remove { ip, .. } => HostEvent::Removed { ip },
+                HostAction::CheckUse { .. } => HostEvent::InUse(used.clone()),
+                HostAction::Probe { ip, .. } => HostEvent::ProbeResult { ip, ok: true },
+                HostAction::Announce { .. } => continue,
+            };
+            n.handle_host(now, 0, ev);
+        }
+    }
+
+    #[test]
+    fn standby_active_marks_and_frees_are_stored_and_socket_polls_are_not() {
+        let mut n = node(1, true);
+        let ip = match actions(&mut n).as_slice() {
+            [HostAction::Add { ip, .. }] => *ip,
+            a => panic!("{a:?}"),
+        };
+        let held = |held| Change::Local { ip, held };
+        n.handle_host(t(3100), 0, HostEvent::Added { ip });
+        assert_eq!(
+            local_changes(&mut n),
+            vec![],
+            "not stored while being proven"
+        );
+        n.handle_host(t(3200), 0, HostEvent::ProbeResult { ip, ok: true });
+        assert_eq!(local_changes(&mut n), vec![held(LocalHeld::Standby)]);
+        let none = BTreeMap::new();
+        serve(&mut n, t(3200), &none);
+        let used = BTreeMap::from([(ip, "tcp listen :22".to_string())]);
+        n.handle_host(t(3300), 0, HostEvent::InUse(used.clone()));
+        assert_eq!(state(&n, ip), Some("active"));
+        // A new standby one takes its place (and is stored once proven).
+        serve(&mut n, t(3300), &used);
+        let other = n
+            .pool(0)
+            .local()
+            .unwrap()
+            .addresses()
+            .find(|(a, s)| *a != ip && s.state == LocalState::Standby)
+            .map(|(a, _)| a)
+            .expect("a new standby address");
+        assert_eq!(
+            local_changes(&mut n),
+            vec![
+                held(LocalHeld::Active),
+                Change::Local {
+                    ip: other,
+                    held: LocalHeld::Standby
+                }
+            ]
+        );
+        // Polls that change nothing write nothing, nor does the hysteresis starting.
+        for k in 0..5 {
+            n.handle_host(t(4300 + k * 1000), 0, HostEvent::InUse(used.clone()));
+        }
+        n.handle_host(t(9300), 0, HostEvent::InUse(none.clone()));
+        serve(&mut n, t(9300), &none);
+        assert_eq!(local_changes(&mut n), vec![]);
+        n.handle_timeout(t(39_400));
+        assert_eq!(local_changes(&mut n), vec![held(LocalHeld::Standby)]);
+        // Now one standby too many: the newest (ip) is looked at and removed; freed, it
+        // is gone from the store.
+        serve(&mut n, t(39_400), &none);
+        assert_eq!(state(&n, ip), None);
+        assert_eq!(local_changes(&mut n), vec![Change::LocalGone(ip)]);
+        // A mark is stored as such: a restart must not turn it into socket use.
+        let mark = |ip, active| crate::node::Query::Mark { ip, active };
+        n.handle_query(t(40_000), 1, mark(other, true));
+        assert_eq!(
+            local_changes(&mut n),
+            vec![Change::Local {
+                ip: other,
+                held: LocalHeld::Marked
+            }]
+        );
+        serve(&mut n, t(40_000), &none);
+        let _ = local_changes(&mut n);
+        n.handle_query(t(41_000), 2, mark(other, false));
+        serve(&mut n, t(41_000), &none);
+        assert_eq!(
+            local_changes(&mut n),
+            vec![
+                Change::Local {
+                    ip: other,
+                    held: LocalHeld::Standby
+                },
+                Change::LocalGone(other)
+            ],
+            "marked standby, then surplus"
+        );
+    }
+
+    /// A node restarted while learning, with its block's claim still honoured.
+    fn restored(local: Vec<(Ipv4Addr, LocalHeld)>) -> Harness {
+        let cfg = NodeConfig {
+            pools: vec![PoolConfig {
+                name: "hosts".into(),
+                range: ManagedRange::new(Ipv4Addr::new(10, 5, 0, 0), 24, 3).unwrap(),
+                claim: claim(2, 30, 0, true),
+                service: ServiceConfig::Local(LocalConfig {
+                    iface: "eth0".into(),
+                    standby: 3,
+                    min: 0,
+                    max_standby: 4,
+                    test_target: Some((Ipv4Addr::new(10, 5, 0, 254), None)),
+                    unmanaged: vec![(Ipv4Addr::new(10, 5, 0, 0), 25)],
+                    timers: LocalTimers::default(),
+                }),
+                location: None,
+            }],
+            location: None,
+        };
+        let mut n = Harness::new(Node::new(cfg, NodeId([5; 8]), t(0), 3));
+        let ago = t(0) - Duration::from_secs(5);
+        n.restore(
+            t(0),
+            vec![crate::persist::Restored {
+                blocks: vec![(16, ago)],
+                announced: Some((ago, 30)),
+                local,
+                ..Default::default()
+            }],
+        );
+        n
+    }
+
+    #[test]
+    fn a_restart_configures_stored_addresses_again_at_once() {
+        let ip = |n| Ipv4Addr::new(10, 5, 0, n);
+        let (active, standby, marked) = (ip(129), ip(130), ip(131));
+        // Block 17 is not ours after the restart; 10.5.0.5 is unmanaged now.
+        let (elsewhere, unmanaged) = (ip(137), ip(5));
+        let mut n = restored(vec![
+            (active, LocalHeld::Active),
+            (standby, LocalHeld::Standby),
+            (marked, LocalHeld::Marked),
+            (elsewhere, LocalHeld::Active),
+            (unmanaged, LocalHeld::Standby),
+        ]);
+        assert!(n.blocks().is_learning());
+        let add = |ip| HostAction::Add { ip, prefix_len: 24 };
+        assert_eq!(
+            actions(&mut n),
+            vec![add(active), add(standby), add(marked)],
+            "at once, not after the learning phase or a timer"
+        );
+        assert_eq!(
+            local_changes(&mut n),
+            vec![Change::LocalGone(elsewhere), Change::LocalGone(unmanaged)]
+        );
+        assert_eq!(state(&n, active), Some("reserved"));
+        // Held from the start: the block counts them as used.
+        assert_eq!(n.pool(0).blocks().spare(), 8 - 3);
+        // Active again as soon as the host has it; the duplicate report of the host's
+        // start-up dump changes nothing.
+        n.handle_host(t(10), 0, HostEvent::Added { ip: active });
+        n.handle_host(t(11), 0, HostEvent::Added { ip: active });
+        assert_eq!(state(&n, active), Some("active"));
+        assert_eq!(n.pool(0).local().unwrap().counters.added, 1);
+        // Standby: proven again first.
+        n.handle_host(t(12), 0, HostEvent::Added { ip: standby });
+        assert_eq!(state(&n, standby), Some("reserved"));
+        let a = actions(&mut n);
+        assert!(
+            a.iter()
+                .any(|x| matches!(x, HostAction::Probe { ip: p, .. } if *p == standby)),
+            "{a:?}"
+        );
+        n.handle_host(
+            t(20),
+            0,
+            HostEvent::ProbeResult {
+                ip: standby,
+                ok: true,
+            },
+        );
+        assert_eq!(state(&n, standby), Some("standby"));
+        n.handle_host(t(13), 0, HostEvent::Added { ip: marked });
+        assert_eq!(state(&n, marked), Some("active"));
+        assert_eq!(local_changes(&mut n), vec![], "the store has them already");
+        assert!(
+            n.blocks().is_learning(),
+            "all of it during the learning phase"
+        );
+        // No socket on either: the one in use before goes standby after the hysteresis,
+        // the marked one stays active until marked standby.
+        n.handle_host(t(1000), 0, HostEvent::InUse(BTreeMap::new()));
+        n.handle_timeout(t(31_100));
+        assert_eq!(state(&n, active), Some("standby"));
+        assert_eq!(state(&n, marked), Some("active"));
+        n.handle_query(
+            t(31_200),
+            1,
+            crate::node::Query::Mark {
+                ip: marked,
+                active: false,
+            },
+        );
+        assert_eq!(state(&n, marked), Some("standby"));
+        // The host still had the one whose block is gone: removed.
+        n.handle_host(t(31_300), 0, HostEvent::Added { ip: elsewhere });
+        assert!(actions(&mut n).contains(&HostAction::Remove {
+            ip: elsewhere,
+            prefix_len: 24
+        }));
+    }
+
+    #[test]
+    fn a_restored_address_the_host_cannot_take_is_freed_and_forgotten() {
+        let ip = Ipv4Addr::new(10, 5, 0, 129);
+        let mut n = restored(vec![(ip, LocalHeld::Active)]);
+        let _ = local_changes(&mut n);
+        n.handle_host(
+            t(10),
+            0,
+            HostEvent::AddFailed {
+                ip,
+                reason: "10.5.0.129 is already configured on interface 3".into(),
+            },
+        );
+        // Freed (and, as any free address, it may be picked again: then it is new, and
+        // stored once proven).
+        assert_eq!(local_changes(&mut n), vec![Change::LocalGone(ip)]);
+        assert_eq!(n.pool(0).local().unwrap().counters.add_failed, 1);
     }
 
     #[test]

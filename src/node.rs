@@ -1033,6 +1033,9 @@ mod tests {
             leases: vec![lease([10, 0, 0, 21], t(100)), lease([10, 0, 0, 37], t(100))],
             options: vec![(6, Some(vec![10, 0, 0, 53]))],
             holds: vec![(5, t(50))],
+            local: vec![],
+            allocations: vec![],
+            cooling: vec![],
             clock_went_back,
         }
     }

@@ -34,6 +34,44 @@ pub enum Change {
     LeaseGone(Ipv4Addr),
     /// A DHCP option set (`Some`) or removed (`None`) at run time.
     Option { code: u8, payload: Option<Vec<u8>> },
+    /// An address of the local service (`use=local`) is held as `held` now: configured on
+    /// the host, proven, standby or active. Written when it becomes standby or active (and
+    /// on every move between the two), not while it is only being added or proven.
+    Local { ip: Ipv4Addr, held: LocalHeld },
+    /// An address of the local service is no longer held (back to free).
+    LocalGone(Ipv4Addr),
+    /// An address of the allocation service (`use=api`) is allocated.
+    Allocated {
+        ip: Ipv4Addr,
+        alloc: crate::api::Allocation,
+    },
+    /// An allocation is gone: released (cooling down until `cooldown`), or lost with its
+    /// block (`None`).
+    AllocGone {
+        ip: Ipv4Addr,
+        cooldown: Option<Instant>,
+    },
+}
+
+/// How the local service held an address, as the store keeps it: what it is configured as
+/// again at once after a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LocalHeld {
+    /// Proven and unused: proven again after a restart.
+    Standby,
+    /// In use by a socket: active again at once after a restart, and standby after the
+    /// hysteresis if no socket uses it any more.
+    Active,
+    /// Active by `mark-active`: active again at once, and stays so until `mark-standby`
+    /// (no socket poll can tell a third party's use).
+    Marked,
+}
+
+impl LocalHeld {
+    /// Active, by a socket or by a mark.
+    pub fn is_active(self) -> bool {
+        !matches!(self, LocalHeld::Standby)
+    }
 }
 
 /// A bound address as the store keeps it. Offers are not recorded: a client whose offer is
@@ -65,6 +103,14 @@ pub struct Restored {
     /// Options changed at run time, in the order they were changed; they apply on top of
     /// the command line's.
     pub options: Vec<(u8, Option<Vec<u8>>)>,
+    /// Addresses the local service held (standby or active), in address order. They do not
+    /// expire: those in blocks that are ours again are configured again at once, the
+    /// others dropped.
+    pub local: Vec<(Ipv4Addr, LocalHeld)>,
+    /// Allocations of the allocation service; they never expire.
+    pub allocations: Vec<(Ipv4Addr, crate::api::Allocation)>,
+    /// Released addresses still cooling down, with until when.
+    pub cooling: Vec<(Ipv4Addr, Instant)>,
     /// The wall clock now reads earlier than when the state was last written (a router
     /// that booted without a real-time clock and has no NTP time yet). How long we were
     /// down is unknown then, so no claim is trusted to be still valid: blocks are claimed

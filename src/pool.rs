@@ -118,6 +118,8 @@ pub struct Pool {
     /// Leases from before a restart in blocks whose claims lapsed meanwhile, by block,
     /// until we own the block again or someone else does.
     pending_restore: BTreeMap<u32, Vec<LeaseRecord>>,
+    /// The local service's stored addresses in such blocks, likewise.
+    pending_local: BTreeMap<u32, Vec<(Ipv4Addr, crate::persist::LocalHeld)>>,
     /// When `pending_restore` is next checked (once per claim round, not per timer).
     next_restore_check: Instant,
 }
@@ -172,6 +174,7 @@ impl Pool {
             changes: Vec::new(),
             out: Vec::new(),
             pending_restore: BTreeMap::new(),
+            pending_local: BTreeMap::new(),
             next_restore_check: now,
         };
         pool.drain(now);
@@ -260,10 +263,15 @@ impl Pool {
         let range = self.cfg.range;
         let (announced, ttl) = r.announced.unwrap_or((Instant::ZERO, 0));
         let ttl = Duration::from_secs(u64::from(ttl));
+        // Blocks with bindings (leases, the host's addresses, allocations) are claimed back
+        // first if their claims lapsed while we were down.
         let with_leases: std::collections::HashSet<u32> = r
             .leases
             .iter()
-            .filter_map(|l| range.locate(l.ip).map(|(b, _)| b))
+            .map(|l| l.ip)
+            .chain(r.local.iter().map(|&(ip, _)| ip))
+            .chain(r.allocations.iter().map(|(ip, _)| *ip))
+            .filter_map(|ip| range.locate(ip).map(|(b, _)| b))
             .collect();
         let mut owned = Vec::new();
         let mut lapsed = Vec::new();
@@ -292,6 +300,7 @@ impl Pool {
             valid = owned.len(),
             lapsed = lapsed.len(),
             leases = r.leases.len(),
+            local = r.local.len(),
             "state restored"
         );
         match &mut self.service {
@@ -320,13 +329,55 @@ impl Pool {
                     .extend(r.leases.iter().map(|l| Change::LeaseGone(l.ip)));
             }
         }
+        match &mut self.service {
+            // Configured again at once, before the learning phase ends; those of blocks
+            // being claimed back once they are ours.
+            Service::Local(l) => {
+                let (wanted, now_or_never): (Vec<_>, Vec<_>) =
+                    r.local.iter().partition(|(ip, _)| {
+                        range
+                            .locate(*ip)
+                            .is_some_and(|(b, _)| self.blocks.is_wanted(b))
+                    });
+                for (ip, held) in wanted {
+                    if let Some((b, _)) = range.locate(ip) {
+                        self.pending_local.entry(b).or_default().push((ip, held));
+                    }
+                }
+                l.restore(now, &now_or_never, &self.blocks);
+            }
+            // No local service (any more, or not at this location): nothing holds them.
+            Service::Dhcp(_) | Service::Passive | Service::Api(_) => self
+                .changes
+                .extend(r.local.iter().map(|&(ip, _)| Change::LocalGone(ip))),
+        }
+        match &mut self.service {
+            // Pinned again at once; those of blocks another node owns now are lost.
+            Service::Api(a) => {
+                a.restore(now, r.allocations, r.cooling);
+                for b in a.blocks_in_use() {
+                    if !self.blocks.owns(b) && !self.blocks.is_wanted(b) {
+                        a.block_gone(b);
+                    }
+                }
+            }
+            _ => self
+                .changes
+                .extend(r.allocations.iter().map(|(ip, _)| Change::AllocGone {
+                    ip: *ip,
+                    cooldown: None,
+                })),
+        }
         self.drain(now);
     }
 
     /// Moves the pool's durable changes, in order, to `out`.
     pub(crate) fn take_changes(&mut self, out: &mut Vec<(usize, Change)>) {
-        if let Service::Dhcp(d) = &mut self.service {
-            d.take_changes(&mut self.changes);
+        match &mut self.service {
+            Service::Dhcp(d) => d.take_changes(&mut self.changes),
+            Service::Local(l) => l.take_changes(&mut self.changes),
+            Service::Api(a) => a.take_changes(&mut self.changes),
+            Service::Passive => {}
         }
         out.extend(self.changes.drain(..).map(|c| (self.index, c)));
     }
@@ -435,10 +486,40 @@ impl Pool {
     /// per claim round, when `wanted` can have changed; expired leases wait for their
     /// block's fate (they are dropped when it comes back).
     fn forget_lost_restores(&mut self, now: Instant) {
-        if self.pending_restore.is_empty() || now < self.next_restore_check {
+        let api_waiting = self
+            .api()
+            .is_some_and(|a| a.count() + a.cooling_count() > 0);
+        if (self.pending_restore.is_empty() && self.pending_local.is_empty() && !api_waiting)
+            || now < self.next_restore_check
+        {
             return;
         }
         self.next_restore_check = now + self.cfg.claim.round_interval();
+        let lost: Vec<u32> = self
+            .pending_local
+            .keys()
+            .copied()
+            .filter(|&b| !self.blocks.is_wanted(b) && !self.blocks.owns(b))
+            .collect();
+        for b in lost {
+            let ips: Vec<Ipv4Addr> = self
+                .pending_local
+                .remove(&b)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(ip, _)| ip)
+                .collect();
+            if let Service::Local(l) = &mut self.service {
+                l.drop_restored(&ips);
+            }
+        }
+        if let Service::Api(a) = &mut self.service {
+            for b in a.blocks_in_use() {
+                if !self.blocks.owns(b) && !self.blocks.is_wanted(b) {
+                    a.block_gone(b);
+                }
+            }
+        }
         let blocks = &self.blocks;
         let changes = &mut self.changes;
         self.pending_restore.retain(|&block, leases| {
@@ -595,6 +676,16 @@ impl Pool {
         // A block just claimed can serve the local service's missing addresses now, and
         // allocations waiting for room.
         if claimed && let Service::Local(l) = &mut self.service {
+            let owned: Vec<u32> = self
+                .pending_local
+                .keys()
+                .copied()
+                .filter(|&b| self.blocks.owns(b))
+                .collect();
+            for b in owned {
+                let addrs = self.pending_local.remove(&b).unwrap_or_default();
+                l.restore(now, &addrs, &self.blocks);
+            }
             l.handle_timeout(now, &self.blocks);
         }
         if claimed && let Service::Api(a) = &mut self.service {

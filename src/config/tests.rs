@@ -1197,7 +1197,7 @@ fn hysteresis_of_a_local_pool() {
         (
             "h=10.9.0.0/24,use=local,hysterisis=5",
             "for --pool h",
-            "unknown key 'hysterisis' (keys: block, use, iface, spare, location, option, standby, min, max-standby, hysteresis, test-target, unmanaged)",
+            "unknown key 'hysterisis' (keys: block, use, iface, spare, location, option, standby, min, max-standby, hysteresis, test-target, unmanaged, cooldown)",
         ),
     ] {
         let e = parse_argv(["-i", "s", "-c", "c", "--pool", value]).unwrap_err();

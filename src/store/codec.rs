@@ -31,7 +31,7 @@ use std::net::Ipv4Addr;
 
 use super::StorePool;
 use crate::dhcp::leases::ClientKey;
-use crate::persist::{Change, LeaseRecord};
+use crate::persist::{Change, LeaseRecord, LocalHeld};
 use crate::range::ManagedRange;
 use crate::time::Instant;
 
@@ -59,6 +59,32 @@ const LEASE: u8 = 4;
 const LEASE_GONE: u8 = 5;
 const OPTION: u8 = 6;
 const BLOCK_HOLD: u8 = 7;
+const LOCAL: u8 = 8;
+const LOCAL_GONE: u8 = 9;
+const ALLOCATED: u8 = 10;
+const ALLOC_GONE: u8 = 11;
+
+/// Every record kind this code reads. Version 1 files hold kinds 1-7; kinds 8 and 9 came
+/// with the local service and need no new version: a reader that does not know a kind
+/// refuses the file (see [`FrameError::UnknownKind`]), it never skips the record.
+const KINDS: [u8; 11] = [
+    BLOCK_OWNED,
+    BLOCK_GONE,
+    ANNOUNCED,
+    LEASE,
+    LEASE_GONE,
+    OPTION,
+    BLOCK_HOLD,
+    LOCAL,
+    LOCAL_GONE,
+    ALLOCATED,
+    ALLOC_GONE,
+];
+
+/// The `held` byte of a [`LOCAL`] record.
+const HELD_STANDBY: u8 = 0;
+const HELD_ACTIVE: u8 = 1;
+const HELD_MARKED: u8 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -400,11 +426,62 @@ pub fn encode(pool: u8, change: &Change, wall: impl Fn(Instant) -> u64, out: &mu
                 None => out.extend_from_slice(&[0, 0]),
             }
         }
+        Change::Local { ip, held } => {
+            kind(out, LOCAL);
+            out.extend_from_slice(&u32::from(*ip).to_le_bytes());
+            out.push(match held {
+                LocalHeld::Standby => HELD_STANDBY,
+                LocalHeld::Active => HELD_ACTIVE,
+                LocalHeld::Marked => HELD_MARKED,
+            });
+        }
+        Change::LocalGone(ip) => {
+            kind(out, LOCAL_GONE);
+            out.extend_from_slice(&u32::from(*ip).to_le_bytes());
+        }
+        Change::Allocated { ip, alloc } => {
+            kind(out, ALLOCATED);
+            out.extend_from_slice(&u32::from(*ip).to_le_bytes());
+            out.extend_from_slice(&wall(alloc.since).to_le_bytes());
+            out.extend_from_slice(&alloc.node_id.0);
+            // The service bounds these (owner 128, keys 64, values 256, 32 pairs); the
+            // cuts only keep a record decodable whatever reaches here.
+            short_str(out, &alloc.owner, 255);
+            let n = alloc.meta.len().min(255);
+            out.push(n as u8);
+            for (k, v) in alloc.meta.iter().take(n) {
+                short_str(out, k, 255);
+                let v = &v.as_bytes()[..v.len().min(u16::MAX as usize)];
+                out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+                out.extend_from_slice(v);
+            }
+        }
+        Change::AllocGone { ip, cooldown } => {
+            kind(out, ALLOC_GONE);
+            out.extend_from_slice(&u32::from(*ip).to_le_bytes());
+            match cooldown {
+                Some(t) => {
+                    out.push(1);
+                    out.extend_from_slice(&wall(*t).to_le_bytes());
+                }
+                None => out.push(0),
+            }
+        }
     }
     let body_len = (out.len() - start - FRAME_LEN) as u32;
     let crc = crc32fast::hash(&out[start + FRAME_LEN..]);
     out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A string of at most `max` bytes (cut at a character boundary) after its length byte.
+fn short_str(out: &mut Vec<u8>, s: &str, max: usize) {
+    let mut n = s.len().min(max);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    out.push(n as u8);
+    out.extend_from_slice(&s.as_bytes()[..n]);
 }
 
 /// The hardware address without trailing zero padding (chaddr is 16 bytes, Ethernet uses 6).
@@ -425,13 +502,17 @@ pub enum FrameError {
     /// The checksum holds, so the bytes are as written, yet they make no sense to us.
     #[error("record of unknown kind or layout ({0})")]
     Body(&'static str),
+    /// The checksum holds and the kind is one this code does not know: written by a newer
+    /// version (or by hand). Never skipped: state we cannot read would be lost silently.
+    #[error("record of kind {0}, which this ddhcpd does not know (written by a newer ddhcpd?)")]
+    UnknownKind(u8),
 }
 
 impl FrameError {
     /// Whether the damage is what an interrupted append leaves behind (as opposed to a
     /// record we cannot understand).
     pub fn is_torn(&self) -> bool {
-        !matches!(self, FrameError::Body(_))
+        !matches!(self, FrameError::Body(_) | FrameError::UnknownKind(_))
     }
 }
 
@@ -451,6 +532,9 @@ pub fn decode(data: &[u8], format: Format) -> Result<(u8, Change, usize), FrameE
         .ok_or(FrameError::Short)?;
     if crc32fast::hash(body) != crc {
         return Err(FrameError::Crc);
+    }
+    if !KINDS.contains(&body[0]) {
+        return Err(FrameError::UnknownKind(body[0]));
     }
     let (pool, change) = decode_body(body, format).ok_or(FrameError::Body("bad body"))?;
     Ok((pool, change, FRAME_LEN + len))
@@ -541,6 +625,50 @@ fn decode_body(body: &[u8], format: Format) -> Option<(u8, Change)> {
                 payload: (present == 1).then(|| payload.to_vec()),
             }
         }
+        LOCAL => Change::Local {
+            ip: Ipv4Addr::from(b.u32()?),
+            held: match b.u8()? {
+                HELD_STANDBY => LocalHeld::Standby,
+                HELD_ACTIVE => LocalHeld::Active,
+                HELD_MARKED => LocalHeld::Marked,
+                _ => return None,
+            },
+        },
+        LOCAL_GONE => Change::LocalGone(Ipv4Addr::from(b.u32()?)),
+        ALLOCATED => {
+            let ip = Ipv4Addr::from(b.u32()?);
+            let since = b.time()?;
+            let node_id = crate::wire::NodeId(b.take(8)?.try_into().ok()?);
+            let text = |b: &[u8]| std::str::from_utf8(b).ok().map(str::to_string);
+            let owner_len = b.u8()? as usize;
+            let owner = text(b.take(owner_len)?)?;
+            let mut meta = std::collections::BTreeMap::new();
+            for _ in 0..b.u8()? {
+                let kl = b.u8()? as usize;
+                let k = text(b.take(kl)?)?;
+                let vl = b.u16()? as usize;
+                let v = text(b.take(vl)?)?;
+                meta.insert(k, v);
+            }
+            Change::Allocated {
+                ip,
+                alloc: crate::api::Allocation {
+                    owner: owner.into(),
+                    node_id,
+                    since,
+                    meta,
+                },
+            }
+        }
+        ALLOC_GONE => {
+            let ip = Ipv4Addr::from(b.u32()?);
+            let cooldown = match b.u8()? {
+                0 => None,
+                1 => Some(b.time()?),
+                _ => return None,
+            };
+            Change::AllocGone { ip, cooldown }
+        }
         _ => return None,
     };
     b.0.is_empty().then_some((pool, change))
@@ -588,6 +716,19 @@ mod tests {
                 code: 3,
                 payload: None,
             },
+            Change::Local {
+                ip: Ipv4Addr::new(10, 5, 0, 130),
+                held: LocalHeld::Standby,
+            },
+            Change::Local {
+                ip: Ipv4Addr::new(10, 5, 0, 131),
+                held: LocalHeld::Active,
+            },
+            Change::Local {
+                ip: Ipv4Addr::new(10, 5, 0, 132),
+                held: LocalHeld::Marked,
+            },
+            Change::LocalGone(Ipv4Addr::new(10, 5, 0, 130)),
         ]
     }
 
@@ -642,6 +783,127 @@ mod tests {
         assert_eq!(decode(&buf, Format::V1), Ok((0, lease(), buf.len())));
         // Read as version 2, the kind's first field is taken for the pool: refused.
         assert!(matches!(decode(&buf, Format::V2), Err(FrameError::Body(_))));
+    }
+
+    /// The local service's records, byte for byte (kinds 8 and 9, in version 2).
+    #[test]
+    fn golden_local_bytes() {
+        let frame = |body: &[u8]| {
+            let mut f = (body.len() as u32).to_le_bytes().to_vec();
+            f.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+            f.extend_from_slice(body);
+            f
+        };
+        let ip = Ipv4Addr::new(10, 5, 0, 131);
+        let cases: [(Change, &[u8]); 4] = [
+            (
+                Change::Local {
+                    ip,
+                    held: LocalHeld::Standby,
+                },
+                &[8, 2, 131, 0, 5, 10, 0], // local, pool 2, 10.5.0.131, standby
+            ),
+            (
+                Change::Local {
+                    ip,
+                    held: LocalHeld::Active,
+                },
+                &[8, 2, 131, 0, 5, 10, 1], // active (by a socket)
+            ),
+            (
+                Change::Local {
+                    ip,
+                    held: LocalHeld::Marked,
+                },
+                &[8, 2, 131, 0, 5, 10, 2], // active by mark-active
+            ),
+            (Change::LocalGone(ip), &[9, 2, 131, 0, 5, 10]), // local gone
+        ];
+        for (c, body) in cases {
+            let mut buf = Vec::new();
+            encode(2, &c, |t| t.as_millis(), &mut buf);
+            assert_eq!(buf, frame(body), "{c:?}");
+            assert_eq!(decode(&buf, Format::V2), Ok((2, c, buf.len())));
+        }
+        // A held byte this code does not know is refused, not read as some state.
+        let bad = frame(&[8, 2, 131, 0, 5, 10, 3]);
+        assert_eq!(decode(&bad, Format::V2), Err(FrameError::Body("bad body")));
+    }
+
+    /// The allocation service's records, byte for byte (kinds 10 and 11, in version 2).
+    #[test]
+    fn golden_allocation_bytes() {
+        let frame = |body: &[u8]| {
+            let mut f = (body.len() as u32).to_le_bytes().to_vec();
+            f.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+            f.extend_from_slice(body);
+            f
+        };
+        let ip = Ipv4Addr::new(10, 9, 0, 7);
+        let alloc = crate::api::Allocation {
+            owner: "vm-1".into(),
+            node_id: crate::wire::NodeId([1, 2, 3, 4, 5, 6, 7, 8]),
+            since: Instant::from_millis(0x0102),
+            meta: [("env".to_string(), "prod".to_string())].into(),
+        };
+        #[rustfmt::skip]
+        let cases: [(Change, &[u8]); 3] = [
+            (
+                Change::Allocated { ip, alloc },
+                &[
+                    10, 1, 7, 0, 9, 10,           // allocated, pool 1, 10.9.0.7
+                    2, 1, 0, 0, 0, 0, 0, 0,       // since (Unix ms)
+                    1, 2, 3, 4, 5, 6, 7, 8,       // node id
+                    4, b'v', b'm', b'-', b'1',    // owner
+                    1,                            // one meta pair
+                    3, b'e', b'n', b'v',
+                    4, 0, b'p', b'r', b'o', b'd',
+                ],
+            ),
+            (
+                Change::AllocGone { ip, cooldown: Some(Instant::from_millis(0x0a0b)) },
+                &[11, 1, 7, 0, 9, 10, 1, 0x0b, 0x0a, 0, 0, 0, 0, 0, 0], // released, cooling
+            ),
+            (
+                Change::AllocGone { ip, cooldown: None },
+                &[11, 1, 7, 0, 9, 10, 0], // lost with its block
+            ),
+        ];
+        for (c, body) in cases {
+            let mut buf = Vec::new();
+            encode(1, &c, |t| t.as_millis(), &mut buf);
+            assert_eq!(buf, frame(body), "{c:?}");
+            assert_eq!(decode(&buf, Format::V2), Ok((1, c, buf.len())));
+        }
+        // An owner that is not UTF-8 is refused, not read as something else.
+        let bad = frame(&[
+            10, 1, 7, 0, 9, 10, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 1, 0xff, 0,
+        ]);
+        assert_eq!(decode(&bad, Format::V2), Err(FrameError::Body("bad body")));
+    }
+
+    /// A kind this code does not know (a newer daemon's) is refused by name, never skipped,
+    /// and is not mistaken for a torn write.
+    #[test]
+    fn an_unknown_record_kind_is_refused() {
+        let body: &[u8] = &[200, 0, 1, 2, 3, 4];
+        let mut buf = (body.len() as u32).to_le_bytes().to_vec();
+        buf.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        buf.extend_from_slice(body);
+        let e = decode(&buf, Format::V2).unwrap_err();
+        assert_eq!(e, FrameError::UnknownKind(200));
+        assert!(!e.is_torn());
+        assert!(e.to_string().contains("newer ddhcpd"), "{e}");
+        for k in KINDS {
+            let mut b = buf.clone();
+            b[FRAME_LEN] = k;
+            let crc = crc32fast::hash(&b[FRAME_LEN..]);
+            b[4..8].copy_from_slice(&crc.to_le_bytes());
+            assert!(
+                !matches!(decode(&b, Format::V2), Err(FrameError::UnknownKind(_))),
+                "kind {k}"
+            );
+        }
     }
 
     #[test]

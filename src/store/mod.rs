@@ -46,7 +46,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{error, info, warn};
 
 use crate::hash::FxHashMap;
-use crate::persist::{Change, LeaseRecord, Restored};
+use crate::persist::{Change, LeaseRecord, LocalHeld, Restored};
 use crate::range::ManagedRange;
 use crate::time::Instant;
 use codec::{FileKind, Format, Header, Pools, StoredRange, TableEntry};
@@ -226,6 +226,11 @@ pub struct PoolState {
     pub announced: Option<(Instant, u16)>,
     pub leases: FxHashMap<Ipv4Addr, LeaseRecord>,
     pub options: BTreeMap<u8, Option<Vec<u8>>>,
+    /// Addresses the local service holds (standby or active).
+    pub local: BTreeMap<Ipv4Addr, LocalHeld>,
+    /// The allocation service's allocations, and released addresses cooling down.
+    pub allocations: BTreeMap<Ipv4Addr, crate::api::Allocation>,
+    pub cooling: BTreeMap<Ipv4Addr, Instant>,
 }
 
 impl PoolState {
@@ -251,6 +256,23 @@ impl PoolState {
             Change::Option { code, payload } => {
                 self.options.insert(code, payload);
             }
+            Change::Local { ip, held } => {
+                self.local.insert(ip, held);
+            }
+            Change::LocalGone(ip) => {
+                self.local.remove(&ip);
+            }
+            Change::Allocated { ip, alloc } => {
+                self.cooling.remove(&ip);
+                self.allocations.insert(ip, alloc);
+            }
+            Change::AllocGone { ip, cooldown } => {
+                self.allocations.remove(&ip);
+                match cooldown {
+                    Some(until) => self.cooling.insert(ip, until),
+                    None => self.cooling.remove(&ip),
+                };
+            }
         }
     }
 
@@ -258,6 +280,7 @@ impl PoolState {
     pub fn drop_expired(&mut self, wall_ms: u64) {
         self.leases.retain(|_, l| l.until.as_millis() > wall_ms);
         self.holds.retain(|_, until| until.as_millis() > wall_ms);
+        self.cooling.retain(|_, until| until.as_millis() > wall_ms);
     }
 
     /// Every record a snapshot of this state holds.
@@ -278,11 +301,26 @@ impl PoolState {
             payload: p.clone(),
         });
         let leases = self.leases.values().cloned().map(Change::Lease);
+        let local = self
+            .local
+            .iter()
+            .map(|(&ip, &held)| Change::Local { ip, held });
+        let allocations = self.allocations.iter().map(|(&ip, a)| Change::Allocated {
+            ip,
+            alloc: a.clone(),
+        });
+        let cooling = self.cooling.iter().map(|(&ip, &until)| Change::AllocGone {
+            ip,
+            cooldown: Some(until),
+        });
         blocks
             .chain(holds)
             .chain(announced)
             .chain(options)
             .chain(leases)
+            .chain(local)
+            .chain(allocations)
+            .chain(cooling)
     }
 
     /// The latest wall-clock time the state mentions as "now" (last announcement, last
@@ -327,6 +365,21 @@ impl PoolState {
                 .map(|(at, ttl)| (clock.core(at.as_millis()), ttl)),
             leases,
             options: self.options.into_iter().collect(),
+            local: self.local.into_iter().collect(),
+            allocations: self
+                .allocations
+                .into_iter()
+                .map(|(ip, mut a)| {
+                    a.since = clock.core(a.since.as_millis());
+                    (ip, a)
+                })
+                .collect(),
+            cooling: self
+                .cooling
+                .into_iter()
+                .filter(|(_, until)| until.as_millis() > clock.wall_now_ms)
+                .map(|(ip, until)| (ip, clock.core(until.as_millis())))
+                .collect(),
             clock_went_back,
         }
     }
@@ -626,7 +679,9 @@ fn intact_record_after(data: &[u8], bad: usize, format: Format) -> bool {
     if data.len() - bad > MAX_TORN_TAIL {
         return true;
     }
-    (bad + 1..data.len()).any(|p| codec::decode(&data[p..], format).is_ok())
+    // A frame whose checksum holds counts, whether or not we understand its body: a record
+    // of a kind a newer daemon wrote must not be cut off as if it were torn.
+    (bad + 1..data.len()).any(|p| !codec::decode(&data[p..], format).is_err_and(|e| e.is_torn()))
 }
 
 /// Replays the store in `dir` for `pools`: the newest snapshot (up to generation `upto`),

@@ -1073,3 +1073,243 @@ fn the_writer_compacts_across_pool_tables() {
     assert_eq!(state.pools["lan"], v1_state());
     assert_eq!(state.pools["other"].leases.len(), 1);
 }
+
+// The local service's addresses (record kinds 8 and 9).
+
+fn local(n: u8, held: crate::persist::LocalHeld) -> Change {
+    Change::Local {
+        ip: Ipv4Addr::new(10, 1, 0, n),
+        held,
+    }
+}
+
+#[test]
+fn local_addresses_survive_the_journal_and_compaction() {
+    use crate::persist::LocalHeld::{Active, Marked, Standby};
+    let d = TempDir::new("local");
+    let pools = vec![lan(), guest()];
+    let o = opts_with(&d.0, pools.clone());
+    let batches = [
+        vec![
+            (1, local(9, Standby)),
+            (1, local(10, Standby)),
+            (0, lease(3, FOREVER)),
+            (1, local(11, Standby)),
+        ],
+        vec![
+            (1, local(10, Active)),
+            (1, Change::LocalGone(Ipv4Addr::new(10, 1, 0, 9))),
+            (1, local(11, Marked)),
+        ],
+        vec![(1, local(12, Standby)), (1, local(10, Standby))],
+    ];
+    let (mut store, _, _) = Store::open(o.clone()).unwrap();
+    for b in &batches {
+        store.append(b, &clock());
+    }
+    store.close();
+    let want = BTreeMap::from([
+        (Ipv4Addr::new(10, 1, 0, 10), Standby),
+        (Ipv4Addr::new(10, 1, 0, 11), Marked),
+        (Ipv4Addr::new(10, 1, 0, 12), Standby),
+    ]);
+    let (store, state, info) = Store::open(o.clone()).unwrap();
+    drop(store);
+    assert_eq!(info.records, 9);
+    assert_eq!(state.pools["guest"].local, want);
+    assert!(state.pools["lan"].local.is_empty());
+    // Compaction keeps the live ones (they do not expire), one record each.
+    compact_now(&d.0, &pools);
+    let (snapshots, journals) = scan(&d.0).unwrap();
+    assert_eq!((snapshots.len(), journals.len()), (1, 0));
+    let (store, state, info) = Store::open(o.clone()).unwrap();
+    drop(store);
+    assert_eq!(info.records, 1 + 3, "the lease and three addresses");
+    assert_eq!(state.pools["guest"].local, want);
+    let r = state.into_restored(&pools, &clock());
+    assert!(r[0].local.is_empty());
+    assert_eq!(r[1].local, want.into_iter().collect::<Vec<_>>());
+}
+
+/// Allocations survive the journal and compaction with owner, node, time and metadata;
+/// released addresses keep their cooldown until it ends.
+#[test]
+fn allocations_survive_the_journal_and_compaction() {
+    let d = TempDir::new("alloc");
+    let pools = vec![lan(), guest()];
+    let o = opts_with(&d.0, pools.clone());
+    let ip = |k: u8| Ipv4Addr::new(10, 1, 0, k);
+    let alloc = |owner: &str| crate::api::Allocation {
+        owner: owner.into(),
+        node_id: crate::wire::NodeId([7; 8]),
+        since: clock().core(clock().wall_now_ms - 5_000),
+        meta: [("env".to_string(), "prod".to_string())].into(),
+    };
+    // Beyond the real clock too, which compaction judges expiry by.
+    let far = clock().core(4_000_000_000_000);
+    let past = clock().core(clock().wall_now_ms - 1_000);
+    let batches = [
+        vec![
+            (
+                1,
+                Change::Allocated {
+                    ip: ip(9),
+                    alloc: alloc("a"),
+                },
+            ),
+            (
+                1,
+                Change::Allocated {
+                    ip: ip(10),
+                    alloc: alloc("b"),
+                },
+            ),
+            (
+                1,
+                Change::Allocated {
+                    ip: ip(11),
+                    alloc: alloc("c"),
+                },
+            ),
+        ],
+        vec![
+            (
+                1,
+                Change::AllocGone {
+                    ip: ip(10),
+                    cooldown: Some(far),
+                },
+            ),
+            (
+                1,
+                Change::AllocGone {
+                    ip: ip(11),
+                    cooldown: Some(past),
+                },
+            ),
+            (
+                1,
+                Change::AllocGone {
+                    ip: ip(12),
+                    cooldown: None,
+                },
+            ),
+        ],
+    ];
+    let (mut store, _, _) = Store::open(o.clone()).unwrap();
+    for b in &batches {
+        store.append(b, &clock());
+    }
+    store.close();
+    for compacted in [false, true] {
+        if compacted {
+            compact_now(&d.0, &pools);
+        }
+        let (store, state, _) = Store::open(o.clone()).unwrap();
+        drop(store);
+        let g = &state.pools["guest"];
+        assert_eq!(
+            g.allocations.keys().copied().collect::<Vec<_>>(),
+            vec![ip(9)]
+        );
+        assert_eq!(&*g.allocations[&ip(9)].owner, "a");
+        assert_eq!(g.allocations[&ip(9)].meta["env"], "prod");
+        let r = state.into_restored(&pools, &clock());
+        assert_eq!(r[1].allocations.len(), 1);
+        assert_eq!(r[1].allocations[0].1.node_id, crate::wire::NodeId([7; 8]));
+        // The ended cooldown is gone, the running one kept.
+        assert_eq!(
+            r[1].cooling.iter().map(|c| c.0).collect::<Vec<_>>(),
+            vec![ip(10)]
+        );
+    }
+}
+
+/// A store with records a newer daemon wrote (here kind 200, which no version has) is
+/// refused at start-up, naming file and offset, never read with the record skipped: the
+/// state it holds would be lost silently.
+#[test]
+fn a_record_of_an_unknown_kind_refuses_the_store() {
+    let d = TempDir::new("unknown-kind");
+    write_all(&d.0, &[lease(1, FOREVER)]);
+    let path = journal(&d.0);
+    let mut bytes = fs::read(&path).unwrap();
+    let at = bytes.len();
+    let body: &[u8] = &[200, 0, 1, 2, 3, 4];
+    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    bytes.extend_from_slice(body);
+    fs::write(&path, &bytes).unwrap();
+    let before = contents(&d.0);
+    let e = Store::open(opts(&d.0)).err().expect("refused");
+    let text = e.to_string();
+    assert!(
+        matches!(&e, StoreError::Corrupt { offset, .. } if *offset == at as u64),
+        "{text}"
+    );
+    assert!(
+        text.contains("kind 200") && text.contains("newer ddhcpd"),
+        "{text}"
+    );
+    assert_eq!(contents(&d.0), before, "nothing cut");
+    // Damage before it does not make it a torn tail either: it is not cut off.
+    bytes[at - 1] ^= 0xff;
+    fs::write(&path, &bytes).unwrap();
+    assert!(matches!(
+        Store::open(opts(&d.0)),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert_eq!(fs::read(&path).unwrap(), bytes);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+    /// Whatever the order of Local and LocalGone records, over any number of batches and
+    /// with a compaction anywhere, what comes back is the last state of each address.
+    #[test]
+    fn local_addresses_come_back_as_last_written(
+        ops in proptest::collection::vec((0u8..12, 0u8..4), 1..80),
+        batch in 1usize..10,
+        compact_after in proptest::option::of(0usize..80),
+    ) {
+        use crate::persist::LocalHeld;
+        let d = TempDir::new("local-prop");
+        let o = opts(&d.0);
+        let mut want = BTreeMap::new();
+        let changes: Vec<Change> = ops
+            .iter()
+            .map(|&(n, op)| {
+                let ip = Ipv4Addr::new(10, 0, 7, n);
+                let held = match op {
+                    0 => None,
+                    1 => Some(LocalHeld::Standby),
+                    2 => Some(LocalHeld::Active),
+                    _ => Some(LocalHeld::Marked),
+                };
+                match held {
+                    Some(held) => {
+                        want.insert(ip, held);
+                        Change::Local { ip, held }
+                    }
+                    None => {
+                        want.remove(&ip);
+                        Change::LocalGone(ip)
+                    }
+                }
+            })
+            .collect();
+        for (k, chunk) in changes.chunks(batch).enumerate() {
+            write_to(o.clone(), &to(0, chunk));
+            if compact_after.is_some_and(|c| c / batch == k) {
+                compact_now(&d.0, &o.pools);
+            }
+        }
+        let (store, state, _) = Store::open(o.clone()).unwrap();
+        drop(store);
+        let got = state.pools.get("lan").map(|p| p.local.clone()).unwrap_or_default();
+        proptest::prop_assert_eq!(&got, &want);
+        let r = state.into_restored(&o.pools, &clock()).remove(0);
+        proptest::prop_assert_eq!(r.local, want.into_iter().collect::<Vec<_>>());
+    }
+}

@@ -252,8 +252,15 @@ impl Sim {
             .collect();
         node.restore(now, restored);
         slot.node = Some(node);
+        // What the host has before the node's first adds (which come with the restore).
+        let kept: Vec<Ipv4Addr> = self
+            .host_addrs
+            .iter()
+            .filter(|(_, on)| on.contains(&i))
+            .map(|(&ip, _)| ip)
+            .collect();
         self.drain(i);
-        self.host_start(i);
+        self.host_start(i, kept);
     }
 
     /// The configuration a stopped node starts with next (as flags changed for a restart).
@@ -266,6 +273,16 @@ impl Sim {
     pub fn wipe(&mut self, i: usize) {
         assert!(self.slots[i].node.is_none(), "node {i} is running");
         self.slots[i].durable = BTreeMap::new();
+    }
+
+    /// The fake host of a stopped node reboots: every address on its interface is gone
+    /// (its store is kept, as on a disk that survives the reboot).
+    pub fn host_reboot(&mut self, i: usize) {
+        assert!(self.slots[i].node.is_none(), "node {i} is running");
+        self.host_addrs.retain(|_, on| {
+            on.remove(&i);
+            !on.is_empty()
+        });
     }
 
     /// Stops a node at once (crash or kill): it sends nothing more.
@@ -512,20 +529,14 @@ impl Sim {
         })
     }
 
-    /// At start: the host reports the tagged addresses it still has (from before a crash),
-    /// and socket polling begins.
-    fn host_start(&mut self, i: usize) {
+    /// At start: the host reports the tagged addresses it still has (`kept`, from before a
+    /// crash), and socket polling begins.
+    fn host_start(&mut self, i: usize, kept: Vec<Ipv4Addr>) {
         let pools = self.local_pools(i);
         if pools.is_empty() {
             return;
         }
-        let mine: Vec<Ipv4Addr> = self
-            .host_addrs
-            .iter()
-            .filter(|(_, on)| on.contains(&i))
-            .map(|(&ip, _)| ip)
-            .collect();
-        for ip in mine {
+        for ip in kept {
             let node = self.slots[i].node.as_ref().expect("started");
             if let Some(p) = pools
                 .iter()
