@@ -29,6 +29,9 @@ const WEST: &str = "west=10.3.0.0/20,use=api,block=4,location=west,cooldown=3,sp
 const CLIENTS: usize = 16;
 const OWNERS_PER_CLIENT: usize = 12;
 
+/// One answered call: node, pool, owner, address, created.
+type Given = (usize, String, String, String, bool);
+
 fn location(i: usize) -> &'static str {
     if i < 2 { "east" } else { "west" }
 }
@@ -91,7 +94,7 @@ fn concurrent_provisioning_never_gives_an_address_twice() {
 
     // 16 clients per node at once; every owner asked twice, some a third time later.
     let net = Arc::new(net);
-    let given: Arc<Mutex<Vec<(usize, String, String, String, bool)>>> = Arc::default();
+    let given: Arc<Mutex<Vec<Given>>> = Arc::default();
     let failures: Arc<Mutex<Vec<String>>> = Arc::default();
     let started = Instant::now();
     let mut threads = Vec::new();
