@@ -138,6 +138,8 @@ pub struct Api {
     answers: VecDeque<(u64, ApiAnswer)>,
     events: VecDeque<ApiEvent>,
     changes: Vec<Change>,
+    /// The block the last address was picked from (most likely to have room).
+    hint: Option<u32>,
 }
 
 impl Api {
@@ -156,6 +158,7 @@ impl Api {
             answers: VecDeque::new(),
             events: VecDeque::new(),
             changes: Vec::new(),
+            hint: None,
         }
     }
 
@@ -242,10 +245,21 @@ impl Api {
             && self.range.locate(ip).is_some_and(|(b, _)| blocks.owns(b))
     }
 
-    /// A free address of an owned block: blocks with room are found through the usage
-    /// table, so a pool with a million allocations costs a block's scan, not a million.
-    fn pick(&self, blocks: &Blocks) -> Option<Ipv4Addr> {
+    /// A free address of an owned block: the block of the last one first, then any block
+    /// the usage table says has room, so a pool with a million allocations costs a block's
+    /// scan per allocation and a walk over the owned blocks once per block filled.
+    fn pick(&mut self, blocks: &Blocks) -> Option<Ipv4Addr> {
         let size = self.range.block_size();
+        if let Some(h) = self.hint
+            && blocks.owns(h)
+        {
+            for off in 0..size {
+                let ip = self.range.address(h, off);
+                if self.available(ip, blocks) {
+                    return Some(ip);
+                }
+            }
+        }
         for b in blocks.owned() {
             let used = self.used.get(&b).copied().unwrap_or(0);
             // The first and last block lose the network and broadcast address.
@@ -255,6 +269,7 @@ impl Api {
             for off in 0..size {
                 let ip = self.range.address(b, off);
                 if self.available(ip, blocks) {
+                    self.hint = Some(b);
                     return Some(ip);
                 }
             }

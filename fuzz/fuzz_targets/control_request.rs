@@ -15,7 +15,7 @@ use ddhcp::time::Instant;
 use ddhcp::wire::NodeId;
 use libfuzzer_sys::fuzz_target;
 
-/// Pools `default` (DHCP) and `lan` (no service).
+/// Pools `default` (DHCP), `lan` (no service) and `vms` (allocations).
 fn node() -> Node {
     let mut cfg = dhcp_node(
         ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 24, 2).unwrap(),
@@ -31,6 +31,16 @@ fn node() -> Node {
     .remove(0);
     lan.name = "lan".into();
     cfg.pools.push(lan);
+    let mut vms = NodeConfig::single(
+        ManagedRange::new(Ipv4Addr::new(10, 2, 0, 0), 24, 2).unwrap(),
+        claim(4, 60, 2, false),
+        None,
+    )
+    .pools
+    .remove(0);
+    vms.name = "vms".into();
+    vms.service = ddhcp::pool::ServiceConfig::Api(ddhcp::api::ApiConfig::default());
+    cfg.pools.push(vms);
     Node::new(cfg, NodeId([1; 8]), Instant::ZERO, 1)
 }
 
@@ -51,12 +61,23 @@ fuzz_target!(|data: &[u8]| {
                     let mut n = node();
                     while n.poll_output().is_some() {}
                     n.handle_query(Instant::ZERO, 42, q);
-                    let answers: Vec<_> = std::iter::from_fn(|| n.poll_output())
-                        .filter_map(|o| match o {
-                            Output::Answer { id, answer } => Some((id, answer)),
-                            _ => None,
-                        })
-                        .collect();
+                    let mut answers: Vec<_> = Vec::new();
+                    // An allocation may wait for a claim: run the clock up to its
+                    // longest timeout (10 minutes), a claim round at a time.
+                    let mut now = Instant::ZERO;
+                    for _ in 0..400 {
+                        answers.extend(std::iter::from_fn(|| n.poll_output()).filter_map(
+                            |o| match o {
+                                Output::Answer { id, answer } => Some((id, answer)),
+                                _ => None,
+                            },
+                        ));
+                        if !answers.is_empty() {
+                            break;
+                        }
+                        now = now + std::time::Duration::from_secs(2);
+                        n.handle_timeout(now);
+                    }
                     assert_eq!(answers.len(), 1, "one query, {answers:?}");
                     assert_eq!(answers[0].0, 42);
                     let bytes = render(answers[0].1.clone()).to_bytes();
