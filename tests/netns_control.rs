@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use common::daemon::{ddhcpd, new_net, start_node_without};
-use common::netns::{TestNet, require_netns};
+use common::netns::{TestNet, output_timeout, require_netns};
 
 /// One daemon on the test range in blocks of 4 with short claim timers; ddhcpd's own
 /// spare blocks, block timeout and log level, no options.
@@ -191,8 +191,12 @@ fn bad_flags_exit_2_with_one_line() {
             "iface=nosuch9",
         ),
         (
-            vec!["-i", "lo", "--pool", "a=10.0.0.0/24,use=api"],
-            "use=api",
+            vec!["-i", "lo", "--pool", "a=10.0.0.0/24,use=api,iface=lo"],
+            "an api pool has no interface",
+        ),
+        (
+            vec!["-i", "lo", "--pool", "a=10.0.0.0/24,use=dhcp,iface=lo,cooldown=5"],
+            "use=api pools only",
         ),
         (
             vec!["-i", "lo", "--pool", "a=10.0.0.0/24,use=local"],
@@ -205,11 +209,16 @@ fn bad_flags_exit_2_with_one_line() {
         .chain(pool_cases.iter().map(|(a, n)| (a.as_slice(), *n)))
         .collect();
     for (args, needle) in cases {
-        let out = std::process::Command::new(ddhcpd())
-            .args(args)
-            .args(["-C", "/nonexistent-dir-for-test/ctl.sock"])
-            .output()
-            .unwrap();
+        // A case that is not an error after all would start a daemon: bounded, and it
+        // must not touch the default state directory.
+        let out = output_timeout(
+            std::process::Command::new(ddhcpd())
+                .args(args)
+                .args(["-C", "/nonexistent-dir-for-test/ctl.sock"])
+                .args(["--state-dir", "/nonexistent-dir-for-test/state"]),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
