@@ -117,7 +117,9 @@ pub enum Request {
         owner: Option<String>,
     },
     /// What this node knows of one address: its allocation, cooldown, block.
-    Show { ip: String },
+    Show {
+        ip: String,
+    },
 }
 
 impl Request {
