@@ -4,6 +4,8 @@
 //! inputs and returns outputs without touching sockets or clocks; [`daemon`] is the thin tokio
 //! shell around it. See `docs/architecture.md`.
 
+#[cfg(feature = "api")]
+pub mod api;
 pub mod blocks;
 pub mod config;
 pub mod control;
