@@ -208,7 +208,7 @@ async fn read_request(stream: &mut UnixStream) -> Result<Vec<u8>, String> {
 const SHUTTING_DOWN: &str = "daemon is shutting down";
 
 /// One request to the main loop and its answer.
-async fn ask(to_main: &mpsc::Sender<Pending>, request: Request) -> Response {
+pub(crate) async fn ask(to_main: &mpsc::Sender<Pending>, request: Request) -> Response {
     match sent(to_main, request).await {
         Ok(answer) => answer
             .await
