@@ -8,8 +8,25 @@
 //!
 //! Requests are bounded: [`MAX_REQUEST`] bytes and [`REQUEST_TIMEOUT`], so a client that
 //! sends nothing or floods cannot hold the daemon.
+//!
+//! **Pipelined connections.** A client whose first line is exactly [`PIPELINE_START`]
+//! (`{"cmd":"pipeline"}`, not a [`Request`]: only a connection's first line can be it) gets
+//! `{"ok":true,"result":{"pipeline":true}}` and may then send any number of
+//! newline-terminated requests without waiting for answers. Answers come back one per line,
+//! in request order; lines of only whitespace are skipped (no answer). A line that is
+//! malformed or longer than [`MAX_REQUEST`] bytes gets an error answer in its place and the
+//! connection goes on. Up to [`MAX_IN_FLIGHT`] requests of one connection are at the main
+//! loop at once (so they share a group commit of the store); beyond that the daemon reads no
+//! further until answers are written (the client must read its answers while it writes, see
+//! [`pipeline`]). When the client closes its write side, the remaining answers are written
+//! and the daemon closes; a last line without a newline counts as a request. A connection
+//! that sends no request for [`PIPELINE_IDLE`] while no answer is outstanding is closed, as
+//! is one that reads no answer for that long.
 
 use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +35,27 @@ use serde::{Deserialize, Serialize};
 pub const MAX_REQUEST: usize = 4096;
 /// A client must send its whole request within this time.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// The first line that makes a connection pipelined (see the module doc).
+pub const PIPELINE_START: &str = r#"{"cmd":"pipeline"}"#;
+/// Requests of one pipelined connection at the main loop or answered but not yet written.
+pub const MAX_IN_FLIGHT: usize = 256;
+/// A pipelined connection with no request (and no answer outstanding) for this long, or
+/// whose client reads no answer for this long, is closed.
+pub const PIPELINE_IDLE: Duration = Duration::from_secs(60);
+
+/// Whether `line` (without its newline) is [`PIPELINE_START`]: a JSON object whose only
+/// key is `cmd` with the value `pipeline`, whitespace allowed.
+pub fn is_pipeline_start(line: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Start {
+        cmd: String,
+    }
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Start>(t.trim()).ok())
+        .is_some_and(|s| s.cmd == "pipeline")
+}
 
 /// A command, as sent on the socket. `pool` names the pool a command is about; without it,
 /// the pool `default`, else the only pool (so a client of a single-pool daemon never needs
@@ -175,9 +213,69 @@ impl Response {
     }
 }
 
+/// Sends `requests` over one pipelined connection to the daemon at `path` and returns the
+/// answers, one per request, in order. The requests are serialised first and written from
+/// a second thread while this one reads, so a long pipeline cannot deadlock on full socket
+/// buffers. Blocking (std), for tests, benchmarks and scripts.
+pub fn pipeline(
+    path: impl AsRef<Path>,
+    requests: impl IntoIterator<Item = Request>,
+) -> io::Result<Vec<Response>> {
+    let lines: Vec<u8> = requests
+        .into_iter()
+        .flat_map(|r| r.to_line().into_bytes())
+        .collect();
+    let mut stream = UnixStream::connect(path)?;
+    stream.write_all(PIPELINE_START.as_bytes())?;
+    stream.write_all(b"\n")?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let mut ack = String::new();
+    reader.read_line(&mut ack)?;
+    match serde_json::from_str::<Response>(ack.trim()) {
+        Ok(r) if r.ok && r.result.as_ref().is_some_and(|v| v["pipeline"] == true) => {}
+        _ => return Err(bad(format!("not a pipelined connection: {}", ack.trim()))),
+    }
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || {
+            stream.write_all(&lines)?;
+            stream.shutdown(std::net::Shutdown::Write)
+        });
+        let read = (|| {
+            let mut answers = Vec::new();
+            for line in reader.lines() {
+                let line = line?;
+                let r = serde_json::from_str(&line)
+                    .map_err(|e| bad(format!("answer {}: {e}: {line}", answers.len())))?;
+                answers.push(r);
+            }
+            Ok(answers)
+        })();
+        let wrote = writer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("writer thread panicked")));
+        wrote.and(read)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pipeline_start_line() {
+        assert!(is_pipeline_start(PIPELINE_START.as_bytes()));
+        assert!(is_pipeline_start(b" { \"cmd\" : \"pipeline\" }\r"));
+        for no in [
+            &b"{\"cmd\":\"status\"}"[..],
+            b"{\"cmd\":\"pipeline\",\"x\":1}",
+            b"pipeline",
+            b"\xff",
+        ] {
+            assert!(!is_pipeline_start(no), "{no:?}");
+        }
+        assert!(Request::parse(PIPELINE_START.as_bytes()).is_err());
+    }
 
     #[test]
     fn round_trip_and_rejections() {

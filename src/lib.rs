@@ -11,6 +11,9 @@ pub mod control;
 pub mod daemon;
 pub mod dhcp;
 pub mod hash;
+/// The HTTP JSON API's routing, as pure functions (the server is `daemon::api`).
+#[cfg(feature = "api")]
+pub mod http;
 pub mod local;
 pub mod node;
 pub mod persist;

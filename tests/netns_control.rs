@@ -195,7 +195,12 @@ fn bad_flags_exit_2_with_one_line() {
             "an api pool has no interface",
         ),
         (
-            vec!["-i", "lo", "--pool", "a=10.0.0.0/24,use=dhcp,iface=lo,cooldown=5"],
+            vec![
+                "-i",
+                "lo",
+                "--pool",
+                "a=10.0.0.0/24,use=dhcp,iface=lo,cooldown=5",
+            ],
             "use=api pools only",
         ),
         (

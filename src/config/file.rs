@@ -61,6 +61,8 @@ const NODE_KEYS: &[(&str, Kind)] = &[
     ("log-file", Kind::Str),
     ("audit-log", Kind::Str),
     ("metrics", Kind::Str),
+    ("api", Kind::Str),
+    ("api-token", Kind::Str),
     ("tentative-timeout", Kind::Int),
     ("block-timeout", Kind::Int),
     ("needless-timeout", Kind::Int),

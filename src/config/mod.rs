@@ -20,9 +20,11 @@ use crate::blocks::ClaimConfig;
 use crate::range::ManagedRange;
 use crate::wire::NodeId;
 
+mod api;
 pub mod file;
 mod pool;
 
+pub use api::{ApiSpec, ApiToken};
 pub use file::ConfigFile;
 pub use pool::{LocalSpec, PoolSpec, PoolUse};
 
@@ -124,6 +126,12 @@ pub struct Args {
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<String>,
+    /// Serve the HTTP JSON allocation API at http://ADDR:PORT/v1/… (needs --api-token)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub api: Option<String>,
+    /// File with the bearer token clients of --api must send (16 or more characters)
+    #[arg(long, value_name = "FILE")]
+    pub api_token: Option<String>,
     /// Print version
     #[arg(short = 'V', long = "version", action = clap::ArgAction::Version)]
     pub version: Option<bool>,
@@ -233,6 +241,8 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     pub audit_log: Option<PathBuf>,
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--api` and `--api-token`.
+    pub api: Option<ApiSpec>,
     pub control_group: Option<String>,
 }
 
@@ -405,7 +415,11 @@ impl Args {
             Some(path) => Some(ConfigFile::read(path)?),
             None => None,
         };
-        self.validate_with(file.as_ref())
+        let mut cfg = self.validate_with(file.as_ref())?;
+        if let Some(api) = &mut cfg.api {
+            api.token = Some(ApiToken::read(&api.token_file)?);
+        }
+        Ok(cfg)
     }
 
     /// [`Args::validate`] with the `--config` file already read and parsed (`None`: no
@@ -559,6 +573,10 @@ impl Args {
                     .map_err(|_| m.err("expected ADDR:PORT, e.g. 127.0.0.1:9430 or [::1]:9430"))
             })
             .transpose()?;
+        let api = api::spec(
+            pick("--api", self.api.as_ref(), "api"),
+            pick("--api-token", self.api_token.as_ref(), "api-token"),
+        )?;
         Ok(Config {
             server_iface,
             pools,
@@ -588,6 +606,7 @@ impl Args {
             )
             .map(|r| r.text),
             metrics,
+            api,
         })
     }
 }

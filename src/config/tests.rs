@@ -1230,3 +1230,97 @@ fn hysteresis_in_the_file() {
     let dhcp = "server-iface = \"s\"\nclient-iface = \"c\"\n[pool.h]\nnetwork = \"10.9.0.0/24\"\nhysteresis = 5\n";
     file_error(dhcp, "", 5, "pool.h.hysteresis", "use=local pools only");
 }
+
+#[test]
+fn api_flags() {
+    let base = "-i s -c c -N 10.0.0.0/24";
+    let good = TempFile::new("  0123456789abcdefXYZ \n");
+    let short = TempFile::new("tooshort\n");
+    let r = parse(&format!(
+        "{base} --api 127.0.0.1:8080 --api-token {}",
+        good.path()
+    ));
+    if cfg!(feature = "api") {
+        let c = r.unwrap();
+        let api = c.api.unwrap();
+        assert_eq!(api.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(api.token_file, PathBuf::from(good.path()));
+        assert_eq!(api.token.unwrap().as_bytes(), b"0123456789abcdefXYZ");
+    } else {
+        let e = r.unwrap_err();
+        assert!(
+            e.contains("--api:") && e.contains("without the api feature"),
+            "{e}"
+        );
+    }
+    assert!(parse(base).unwrap().api.is_none());
+    let missing = format!("/nonexistent/ddhcp-token-{}", std::process::id());
+    let mut cases = vec![
+        (
+            format!("{base} --api 127.0.0.1:8080"),
+            "--api:",
+            "needs --api-token",
+        ),
+        (
+            format!("{base} --api-token {}", good.path()),
+            "--api-token:",
+            "without --api",
+        ),
+    ];
+    if cfg!(feature = "api") {
+        cases.extend([
+            (
+                format!("{base} --api localhost --api-token {}", good.path()),
+                "--api:",
+                "ADDR:PORT",
+            ),
+            (
+                format!("{base} --api [::1]:80 --api-token {}", short.path()),
+                "--api-token:",
+                "at least 16",
+            ),
+            (
+                format!("{base} --api [::1]:80 --api-token {missing}"),
+                "--api-token:",
+                "cannot open",
+            ),
+        ]);
+    }
+    for (args, flag, why) in cases {
+        let e = parse(&args).unwrap_err();
+        assert!(e.contains(flag) && e.contains(why), "{args}: {e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+    // validate_with reads no file: the daemon reads the token at start-up.
+    if cfg!(feature = "api") {
+        let args = Args::try_parse_from(
+            format!("ddhcpd {base} --api 127.0.0.1:1 --api-token {missing}").split_whitespace(),
+        )
+        .unwrap();
+        let c = args.validate_with(None).unwrap();
+        assert!(c.api.unwrap().token.is_none());
+    }
+}
+
+#[cfg(all(feature = "config-file", feature = "api"))]
+#[test]
+fn api_keys_in_the_file() {
+    let token = TempFile::new("0123456789abcdef0123\n");
+    let (_f, r) = with_file(
+        &format!(
+            "server-iface = \"s\"\nclient-iface = \"c\"\napi = \"[::1]:8080\"\napi-token = \"{}\"\n[pool.a]\nnetwork = \"10.0.0.0/24\"\n",
+            token.path()
+        ),
+        "",
+    );
+    let api = r.unwrap().api.unwrap();
+    assert_eq!(api.addr, "[::1]:8080".parse().unwrap());
+    assert!(api.token.is_some());
+    file_error(
+        "server-iface = \"s\"\nclient-iface = \"c\"\napi = \"127.0.0.1:1\"\n[pool.a]\nnetwork = \"10.0.0.0/24\"\n",
+        "",
+        3,
+        "api",
+        "needs --api-token",
+    );
+}

@@ -6,6 +6,8 @@
 
 #![allow(clippy::disallowed_methods)] // the shell owns the clocks and OS randomness
 
+#[cfg(feature = "api")]
+pub mod api;
 pub mod audit;
 pub mod control;
 pub mod dhcp_socket;
@@ -285,6 +287,10 @@ pub async fn run(
     };
     #[cfg(not(feature = "metrics"))]
     let metrics_task: Option<tokio::task::JoinHandle<()>> = None;
+    #[cfg(feature = "api")]
+    let api_task = api::start(cfg.api.as_ref(), &ctl_tx).await?;
+    #[cfg(not(feature = "api"))]
+    let api_task: Option<tokio::task::JoinHandle<()>> = None;
     #[cfg(feature = "local")]
     let host = start_host(&cfg, &node).await?;
     let ctl_task = tokio::spawn(control::serve(listener, ctl_tx));
@@ -312,7 +318,7 @@ pub async fn run(
     };
     let result = d.main_loop(ctl_rx, shutdown).await;
     ctl_task.abort();
-    if let Some(t) = metrics_task {
+    for t in [metrics_task, api_task].into_iter().flatten() {
         t.abort();
     }
     let _ = std::fs::remove_file(&control_path);
