@@ -140,6 +140,8 @@ pub struct Api {
     changes: Vec<Change>,
     /// The block the last address was picked from (most likely to have room).
     hint: Option<u32>,
+    /// Allocations made since the pool last sampled the demand (claim-ahead).
+    demand: u64,
 }
 
 impl Api {
@@ -159,7 +161,14 @@ impl Api {
             events: VecDeque::new(),
             changes: Vec::new(),
             hint: None,
+            demand: 0,
         }
+    }
+
+    /// New allocations since the last call plus those waiting now: what the pool's
+    /// claim-ahead extrapolates, as it does for DHCP clients.
+    pub fn take_demand(&mut self) -> u64 {
+        std::mem::take(&mut self.demand) + self.waiters.len() as u64
     }
 
     pub fn config(&self) -> &ApiConfig {
@@ -404,6 +413,7 @@ impl Api {
                     };
                     let row = self.row(now, ip, &alloc);
                     self.insert(ip, alloc.clone());
+                    self.demand += 1;
                     self.changes.push(Change::Allocated { ip, alloc });
                     self.events.push_back(ApiEvent::Allocated {
                         ip,

@@ -542,10 +542,12 @@ impl Pool {
     /// burst does not stall for a claim round per block. Surplus blocks are given up by the
     /// `-n` rule once the burst is over.
     fn sample_demand(&mut self, now: Instant) {
-        let Service::Dhcp(d) = &mut self.service else {
+        if let Service::Dhcp(d) = &self.service {
+            self.blocks.set_lapse_hold(d.lease_horizon());
+        }
+        if !matches!(self.service, Service::Dhcp(_) | Service::Api(_)) {
             return;
-        };
-        self.blocks.set_lapse_hold(d.lease_horizon());
+        }
         let round = self.cfg.claim.round_interval();
         if now.saturating_since(self.demand.since) < round {
             return;
@@ -553,7 +555,13 @@ impl Pool {
         self.demand.since = now;
         let horizon = self.cfg.claim.tentative_timeout * 3 / 2 + round * 2;
         let window = (horizon.as_millis() / round.as_millis().max(1)).max(1) as usize;
-        self.demand.rounds.push_back(d.take_demand(now, horizon));
+        let new = match &mut self.service {
+            Service::Dhcp(d) => d.take_demand(now, horizon),
+            // Allocations made plus those waiting: the rate provisioning asks at.
+            Service::Api(a) => a.take_demand(),
+            _ => 0,
+        };
+        self.demand.rounds.push_back(new);
         while self.demand.rounds.len() > window {
             self.demand.rounds.pop_front();
         }
@@ -564,8 +572,11 @@ impl Pool {
         let expected = busiest * window as u64;
         let cap = u64::from(self.cfg.range.block_size()) * crate::blocks::MAX_CLAIMING as u64;
         let want = (expected * 3).div_ceil(2).min(cap) as u32;
-        self.blocks
-            .set_extra_spare(want.saturating_sub(self.cfg.claim.spare_leases));
+        let base = match &self.service {
+            Service::Api(a) => a.config().spare,
+            _ => self.cfg.claim.spare_leases,
+        };
+        self.blocks.set_extra_spare(want.saturating_sub(base));
     }
 
     /// Turns what the block protocol and the service produced into outputs and durable

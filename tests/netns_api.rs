@@ -36,12 +36,53 @@ fn location(i: usize) -> &'static str {
     if i < 2 { "east" } else { "west" }
 }
 
+/// Node 2 also serves the HTTP API on 127.0.0.1:18098 in its namespace.
 fn start(net: &mut TestNet, i: usize) {
-    start_node(
-        net,
-        i,
-        &["--pool", EAST, "--pool", WEST, "--location", location(i)],
-    );
+    let token = net.state_dir.join("api-token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let token = token.to_str().unwrap().to_string();
+    let mut args = vec!["--pool", EAST, "--pool", WEST, "--location", location(i)];
+    if i == 2 {
+        args.extend(["--api", "127.0.0.1:18098", "--api-token", &token]);
+    }
+    start_node(net, i, &args);
+}
+
+const TOKEN: &str = "netns-api-test-token-0123456789";
+
+/// `curl` inside node 2's namespace: (HTTP status, body).
+fn http(
+    net: &TestNet,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let url = format!("http://127.0.0.1:18098{path}");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+    let mut args = vec![
+        "curl",
+        "-s",
+        "-m",
+        "10",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+    ];
+    if let Some(a) = &auth {
+        args.extend(["-H", a]);
+    }
+    if let Some(b) = body {
+        args.extend(["-H", "Content-Type: application/json", "-d", b]);
+    }
+    args.push(&url);
+    let out = net.exec_daemon_ns(2, &args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 /// `ddhcpctl --json allocate`; the answer or the refusal.
@@ -259,6 +300,55 @@ fn concurrent_provisioning_never_gives_an_address_twice() {
     assert_eq!(again["ip"], ip.as_str());
     assert_eq!(again["created"], false);
     assert_ne!(owner, "vm-new");
+
+    // HTTP: without a token or with a wrong one refused, and nothing changes.
+    let count = |net: &TestNet| allocations(net, 2).len();
+    let before = count(&net);
+    let body = r#"{"pool":"west","owner":"vm-http"}"#;
+    assert_eq!(http(&net, "POST", "/v1/allocate", None, Some(body)).0, 401);
+    assert_eq!(
+        http(
+            &net,
+            "POST",
+            "/v1/allocate",
+            Some("wrong-token-wrong-token"),
+            Some(body)
+        )
+        .0,
+        401
+    );
+    assert_eq!(http(&net, "GET", "/v1/allocations", Some("x"), None).0, 401);
+    assert_eq!(count(&net), before, "a refused request changed nothing");
+    let (code, text) = http(&net, "POST", "/v1/allocate", Some(TOKEN), Some(body));
+    assert_eq!(code, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (v["owner"].as_str(), v["created"].as_bool()),
+        (Some("vm-http"), Some(true))
+    );
+    let (code, again) = http(&net, "POST", "/v1/allocate", Some(TOKEN), Some(body));
+    assert_eq!(code, 200);
+    let again: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(
+        (&again["ip"], &again["created"]),
+        (&v["ip"], &Value::Bool(false))
+    );
+    let ip = s(&v["ip"]);
+    let (code, shown) = http(
+        &net,
+        "GET",
+        &format!("/v1/addresses/{ip}"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(code, 200, "{shown}");
+    assert!(shown.contains("allocated"), "{shown}");
+    let taken = format!(r#"{{"pool":"west","owner":"vm-other","ip":"{ip}"}}"#);
+    assert_eq!(
+        http(&net, "POST", "/v1/allocate", Some(TOKEN), Some(&taken)).0,
+        409
+    );
+    assert_eq!(count(&net), before + 1);
     assert_all_alive(&mut net);
 }
 
