@@ -80,7 +80,7 @@ chmod 600 "$STATE/token"
 TOKEN=$(<"$STATE/token")
 POOL=big=10.64.0.0/10,use=api,block=7,spare=65536
 start() {
-	"$NT" srv-start 0 "$DDHCPD" -i server0 -L -t 1 --pool "$POOL" -C "$SOCK" \
+	"$NT" srv-start 0 "$DDHCPD" -i server0 -L -t 2 --pool "$POOL" -C "$SOCK" \
 		--state-dir "$STATE/st" --api 127.0.0.1:18099 --api-token "$STATE/token" \
 		>>"$STATE/ddhcpd.log" 2>&1 &
 	PID=$!
@@ -90,7 +90,10 @@ start() {
 NET_UP=1
 start
 t0=$(now_ms)
-until ctl status >/dev/null 2>&1; do sleep 0.01; done
+until ctl status >/dev/null 2>&1; do
+	kill -0 "$PID" 2>/dev/null || { echo "api.sh: ddhcpd exited; its log:" >&2; cat "$STATE/ddhcpd.log" >&2; exit 1; }
+	sleep 0.01
+done
 until [[ $(ctl --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["pools"][0]["blocks_owned"])') -ge 512 ]]; do
 	sleep 0.1
 done
@@ -119,7 +122,7 @@ t1=$(now_ms)
 echo "pipelined control connection: $ok of $PIPELINED in $((t1 - t0)) ms = $((ok * 1000 / (t1 - t0 + 1))) allocations/s"
 
 # 3. HTTP
-cat >"$STATE/http.py" <<'EOF'
+cat >"$STATE/api_load.py" <<'EOF'
 import http.client, json, sys, threading, time
 n, token = int(sys.argv[1]), sys.argv[2]
 per, ok, lock = n // 16, [0], threading.Lock()
@@ -142,7 +145,7 @@ for t in ts: t.join()
 dt = time.time() - t0
 print(f"HTTP, 16 keep-alive connections: {ok[0]} of {per * 16} in {dt * 1000:.0f} ms = {ok[0] / dt:.0f} allocations/s")
 EOF
-ip netns exec "$NS" python3 "$STATE/http.py" "$HTTP" "$TOKEN"
+ip netns exec "$NS" python3 "$STATE/api_load.py" "$HTTP" "$TOKEN"
 code=$(ip netns exec "$NS" python3 -c 'import http.client as h; c = h.HTTPConnection("127.0.0.1", 18099); c.request("POST", "/v1/allocate", "{\"pool\":\"big\",\"owner\":\"nobody\"}"); print(c.getresponse().status)')
 echo "HTTP without a token: status $code"
 
