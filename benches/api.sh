@@ -80,7 +80,8 @@ chmod 600 "$STATE/token"
 TOKEN=$(<"$STATE/token")
 POOL=big=10.64.0.0/10,use=api,block=7,spare=65536
 start() {
-	"$NT" srv-start 0 "$DDHCPD" -i server0 -L -t 2 --pool "$POOL" -C "$SOCK" \
+	# info: the log line "state loaded: … in N ms" is one of the figures.
+	RUST_LOG=info "$NT" srv-start 0 "$DDHCPD" -i server0 -L -t 2 --pool "$POOL" -C "$SOCK" \
 		--state-dir "$STATE/st" --api 127.0.0.1:18099 --api-token "$STATE/token" \
 		>>"$STATE/ddhcpd.log" 2>&1 &
 	PID=$!
@@ -157,7 +158,9 @@ if ((have < MILLION)); then
 	t1=$(now_ms)
 	echo "pipelined, up to $MILLION: $ok more in $((t1 - t0)) ms = $((ok * 1000 / (t1 - t0 + 1))) allocations/s"
 fi
+t0=$(now_ms)
 have=$(ctl --json allocations | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["allocations"]))')
+echo "listing all $have allocations (ddhcpctl --json allocations, parsed): $(($(now_ms) - t0)) ms"
 rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$PID/status")
 echo "allocations held: $have; daemon RSS $((rss / 1024)) MB; store $(du -sm "$STATE/st" | cut -f1) MB on disk"
 stop KILL

@@ -254,9 +254,15 @@ fn set_local(items: &[&str], pool: Option<String>) -> Result<Request, String> {
 fn exchange(path: &PathBuf, req: &Request) -> Result<Response, String> {
     let mut s = UnixStream::connect(path)
         .map_err(|e| format!("cannot reach ddhcpd at {}: {e}", path.display()))?;
-    // An allocation may wait for a claim round; the daemon's own bound is 10 minutes.
+    // An allocation may wait for a claim round; the daemon's own bound is 10 minutes. A
+    // listing is rendered whole before its first byte is sent: a million allocations take
+    // seconds on a fast machine and far longer on a router.
     let wait = match req {
         Request::Allocate { timeout_ms, .. } => timeout_ms.unwrap_or(60_000).min(600_000),
+        Request::Allocations { .. }
+        | Request::Leases { .. }
+        | Request::Blocks { .. }
+        | Request::Local { .. } => 120_000,
         _ => 0,
     };
     let timeout = Some(Duration::from_secs(5) + Duration::from_millis(wait));
