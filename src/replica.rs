@@ -498,6 +498,8 @@ impl Replication {
 
     /// A Replicate from `from` (id `origin`): applied if it is the next batch of its
     /// stream, and acknowledged in any case.
+    // The fields of one datagram, as the node decoded them; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_replicate(
         &mut self,
         now: Instant,
