@@ -510,6 +510,28 @@ impl Api {
         self.serve(now, me, blocks);
     }
 
+    /// The durable records of `block`'s allocations and cooling addresses, in address
+    /// order (a new replica holder's copy of the block).
+    pub fn block_records(&self, block: u32) -> Vec<Change> {
+        let first = self.range.block_first(block);
+        let last = self.range.address(block, self.range.block_size() - 1);
+        let allocs = self
+            .allocs
+            .range(first..=last)
+            .map(|(&ip, a)| Change::Allocated {
+                ip,
+                alloc: a.clone(),
+            });
+        let cooling = self
+            .cooling
+            .range(first..=last)
+            .map(|(&ip, &until)| Change::AllocGone {
+                ip,
+                cooldown: Some(until),
+            });
+        allocs.chain(cooling).collect()
+    }
+
     /// Our block went to another node or was given up: what we held there is gone.
     pub fn block_gone(&mut self, block: u32) {
         let first = self.range.block_first(block);
@@ -659,6 +681,7 @@ mod tests {
                 location: None,
             }],
             location: None,
+            replicas: crate::replica::DEFAULT_REPLICAS,
         };
         Harness::new(Node::new(cfg, NodeId([1; 8]), t(0), 7))
     }
@@ -878,6 +901,7 @@ mod tests {
             let cfg = NodeConfig {
                 pools: vec![h.pools()[0].config().clone()],
                 location: None,
+                replicas: crate::replica::DEFAULT_REPLICAS,
             };
             let mut h2 = Harness::new(Node::new(cfg, NodeId([1; 8]), back, 8));
             h2.restore(back, vec![r]);

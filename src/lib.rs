@@ -19,6 +19,7 @@ pub mod node;
 pub mod persist;
 pub mod pool;
 pub mod range;
+pub mod replica;
 pub mod stats;
 pub mod store;
 #[doc(hidden)]

@@ -1105,6 +1105,7 @@ mod tests {
                 location: None,
             }],
             location: None,
+            replicas: crate::replica::DEFAULT_REPLICAS,
         };
         let mut n = Harness::new(Node::new(cfg, NodeId([5; 8]), t(0), 3));
         for s in 0..=3 {
@@ -1350,6 +1351,7 @@ mod tests {
                 location: None,
             }],
             location: None,
+            replicas: crate::replica::DEFAULT_REPLICAS,
         };
         let mut n = Harness::new(Node::new(cfg, NodeId([5; 8]), t(0), 3));
         let ago = t(0) - Duration::from_secs(5);

@@ -23,6 +23,7 @@ use crate::dhcp::{Dhcp, DhcpTransmit, LeaseEvent};
 use crate::persist::{Change, Restored};
 use crate::pool::{Pool, PoolOutput};
 use crate::range::ManagedRange;
+use crate::replica::Replication;
 use crate::stats::{Counter, Counters};
 use crate::time::Instant;
 use crate::wire::{self, Message, NodeId, Packet};
@@ -36,6 +37,8 @@ pub struct NodeConfig {
     pub pools: Vec<PoolConfig>,
     /// This node's location: it claims only in pools of this location or of none.
     pub location: Option<String>,
+    /// Peers that hold a replica of each of our blocks (`--replicas`, 0 = none).
+    pub replicas: usize,
 }
 
 impl NodeConfig {
@@ -48,6 +51,7 @@ impl NodeConfig {
         NodeConfig {
             pools: vec![PoolConfig::default_pool(range, claim, dhcp)],
             location: None,
+            replicas: crate::replica::DEFAULT_REPLICAS,
         }
     }
 }
@@ -326,25 +330,41 @@ pub struct Node {
     rng: StdRng,
     out: VecDeque<Output>,
     counters: Counters,
+    repl: Replication,
+    /// The time of the latest input: changes taken by the shell happened then.
+    now: Instant,
 }
 
 impl Node {
     /// `seed` makes every random choice of the node reproducible; the daemon passes OS
     /// randomness, the simulator a per-node seed.
     pub fn new(cfg: NodeConfig, id: NodeId, now: Instant, seed: u64) -> Self {
-        let pools = cfg
+        let pools: Vec<Pool> = cfg
             .pools
             .into_iter()
             .enumerate()
             .map(|(i, p)| Pool::new(i, p, cfg.location.as_deref(), id, now))
             .collect();
+        let rng = StdRng::seed_from_u64(seed);
+        // From its own generator, so that the claim choices of a seed stay what they were.
+        let epoch = StdRng::seed_from_u64(seed ^ 0x7265_706c_6963_6121).random();
+        let repl = Replication::new(
+            cfg.replicas,
+            id,
+            epoch,
+            pools
+                .iter()
+                .map(|p| (p.swarm(), *p.range(), p.config().claim.block_timeout)),
+        );
         let mut node = Node {
             id,
             location: cfg.location,
             pools,
-            rng: StdRng::seed_from_u64(seed),
+            rng,
             out: VecDeque::new(),
             counters: Counters::default(),
+            repl,
+            now,
         };
         for i in 0..node.pools.len() {
             node.flush_pool(i);
@@ -359,6 +379,7 @@ impl Node {
     /// lapsed are claimed back first once claiming is allowed, and their leases come back
     /// with them. Expired leases must already be gone.
     pub fn restore(&mut self, now: Instant, restored: Vec<Restored>) {
+        self.now = now;
         for (i, r) in restored.into_iter().enumerate().take(self.pools.len()) {
             self.pools[i].restore(now, r);
             self.flush_pool(i);
@@ -372,7 +393,22 @@ impl Node {
         for p in &mut self.pools {
             p.take_changes(&mut v);
         }
+        // What the store takes goes to the replica holders too, in the same order; it
+        // leaves after the batch delay, through `handle_timeout`, so after the store has it.
+        let mut start = 0;
+        while start < v.len() {
+            let pool = v[start].0;
+            let end = start + v[start..].iter().take_while(|(p, _)| *p == pool).count();
+            self.repl
+                .on_changes(self.now, pool, v[start..end].iter().map(|(_, c)| c));
+            start = end;
+        }
         v
+    }
+
+    /// The replication layer: holders, streams, replicas held (`ddhcpctl replicas`).
+    pub fn replication(&self) -> &Replication {
+        &self.repl
     }
 
     pub fn id(&self) -> NodeId {
@@ -479,6 +515,7 @@ impl Node {
 
     /// A control query; its answer comes out of [`Node::poll_output`] with the same `id`.
     pub fn handle_query(&mut self, now: Instant, id: u64, q: Query) {
+        self.now = now;
         if let Query::Allocate {
             pool,
             owner,
@@ -759,6 +796,7 @@ impl Node {
             Channel::Multicast => (Counter::McastRecvPkg, Counter::McastRecvByte),
             Channel::Unicast => (Counter::DirectRecvPkg, Counter::DirectRecvByte),
         };
+        self.now = now;
         self.counters.inc(pkg);
         self.counters.add(bytes, data.len() as u64);
         let packet = match Packet::decode(data) {
@@ -788,6 +826,25 @@ impl Node {
             (Channel::Multicast, Message::UpdateClaim(entries)) => {
                 self.counters.inc(Counter::McastRecvUpdateClaim);
                 pool.on_claim(now, me, packet.node_id, from, entries);
+                if wire::claim_is_marked(data) && packet.node_id != me {
+                    self.repl.saw_peer(now, i, packet.node_id, from);
+                }
+            }
+            (
+                Channel::Unicast,
+                Message::Replicate {
+                    epoch,
+                    seq,
+                    records,
+                },
+            ) => {
+                self.counters.inc(Counter::ReplRecvBatch);
+                self.repl
+                    .on_replicate(now, i, packet.node_id, from, *epoch, *seq, records);
+            }
+            (Channel::Unicast, Message::ReplicaAck { epoch, next }) => {
+                self.counters.inc(Counter::ReplRecvAck);
+                self.repl.on_ack(now, i, packet.node_id, *epoch, *next);
             }
             (Channel::Unicast, Message::RenewLease(p)) => {
                 self.counters.inc(Counter::DirectRecvRenewLease);
@@ -813,10 +870,12 @@ impl Node {
         }
         self.pools[i].drain(now);
         self.flush_pool(i);
+        self.flush_repl(now);
     }
 
     /// A datagram from a client or relay on pool `pool`'s client interface.
     pub fn handle_dhcp(&mut self, now: Instant, pool: usize, data: &[u8]) {
+        self.now = now;
         let Some(p) = self.pools.get_mut(pool) else {
             return;
         };
@@ -828,6 +887,7 @@ impl Node {
     /// What the host did or saw for local pool `pool` (the answer to an
     /// [`Output::Host`], or something it noticed by itself).
     pub fn handle_host(&mut self, now: Instant, pool: usize, ev: crate::local::HostEvent) {
+        self.now = now;
         let Some(p) = self.pools.get_mut(pool) else {
             return;
         };
@@ -837,11 +897,14 @@ impl Node {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         // Every pool looks at its timers; each does only what is due.
         for i in 0..self.pools.len() {
             self.pools[i].handle_timeout(now, &mut self.rng);
             self.flush_pool(i);
         }
+        self.repl.handle_timeout(now);
+        self.flush_repl(now);
     }
 
     /// When [`Node::handle_timeout`] should next be called.
@@ -849,8 +912,28 @@ impl Node {
         self.pools
             .iter()
             .map(Pool::poll_timeout)
+            .chain(self.repl.poll_timeout())
             .min()
             .unwrap_or(Instant::from_millis(u64::MAX))
+    }
+
+    /// Gives new holders the full state of the blocks they now hold, and queues what the
+    /// replication layer has to send.
+    fn flush_repl(&mut self, now: Instant) {
+        for i in 0..self.pools.len() {
+            if !self.repl.needs_rebalance(i) {
+                continue;
+            }
+            let owned: Vec<u32> = self.pools[i].blocks().owned().collect();
+            for r in self.repl.take_rebalance(now, i, owned) {
+                let records = self.pools[i].block_records(r.block);
+                self.repl.resync(now, i, r.block, &r.to, &records);
+            }
+        }
+        let sends: Vec<_> = self.repl.take_sends().collect();
+        for (pool, to, m) in sends {
+            self.send(pool, Dest::Unicast(to), m);
+        }
     }
 
     /// The next output; see the polling contract on [`Node`].
@@ -871,6 +954,7 @@ impl Node {
         error!(%old, %new, other = %from,
                "DUPLICATE NODE ID: another host sends with our node id; switching to a new id");
         self.id = new;
+        self.repl.set_me(new);
         self.out
             .push_back(Output::Event(Event::NodeIdChanged { old, new }));
         for i in 0..self.pools.len() {
@@ -913,6 +997,8 @@ impl Node {
             Message::RenewLease(_) => Counter::DirectSendRenewLease,
             Message::LeaseAck(_) => Counter::DirectSendLeaseAck,
             Message::LeaseNak(_) => Counter::DirectSendLeaseNak,
+            Message::Replicate { .. } => Counter::ReplSendBatch,
+            Message::ReplicaAck { .. } => Counter::ReplSendAck,
         });
         let packet = Packet {
             node_id: self.id,
@@ -921,10 +1007,14 @@ impl Node {
         };
         // Entry lists are bounded by the block layer, so encoding cannot fail; if it ever
         // did, dropping the message is the safe choice.
-        let Ok(payload) = packet.encode() else {
+        let Ok(mut payload) = packet.encode() else {
             error!(?packet, "message too large to encode, not sent");
             return;
         };
+        // Tells ddhcp peers that we take replicas, in a byte C peers ignore.
+        if self.repl.replicas() > 0 {
+            wire::mark_claim(&mut payload);
+        }
         let (pkg, bytes) = match dest {
             Dest::Multicast => (Counter::McastSendPkg, Counter::McastSendByte),
             Dest::Unicast(_) => (Counter::DirectSendPkg, Counter::DirectSendByte),
@@ -1116,6 +1206,7 @@ mod tests {
         NodeConfig {
             pools: vec![a, b],
             location: location.map(String::from),
+            replicas: crate::replica::DEFAULT_REPLICAS,
         }
     }
 

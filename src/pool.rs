@@ -391,6 +391,15 @@ impl Pool {
         self.count_invalid();
     }
 
+    /// What a new replica holder of our `block` needs: its bindings, as the store's records.
+    pub(crate) fn block_records(&self, block: u32) -> Vec<Change> {
+        match &self.service {
+            Service::Dhcp(d) => d.leases.block_records(block),
+            Service::Api(a) => a.block_records(block),
+            Service::Passive | Service::Local(_) => Vec::new(),
+        }
+    }
+
     pub(crate) fn on_claim(
         &mut self,
         now: Instant,

@@ -44,6 +44,10 @@ counters! {
     BlocksClaimed => "blocks.claimed",
     BlocksDropped => "blocks.dropped",
     BlocksLost => "blocks.lost",
+    ReplSendBatch => "repl.send_batch",
+    ReplSendAck => "repl.send_ack",
+    ReplRecvBatch => "repl.recv_batch",
+    ReplRecvAck => "repl.recv_ack",
 }
 
 /// The values of all counters.

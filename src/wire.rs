@@ -80,7 +80,45 @@ pub mod command {
     pub const LEASE_NAK: u8 = 18;
     /// Defined by the C daemon but impossible to send or receive there (reference §2.11.1).
     pub const RELEASE: u8 = 19;
+    /// Ours (unicast, ddhcp nodes only): binding changes for a replica holder.
+    pub const REPLICATE: u8 = 64;
+    /// Ours (unicast, ddhcp nodes only): a replica holder's cumulative acknowledgement.
+    pub const REPLICA_ACK: u8 = 65;
 }
+
+/// The value of the reserved byte of our UpdateClaim entries: "the sender is a ddhcp node
+/// that holds replicas (extension version 1)". C nodes send 0 there and ignore the byte on
+/// receipt (reference §2.3), so the mark costs no packet and reaches no C code path; it is
+/// how a node learns which peers may be sent our own message types at all.
+pub const CLAIM_MARK_DDHCP: u8 = 1;
+
+/// Sets the mark in every entry of an encoded UpdateClaim (any other datagram is left as it
+/// is).
+pub fn mark_claim(datagram: &mut [u8]) {
+    if datagram.len() < HEADER_LEN || datagram[14] != command::UPDATE_CLAIM {
+        return;
+    }
+    for e in datagram[HEADER_LEN..].chunks_exact_mut(CLAIM_ENTRY_LEN) {
+        e[6] = CLAIM_MARK_DDHCP;
+    }
+}
+
+/// Whether a valid UpdateClaim datagram carries our mark (in its first entry; we mark all).
+pub fn claim_is_marked(datagram: &[u8]) -> bool {
+    datagram.len() >= HEADER_LEN + CLAIM_ENTRY_LEN
+        && datagram[14] == command::UPDATE_CLAIM
+        && datagram[HEADER_LEN + 6] == CLAIM_MARK_DDHCP
+}
+
+/// Bytes before the records of a Replicate message: epoch (u32), sequence number (u32).
+pub const REPLICATE_FIXED_LEN: usize = 8;
+/// A Replicate or ReplicaAck never exceeds this: with the IPv6 and UDP headers it fits the
+/// IPv6 minimum MTU (1280), so it is never fragmented.
+pub const MAX_REPLICATE_DATAGRAM: usize = 1232;
+/// Size of a ReplicaAck: the header, epoch and next expected sequence number.
+pub const REPLICA_ACK_LEN: usize = HEADER_LEN + 8;
+/// Longest record body a Replicate carries (the store's own bound).
+pub const MAX_REPLICA_RECORD: usize = 1024;
 
 /// The fields of the header that identify which swarm (managed range) a message belongs to.
 /// Messages from another swarm are dropped before they touch any state.
@@ -143,6 +181,19 @@ pub enum Message {
     RenewLease(RenewPayload),
     LeaseAck(RenewPayload),
     LeaseNak(RenewPayload),
+    /// Binding changes of the sender's blocks for a replica holder: batch `seq` of the
+    /// stream the sender started at `epoch`. Each record is a store record body
+    /// (`store::codec::encode_body`), times in milliseconds from the moment it was queued.
+    Replicate {
+        epoch: u32,
+        seq: u32,
+        records: Vec<Vec<u8>>,
+    },
+    /// "I hold every batch of stream `epoch` before `next`."
+    ReplicaAck {
+        epoch: u32,
+        next: u32,
+    },
 }
 
 impl Message {
@@ -153,6 +204,8 @@ impl Message {
             Message::RenewLease(_) => command::RENEW_LEASE,
             Message::LeaseAck(_) => command::LEASE_ACK,
             Message::LeaseNak(_) => command::LEASE_NAK,
+            Message::Replicate { .. } => command::REPLICATE,
+            Message::ReplicaAck { .. } => command::REPLICA_ACK,
         }
     }
 
@@ -164,6 +217,8 @@ impl Message {
             Message::RenewLease(_) => "renewlease",
             Message::LeaseAck(_) => "leaseack",
             Message::LeaseNak(_) => "leasenak",
+            Message::Replicate { .. } => "replicate",
+            Message::ReplicaAck { .. } => "replica_ack",
         }
     }
 }
@@ -192,6 +247,8 @@ pub enum DecodeError {
     },
     #[error("{0} entries do not fit one message")]
     TooManyEntries(usize),
+    #[error("replicate message of {got} bytes does not hold exactly {count} records")]
+    Records { count: u8, got: usize },
 }
 
 impl Packet {
@@ -213,6 +270,9 @@ impl Packet {
         };
         let cmd = header[14];
         let count = header[15];
+        if cmd == command::REPLICATE || cmd == command::REPLICA_ACK {
+            return decode_ext(NodeId(node_id), swarm, cmd, count, &buf[HEADER_LEN..]);
+        }
         let expected = match cmd {
             command::UPDATE_CLAIM => HEADER_LEN + CLAIM_ENTRY_LEN * usize::from(count),
             command::INQUIRE => HEADER_LEN + INQUIRE_ENTRY_LEN * usize::from(count),
@@ -265,9 +325,22 @@ impl Packet {
         let (count, body_len) = match &self.message {
             Message::UpdateClaim(e) => (e.len(), CLAIM_ENTRY_LEN * e.len()),
             Message::Inquire(e) => (e.len(), INQUIRE_ENTRY_LEN * e.len()),
+            Message::Replicate { records, .. } => (
+                records.len(),
+                REPLICATE_FIXED_LEN + records.iter().map(|r| 2 + r.len()).sum::<usize>(),
+            ),
+            Message::ReplicaAck { .. } => (0, 8),
             _ => (0, RENEW_PAYLOAD_LEN),
         };
         let count = u8::try_from(count).map_err(|_| DecodeError::TooManyEntries(count))?;
+        if matches!(self.message, Message::Replicate { .. })
+            && HEADER_LEN + body_len > MAX_REPLICATE_DATAGRAM
+        {
+            return Err(DecodeError::Records {
+                count,
+                got: HEADER_LEN + body_len,
+            });
+        }
         let mut out = Vec::with_capacity(HEADER_LEN + body_len);
         out.extend_from_slice(&self.node_id.0);
         out.extend_from_slice(&self.swarm.prefix.octets());
@@ -288,6 +361,28 @@ impl Packet {
                     out.extend_from_slice(&b.to_be_bytes());
                 }
             }
+            Message::Replicate {
+                epoch,
+                seq,
+                records,
+            } => {
+                out.extend_from_slice(&epoch.to_be_bytes());
+                out.extend_from_slice(&seq.to_be_bytes());
+                for r in records {
+                    if r.is_empty() || r.len() > MAX_REPLICA_RECORD {
+                        return Err(DecodeError::Records {
+                            count,
+                            got: r.len(),
+                        });
+                    }
+                    out.extend_from_slice(&(r.len() as u16).to_be_bytes());
+                    out.extend_from_slice(r);
+                }
+            }
+            Message::ReplicaAck { epoch, next } => {
+                out.extend_from_slice(&epoch.to_be_bytes());
+                out.extend_from_slice(&next.to_be_bytes());
+            }
             Message::RenewLease(p) | Message::LeaseAck(p) | Message::LeaseNak(p) => {
                 out.extend_from_slice(&p.address);
                 out.extend_from_slice(&p.xid.to_be_bytes());
@@ -297,6 +392,74 @@ impl Packet {
         }
         Ok(out)
     }
+}
+
+/// Our own message types. A Replicate holds exactly `count` records, each a big-endian
+/// u16 length (1 to [`MAX_REPLICA_RECORD`]) and that many bytes, and nothing after them;
+/// a ReplicaAck is exactly [`REPLICA_ACK_LEN`] bytes.
+fn decode_ext(
+    node_id: NodeId,
+    swarm: Swarm,
+    cmd: u8,
+    count: u8,
+    body: &[u8],
+) -> Result<Packet, DecodeError> {
+    let total = HEADER_LEN + body.len();
+    let fixed: [u8; 8] =
+        body.get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(DecodeError::Length {
+                command: cmd,
+                count,
+                expected: HEADER_LEN + 8,
+                got: total,
+            })?;
+    let epoch = u32::from_be_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]);
+    let second = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+    let message = if cmd == command::REPLICA_ACK {
+        if total != REPLICA_ACK_LEN || count != 0 {
+            return Err(DecodeError::Length {
+                command: cmd,
+                count,
+                expected: REPLICA_ACK_LEN,
+                got: total,
+            });
+        }
+        Message::ReplicaAck {
+            epoch,
+            next: second,
+        }
+    } else {
+        let bad = DecodeError::Records { count, got: total };
+        if total > MAX_REPLICATE_DATAGRAM {
+            return Err(bad);
+        }
+        let mut rest = &body[8..];
+        let mut records = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let (len, tail) = rest.split_at_checked(2).ok_or(bad.clone())?;
+            let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+            if len == 0 || len > MAX_REPLICA_RECORD {
+                return Err(bad);
+            }
+            let (rec, tail) = tail.split_at_checked(len).ok_or(bad.clone())?;
+            records.push(rec.to_vec());
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            return Err(bad);
+        }
+        Message::Replicate {
+            epoch,
+            seq: second,
+            records,
+        }
+    };
+    Ok(Packet {
+        node_id,
+        swarm,
+        message,
+    })
 }
 
 fn decode_renew(body: &[u8]) -> RenewPayload {
@@ -430,6 +593,104 @@ mod tests {
         );
     }
 
+    /// Our extension, byte for byte: the layout is the compatibility contract between
+    /// ddhcp versions (docs/protocol.md).
+    #[test]
+    fn golden_replicate_and_ack() {
+        let p = Packet {
+            node_id: NodeId([0x02, 0, 0, 0, 0, 0x01, 0xab, 0xcd]),
+            swarm: swarm_17(),
+            message: Message::Replicate {
+                epoch: 0x01020304,
+                seq: 7,
+                records: vec![vec![2, 0, 5, 0, 0, 0], vec![0xff]],
+            },
+        };
+        let bytes = hex(
+            "02 00 00 00 00 01 ab cd | 0a 00 80 00 | 11 | 04 | 40 | 02 | \
+             01 02 03 04 | 00 00 00 07 | 00 06 02 00 05 00 00 00 | 00 01 ff",
+        );
+        assert_eq!(p.encode().unwrap(), bytes);
+        assert_eq!(Packet::decode(&bytes).unwrap(), p);
+        let ack = Packet {
+            message: Message::ReplicaAck { epoch: 9, next: 8 },
+            ..p
+        };
+        let bytes = hex(
+            "02 00 00 00 00 01 ab cd | 0a 00 80 00 | 11 | 04 | 41 | 00 | 00 00 00 09 | 00 00 00 08",
+        );
+        assert_eq!(ack.encode().unwrap(), bytes);
+        assert_eq!(Packet::decode(&bytes).unwrap(), ack);
+    }
+
+    #[test]
+    fn replicate_must_hold_exactly_its_records() {
+        let good = hex(
+            "02 00 00 00 00 01 ab cd 0a 00 80 00 11 04 40 01 00 00 00 01 00 00 00 00 00 02 aa bb",
+        );
+        assert!(Packet::decode(&good).is_ok());
+        // One byte more, one less, a count too high, a zero-length record, a short fixed part.
+        let mut long = good.clone();
+        long.push(0);
+        assert!(Packet::decode(&long).is_err());
+        assert!(Packet::decode(&good[..good.len() - 1]).is_err());
+        let mut count = good.clone();
+        count[15] = 2;
+        assert!(Packet::decode(&count).is_err());
+        let mut zero = good[..24].to_vec();
+        zero.extend_from_slice(&[0, 0]);
+        assert!(Packet::decode(&zero).is_err());
+        assert!(Packet::decode(&good[..20]).is_err());
+        // An ack of any other length, or with a count.
+        let ack = hex("02 00 00 00 00 01 ab cd 0a 00 80 00 11 04 41 00 00 00 00 09 00 00 00 08");
+        assert!(Packet::decode(&ack).is_ok());
+        assert!(Packet::decode(&ack[..23]).is_err());
+        let mut counted = ack.clone();
+        counted[15] = 1;
+        assert!(Packet::decode(&counted).is_err());
+    }
+
+    /// The mark goes into the reserved byte of every entry and nowhere else, so a C
+    /// receiver (which ignores that byte) decodes the same claims.
+    #[test]
+    fn claim_mark_touches_only_the_reserved_bytes() {
+        let p = Packet {
+            node_id: NodeId([1; 8]),
+            swarm: swarm_17(),
+            message: Message::UpdateClaim(vec![
+                ClaimEntry {
+                    block: 3,
+                    timeout: 60,
+                },
+                ClaimEntry {
+                    block: 9,
+                    timeout: 60,
+                },
+            ]),
+        };
+        let plain = p.encode().unwrap();
+        assert!(!claim_is_marked(&plain));
+        let mut marked = plain.clone();
+        mark_claim(&mut marked);
+        assert!(claim_is_marked(&marked));
+        let differ: Vec<usize> = (0..plain.len())
+            .filter(|&i| plain[i] != marked[i])
+            .collect();
+        assert_eq!(differ, vec![HEADER_LEN + 6, HEADER_LEN + 13]);
+        assert_eq!(Packet::decode(&marked).unwrap(), p);
+        // Other messages are left alone.
+        let mut inquire = Packet {
+            message: Message::Inquire(vec![1]),
+            ..p
+        }
+        .encode()
+        .unwrap();
+        let before = inquire.clone();
+        mark_claim(&mut inquire);
+        assert_eq!(inquire, before);
+        assert!(!claim_is_marked(&inquire));
+    }
+
     #[test]
     fn node_id_text() {
         let id: NodeId = "1E50D2324C420000".parse().unwrap();
@@ -478,6 +739,18 @@ mod tests {
                 arb_payload().prop_map(Message::RenewLease),
                 arb_payload().prop_map(Message::LeaseAck),
                 arb_payload().prop_map(Message::LeaseNak),
+                (
+                    any::<u32>(),
+                    any::<u32>(),
+                    proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..60), 0..16)
+                )
+                    .prop_map(|(epoch, seq, records)| Message::Replicate {
+                        epoch,
+                        seq,
+                        records
+                    }),
+                (any::<u32>(), any::<u32>())
+                    .prop_map(|(epoch, next)| Message::ReplicaAck { epoch, next }),
             ]
         }
 

@@ -234,6 +234,7 @@ fn after_a_partition_heals_no_address_stays_on_two_hosts() {
             s.add_node(NodeConfig {
                 pools: vec![pool.clone()],
                 location: None,
+                replicas: ddhcp::replica::DEFAULT_REPLICAS,
             });
         }
         s.partition(&[&[0], &[1]]);
@@ -328,6 +329,7 @@ fn a_restarted_node_configures_its_stored_addresses_again_at_once() {
             s.add_node(NodeConfig {
                 pools: vec![pool.clone()],
                 location: None,
+                replicas: ddhcp::replica::DEFAULT_REPLICAS,
             });
         }
         let standby_of = |s: &Sim, i: usize| -> Vec<Ipv4Addr> {

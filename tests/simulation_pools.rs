@@ -50,6 +50,7 @@ fn node(pools: &[&str], location: Option<&str>, spare: u32) -> NodeConfig {
     NodeConfig {
         pools: pools.iter().map(|p| pool(p, spare)).collect(),
         location: location.map(String::from),
+        replicas: ddhcp::replica::DEFAULT_REPLICAS,
     }
 }
 

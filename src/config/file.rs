@@ -63,6 +63,7 @@ const NODE_KEYS: &[(&str, Kind)] = &[
     ("metrics", Kind::Str),
     ("api", Kind::Str),
     ("api-token", Kind::Str),
+    ("replicas", Kind::Int),
     ("tentative-timeout", Kind::Int),
     ("block-timeout", Kind::Int),
     ("needless-timeout", Kind::Int),

@@ -132,6 +132,10 @@ pub struct Args {
     /// File with the bearer token clients of --api must send (16 or more characters)
     #[arg(long, value_name = "FILE")]
     pub api_token: Option<String>,
+    /// Peers that hold a replica of each block's bindings (0 turns replication off)
+    /// [default: 2]
+    #[arg(long, value_name = "K")]
+    pub replicas: Option<String>,
     /// Print version
     #[arg(short = 'V', long = "version", action = clap::ArgAction::Version)]
     pub version: Option<bool>,
@@ -219,6 +223,9 @@ pub struct DhcpOption {
     pub payload: Vec<u8>,
 }
 
+/// Most `--replicas`: each holder costs the owner one stream and a copy of every change.
+pub const MAX_REPLICAS: usize = 8;
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -238,6 +245,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub fsync: bool,
     pub node_id: Option<NodeId>,
+    /// `--replicas`: holders per block, 0 for none.
+    pub replicas: usize,
     pub log_file: Option<PathBuf>,
     pub audit_log: Option<PathBuf>,
     pub metrics: Option<std::net::SocketAddr>,
@@ -573,6 +582,18 @@ impl Args {
                     .map_err(|_| m.err("expected ADDR:PORT, e.g. 127.0.0.1:9430 or [::1]:9430"))
             })
             .transpose()?;
+        let replicas = or_default(
+            "--replicas",
+            pick("--replicas", self.replicas.as_ref(), "replicas"),
+            "2",
+        );
+        let replicas_raw = replicas;
+        let replicas: usize = replicas_raw.number("a number of peers")?;
+        if replicas > MAX_REPLICAS {
+            return Err(replicas_raw.err(format!(
+                "at most {MAX_REPLICAS} (every change is sent to each holder)"
+            )));
+        }
         let api = api::spec(
             pick("--api", self.api.as_ref(), "api"),
             pick("--api-token", self.api_token.as_ref(), "api-token"),
@@ -597,6 +618,7 @@ impl Args {
                 .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             fsync,
             node_id,
+            replicas,
             log_file: path_pick(self.log_file.as_ref(), "log-file"),
             audit_log: path_pick(self.audit_log.as_ref(), "audit-log"),
             control_group: pick(

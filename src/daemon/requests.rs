@@ -81,6 +81,8 @@ impl Daemon {
                 ("renewlease", g(C::DirectRecvRenewLease)),
                 ("leaseack", g(C::DirectRecvLeaseAck)),
                 ("leasenak", g(C::DirectRecvLeaseNak)),
+                ("replicate", g(C::ReplRecvBatch)),
+                ("replica_ack", g(C::ReplRecvAck)),
             ],
         );
         m.counters(
@@ -93,6 +95,8 @@ impl Daemon {
                 ("renewlease", g(C::DirectSendRenewLease)),
                 ("leaseack", g(C::DirectSendLeaseAck)),
                 ("leasenak", g(C::DirectSendLeaseNak)),
+                ("replicate", g(C::ReplSendBatch)),
+                ("replica_ack", g(C::ReplSendAck)),
             ],
         );
         m.counters(
@@ -245,6 +249,7 @@ impl Daemon {
             }),
         );
         local_metrics(&mut m, pools);
+        replica_metrics(&mut m, &self.node, now);
         let st = self.node.status(now);
         m.gauge(
             "peers",
@@ -432,6 +437,7 @@ mod tests {
         let cfg = NodeConfig {
             pools: vec![lan, local],
             location: None,
+            replicas: crate::replica::DEFAULT_REPLICAS,
         };
         let mut n = Node::new(cfg, NodeId([5; 8]), t(0), 3);
         let mut adds = Vec::new();
@@ -489,4 +495,68 @@ mod tests {
         );
         assert!(!scrape(&n).contains("local"));
     }
+}
+
+/// Lag per replica stream (the bound `--max-replica-lag` will act on), and what we hold.
+#[cfg(feature = "metrics")]
+fn replica_metrics(m: &mut metrics::Scrape, node: &crate::node::Node, now: Instant) {
+    let r = node.replication();
+    let pools = node.pools();
+    let streams = r.streams(now);
+    let ids: Vec<String> = streams.iter().map(|s| s.peer.to_string()).collect();
+    let row = |i: usize| {
+        vec![
+            ("pool", pools[streams[i].pool].name()),
+            ("peer", ids[i].as_str()),
+        ]
+    };
+    let lag_ms: Vec<_> = (0..streams.len())
+        .map(|i| (row(i), streams[i].lag.as_millis() as i64))
+        .collect();
+    m.gauge_rows(
+        "replica_lag_milliseconds",
+        "Age of the oldest change a replica holder has not acknowledged, per pool and holder",
+        &lag_ms,
+    );
+    let lag_rec: Vec<_> = (0..streams.len())
+        .map(|i| (row(i), streams[i].lag_records as i64))
+        .collect();
+    m.gauge_rows(
+        "replica_lag_records",
+        "Changes a replica holder has not acknowledged, per pool and holder",
+        &lag_rec,
+    );
+    let held = r.held(now);
+    let origins: Vec<String> = held.iter().map(|h| h.origin.to_string()).collect();
+    let held_rows: Vec<_> = held
+        .iter()
+        .zip(&origins)
+        .map(|(h, o)| {
+            (
+                vec![("pool", pools[h.pool].name()), ("origin", o.as_str())],
+                (h.leases + h.allocations) as i64,
+            )
+        })
+        .collect();
+    m.gauge_rows(
+        "replica_held_bindings",
+        "Bindings of other nodes' blocks held here as replicas, per pool and owner",
+        &held_rows,
+    );
+    let st = r.stats();
+    m.counter(
+        "replica_records_sent",
+        "Changes sent to replica holders (first transmissions)",
+        st.records_sent,
+    );
+    m.counter(
+        "replica_bytes_sent",
+        "Bytes of Replicate messages sent (first transmissions)",
+        st.bytes_sent,
+    );
+    m.counter(
+        "replica_retransmits",
+        "Replicate messages sent again after a timeout",
+        st.retransmits,
+    );
 }

@@ -113,6 +113,7 @@ pub fn node_config(cfg: &Config, sys: &impl System) -> Result<NodeConfig, Config
     Ok(NodeConfig {
         pools,
         location: cfg.location.clone(),
+        replicas: cfg.replicas,
     })
 }
 

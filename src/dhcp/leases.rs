@@ -506,29 +506,37 @@ impl LeaseTable {
         // The Fx hash has a fixed seed, so this order is the same in every run; the records
         // are of distinct addresses, so their order within a batch means nothing.
         #[allow(clippy::disallowed_methods)]
-        for ip in self.dirty.drain() {
-            let rec = self
-                .range
-                .locate(ip)
-                .and_then(|(b, off)| self.blocks.get(&b).map(|bl| &bl.records[off as usize]));
-            let (until, declined) = match rec.map(|r| r.state) {
-                Some(AddrState::Leased { until }) => (until, false),
-                Some(AddrState::Declined { until }) => (until, true),
-                _ => {
-                    out.push(Change::LeaseGone(ip));
-                    continue;
-                }
-            };
-            let r = rec.expect("matched a record above");
-            out.push(Change::Lease(LeaseRecord {
-                ip,
-                until,
-                declined,
-                client: r.client.clone(),
-                chaddr: r.chaddr,
-                hostname: self.hostnames.get(&ip).cloned(),
-            }));
+        let dirty: Vec<Ipv4Addr> = self.dirty.drain().collect();
+        for ip in dirty {
+            out.push(self.durable(ip).unwrap_or(Change::LeaseGone(ip)));
         }
+    }
+
+    /// The durable record of `ip`: its lease or quarantine, `None` if it holds neither.
+    fn durable(&self, ip: Ipv4Addr) -> Option<Change> {
+        let (b, off) = self.range.locate(ip)?;
+        let r = self.blocks.get(&b).map(|bl| &bl.records[off as usize])?;
+        let (until, declined) = match r.state {
+            AddrState::Leased { until } => (until, false),
+            AddrState::Declined { until } => (until, true),
+            _ => return None,
+        };
+        Some(Change::Lease(LeaseRecord {
+            ip,
+            until,
+            declined,
+            client: r.client.clone(),
+            chaddr: r.chaddr,
+            hostname: self.hostnames.get(&ip).cloned(),
+        }))
+    }
+
+    /// The durable records of every bound address of `block`, in address order (a new
+    /// replica holder's copy of the block).
+    pub fn block_records(&self, block: u32) -> Vec<Change> {
+        (0..self.range.block_size())
+            .filter_map(|off| self.durable(self.range.address(block, off)))
+            .collect()
     }
 
     /// Puts back bindings read from the store; returns those whose block is not ours (the

@@ -371,6 +371,17 @@ fn decode_table(table: &[u8]) -> Result<Vec<TableEntry>, HeaderError> {
 pub fn encode(pool: u8, change: &Change, wall: impl Fn(Instant) -> u64, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_LEN]);
+    encode_body(pool, change, wall, out);
+    let body_len = (out.len() - start - FRAME_LEN) as u32;
+    let crc = crc32fast::hash(&out[start + FRAME_LEN..]);
+    out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Appends the body of one record (kind, pool byte, fields), without the frame. Replication
+/// (`crate::replica`) sends record bodies as they are: one layout for disk and peers, so a
+/// replica is stored and read back by the same code as the node's own state.
+pub fn encode_body(pool: u8, change: &Change, wall: impl Fn(Instant) -> u64, out: &mut Vec<u8>) {
     let kind = |out: &mut Vec<u8>, k: u8| out.extend_from_slice(&[k, pool]);
     match change {
         Change::BlockOwned { block, since } => {
@@ -468,10 +479,6 @@ pub fn encode(pool: u8, change: &Change, wall: impl Fn(Instant) -> u64, out: &mu
             }
         }
     }
-    let body_len = (out.len() - start - FRAME_LEN) as u32;
-    let crc = crc32fast::hash(&out[start + FRAME_LEN..]);
-    out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// A string of at most `max` bytes (cut at a character boundary) after its length byte.
@@ -567,7 +574,9 @@ impl<'a> Body<'a> {
     }
 }
 
-fn decode_body(body: &[u8], format: Format) -> Option<(u8, Change)> {
+/// Reads one record body of `format` (no frame): its pool byte and the change, `None` for
+/// anything that is not exactly one record of a known kind.
+pub fn decode_body(body: &[u8], format: Format) -> Option<(u8, Change)> {
     let mut b = Body(body);
     let kind = b.u8()?;
     let pool = match format {

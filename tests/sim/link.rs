@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ddhcp::node::{Channel, Dest, Transmit};
 use ddhcp::time::Instant;
+use ddhcp::wire;
 use rand::RngExt;
 
 use super::Sim;
@@ -111,6 +112,9 @@ impl Sim {
         for t in transmits {
             self.slots[i].sent_pkts += 1;
             self.slots[i].sent_bytes += t.payload.len() as u64;
+            let ext = t.payload.get(14).is_some_and(|c| {
+                [wire::command::REPLICATE, wire::command::REPLICA_ACK].contains(c)
+            });
             let data: Rc<[u8]> = t.payload.into();
             let (targets, channel): (Vec<usize>, Channel) = match t.dest {
                 Dest::Multicast => (
@@ -131,18 +135,23 @@ impl Sim {
                 if self.slots[j].group != group || down {
                     continue;
                 }
-                if self.rng.random_bool(self.link.loss) {
+                let rng = if ext {
+                    &mut self.ext_rng
+                } else {
+                    &mut self.rng
+                };
+                if rng.random_bool(self.link.loss) {
                     continue;
                 }
-                let copies = if self.rng.random_bool(self.link.duplicate) {
+                let copies = if rng.random_bool(self.link.duplicate) {
                     2
                 } else {
                     1
                 };
-                for _ in 0..copies {
-                    let lo = self.link.delay_min.as_millis() as u64;
-                    let hi = self.link.delay_max.as_millis() as u64;
-                    let delay = self.rng.random_range(lo..=hi);
+                let lo = self.link.delay_min.as_millis() as u64;
+                let hi = self.link.delay_max.as_millis() as u64;
+                let delays: Vec<u64> = (0..copies).map(|_| rng.random_range(lo..=hi)).collect();
+                for delay in delays {
                     self.enqueue(
                         Duration::from_millis(delay),
                         j,

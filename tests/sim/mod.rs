@@ -31,7 +31,7 @@ use ddhcp::range::ManagedRange;
 use ddhcp::store::{PoolState, WallClock};
 use ddhcp::testing::claim;
 use ddhcp::time::Instant;
-use ddhcp::wire::NodeId;
+use ddhcp::wire::{self, NodeId};
 use link::{Delivery, Kind};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -74,6 +74,10 @@ const PRED_INTERVAL: Duration = Duration::from_millis(100);
 pub struct Sim {
     pub now: Instant,
     rng: StdRng,
+    /// Loss, duplication and delay of our replication datagrams come from a stream of
+    /// their own, so that adding them leaves every other datagram's fate in a seed's
+    /// scenario as it was (the scenarios stay comparable across versions).
+    ext_rng: StdRng,
     pub link: Link,
     slots: Vec<Slot>,
     queue: BinaryHeap<Delivery>,
@@ -105,6 +109,9 @@ pub struct Sim {
     pub sockets: BTreeMap<usize, BTreeMap<Ipv4Addr, String>>,
     /// Host actions done, by kind (add, remove, probe, announce, check).
     pub host_actions: BTreeMap<&'static str, u64>,
+    /// Datagrams of our own message types (Replicate, ReplicaAck) that reached a C node:
+    /// must stay 0, C nodes are never sent them.
+    pub ext_to_c: u64,
 }
 
 /// Whether an event is about the watched range (node-wide events always are).
@@ -123,6 +130,7 @@ impl Sim {
         Sim {
             now: Instant::ZERO,
             rng: StdRng::seed_from_u64(seed),
+            ext_rng: StdRng::seed_from_u64(seed ^ 0x6578_745f_726e_6721),
             link,
             slots: Vec::new(),
             queue: BinaryHeap::new(),
@@ -141,6 +149,7 @@ impl Sim {
             local_conflicts: Vec::new(),
             sockets: BTreeMap::new(),
             host_actions: BTreeMap::new(),
+            ext_to_c: 0,
         }
     }
 
@@ -421,6 +430,11 @@ impl Sim {
                             n.handle_datagram(self.now, channel, from, &del.data);
                         }
                         if let Some(n) = self.slots[del.to].cnode.as_mut() {
+                            if del.data.get(14).is_some_and(|c| {
+                                [wire::command::REPLICATE, wire::command::REPLICA_ACK].contains(c)
+                            }) {
+                                self.ext_to_c += 1;
+                            }
                             n.handle_datagram(self.now, channel, from, &del.data);
                         }
                         self.drain(del.to);

@@ -1,0 +1,835 @@
+//! Replication of binding changes to peers (docs/replication.md).
+//!
+//! A node that dies takes its leases and allocations with it; a node whose blocks lapse
+//! lets another hand the same addresses to new clients while the old ones still use them.
+//! So every change of a binding in one of our blocks (lease, release, allocation, block
+//! hold, the block itself) goes to `k` peers. They are chosen per block by rendezvous
+//! hashing over the pool's live ddhcp peers ([`holders`]): every node that sees the same
+//! peers names the same holders, with no agreement round, and a peer that comes or goes
+//! moves only the blocks it ranks first for.
+//!
+//! Only peers known to be ddhcp nodes are sent anything: a ddhcp node marks its
+//! UpdateClaims (`wire::CLAIM_MARK_DDHCP`, in a byte C nodes ignore), so C nodes are never
+//! sent our message types. Transport: one ordered stream per (pool, holder), batches of
+//! store record bodies (`store::codec::encode_body`, the same layout as on disk), go-back-N
+//! with a window of [`WINDOW`] batches, a cumulative acknowledgement per batch received,
+//! and retransmission after a timeout that doubles from [`RTO_MIN`] to [`RTO_MAX`]. Times
+//! travel as milliseconds from the moment the change was queued, so no two clocks need to
+//! agree; the batch delay, retransmissions and transit only make a holder's copy of a lease
+//! end a little later than the owner's, never earlier.
+//!
+//! Nothing here waits on a holder: DHCP answers and API allocations leave as soon as the
+//! node's own store holds them; what a holder has not acknowledged yet is the lag
+//! ([`StreamView`]).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use crate::api::Allocation;
+use crate::persist::{Change, LeaseRecord};
+use crate::range::ManagedRange;
+use crate::store::codec;
+use crate::time::Instant;
+use crate::wire::{self, Message, NodeId, Swarm};
+
+/// How many peers hold a replica of each block unless `--replicas` says otherwise.
+pub const DEFAULT_REPLICAS: usize = 2;
+/// Changes wait this long for company before they leave, so that a burst (a claim round,
+/// a pipelined provisioning run) travels in full datagrams instead of one per change.
+pub const BATCH_DELAY: Duration = Duration::from_millis(10);
+/// First retransmission timeout; a holder on the same link answers in well under 1 ms.
+pub const RTO_MIN: Duration = Duration::from_millis(400);
+/// Longest retransmission timeout: a holder that is gone is given up with its liveness
+/// (the block timeout), not by this.
+pub const RTO_MAX: Duration = Duration::from_secs(8);
+/// Batches in flight per stream: about 19 KB, what a slow router drains at once.
+pub const WINDOW: usize = 16;
+/// Room for records (each with its 2-byte length) in one Replicate.
+const ROOM: usize = wire::MAX_REPLICATE_DATAGRAM - wire::HEADER_LEN - wire::REPLICATE_FIXED_LEN;
+/// Records per Replicate: the count field is one byte.
+const MAX_RECORDS: usize = 255;
+
+/// What a holder keeps of one block of another node: enough to answer its clients and
+/// keep its allocations after a takeover.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockReplica {
+    /// The owner took the block over and holds its addresses for their old clients until.
+    pub hold: Option<Instant>,
+    pub leases: BTreeMap<Ipv4Addr, LeaseRecord>,
+    pub allocations: BTreeMap<Ipv4Addr, Allocation>,
+    pub cooling: BTreeMap<Ipv4Addr, Instant>,
+}
+
+impl BlockReplica {
+    /// Leases (and quarantined addresses) and allocations.
+    pub fn bindings(&self) -> usize {
+        self.leases.len() + self.allocations.len()
+    }
+
+    /// The records that rebuild this replica from nothing, after a `BlockOwned`.
+    pub fn records(&self, block: u32) -> Vec<Change> {
+        let mut v = Vec::with_capacity(1 + self.bindings() + self.cooling.len());
+        if let Some(until) = self.hold {
+            v.push(Change::BlockHold { block, until });
+        }
+        v.extend(self.leases.values().cloned().map(Change::Lease));
+        v.extend(self.allocations.iter().map(|(&ip, a)| Change::Allocated {
+            ip,
+            alloc: a.clone(),
+        }));
+        v.extend(self.cooling.iter().map(|(&ip, &until)| Change::AllocGone {
+            ip,
+            cooldown: Some(until),
+        }));
+        v
+    }
+
+    fn apply(&mut self, c: Change) {
+        match c {
+            Change::BlockHold { until, .. } => self.hold = Some(until),
+            Change::Lease(l) => {
+                self.leases.insert(l.ip, l);
+            }
+            Change::LeaseGone(ip) => {
+                self.leases.remove(&ip);
+            }
+            Change::Allocated { ip, alloc } => {
+                self.cooling.remove(&ip);
+                self.allocations.insert(ip, alloc);
+            }
+            Change::AllocGone { ip, cooldown } => {
+                self.allocations.remove(&ip);
+                match cooldown {
+                    Some(until) => self.cooling.insert(ip, until),
+                    None => self.cooling.remove(&ip),
+                };
+            }
+            Change::BlockOwned { .. }
+            | Change::BlockGone { .. }
+            | Change::Announced { .. }
+            | Change::Option { .. }
+            | Change::Local { .. }
+            | Change::LocalGone(_) => {}
+        }
+    }
+}
+
+/// The block a change is about, if it is one we replicate. Local-mode addresses are not:
+/// they are configured on this host, and no other node could use them.
+pub fn block_of(range: &ManagedRange, c: &Change) -> Option<u32> {
+    match c {
+        Change::BlockOwned { block, .. }
+        | Change::BlockGone { block }
+        | Change::BlockHold { block, .. } => Some(*block),
+        Change::Lease(LeaseRecord { ip, .. })
+        | Change::LeaseGone(ip)
+        | Change::Allocated { ip, .. }
+        | Change::AllocGone { ip, .. } => range.locate(*ip).map(|(b, _)| b),
+        Change::Announced { .. } | Change::Option { .. } | Change::Local { .. } => None,
+        Change::LocalGone(_) => None,
+    }
+}
+
+/// The rendezvous score of `node` for `block` of the swarm: FNV-1a over the swarm's prefix
+/// and length, the block (big-endian) and the node id, then the splitmix64 finaliser.
+/// Fixed here rather than left to a library hasher, because every ddhcp node, of every
+/// version, must compute the same (docs/protocol.md).
+pub fn score(swarm: &Swarm, block: u32, node: NodeId) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = swarm
+        .prefix
+        .octets()
+        .into_iter()
+        .chain([swarm.prefix_len])
+        .chain(block.to_be_bytes())
+        .chain(node.0);
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The `k` holders of `block`: the candidates other than `owner` with the highest scores,
+/// best first (ties, which need equal scores of distinct ids, by the greater id).
+pub fn holders(
+    swarm: &Swarm,
+    block: u32,
+    owner: NodeId,
+    candidates: impl IntoIterator<Item = NodeId>,
+    k: usize,
+) -> Vec<NodeId> {
+    let mut ranked: Vec<(u64, NodeId)> = candidates
+        .into_iter()
+        .filter(|&n| n != owner)
+        .map(|n| (score(swarm, block, n), n))
+        .collect();
+    ranked.sort_unstable_by(|a, b| b.cmp(a));
+    ranked.dedup();
+    ranked.into_iter().take(k).map(|(_, n)| n).collect()
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    addr: Ipv6Addr,
+    seen: Instant,
+}
+
+#[derive(Debug)]
+struct Batch {
+    seq: u32,
+    records: Vec<Vec<u8>>,
+    /// When the oldest of its records was queued: the lag is measured from here.
+    queued: Instant,
+    sent: Instant,
+    rto: Duration,
+}
+
+/// Our side of the stream to one holder.
+#[derive(Debug)]
+struct OutStream {
+    addr: Ipv6Addr,
+    epoch: u32,
+    next_seq: u32,
+    pending: VecDeque<(Instant, Vec<u8>)>,
+    flight: VecDeque<Batch>,
+    /// When the pending records leave even if no datagram is full.
+    flush_at: Option<Instant>,
+}
+
+/// A holder's side of the stream from one owner, and what it holds of the owner's blocks.
+#[derive(Debug)]
+struct InStream {
+    addr: Ipv6Addr,
+    epoch: u32,
+    next: u32,
+    last: Instant,
+    blocks: BTreeMap<u32, BlockReplica>,
+}
+
+/// One row of `ddhcpctl replicas` and of the lag metrics: a stream of ours to a holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamView {
+    pub pool: usize,
+    pub peer: NodeId,
+    pub addr: Ipv6Addr,
+    /// Blocks of ours this peer holds.
+    pub blocks: usize,
+    /// Records queued or sent and not yet acknowledged.
+    pub lag_records: usize,
+    /// Age of the oldest of them (zero when none).
+    pub lag: Duration,
+    pub in_flight: usize,
+}
+
+/// One row per owner whose replicas we hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldView {
+    pub pool: usize,
+    pub origin: NodeId,
+    pub addr: Ipv6Addr,
+    pub blocks: usize,
+    pub leases: usize,
+    pub allocations: usize,
+    /// Since the last batch from it.
+    pub idle: Duration,
+}
+
+/// Counters of the replication layer (`ddhcpctl stats`, metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplStats {
+    pub batches_sent: u64,
+    pub records_sent: u64,
+    pub bytes_sent: u64,
+    pub retransmits: u64,
+    pub batches_received: u64,
+    pub records_applied: u64,
+    pub out_of_order: u64,
+    pub bad_records: u64,
+    pub acks_received: u64,
+}
+
+struct PoolRepl {
+    swarm: Swarm,
+    range: ManagedRange,
+    /// A peer is live while its last marked claim is younger than this (the block timeout).
+    live_for: Duration,
+    peers: BTreeMap<NodeId, Peer>,
+    /// The peers by when they were last seen: the next expiry without a walk over all.
+    by_seen: BTreeSet<(Instant, NodeId)>,
+    /// Holders of each block we own, as last computed.
+    holders: BTreeMap<u32, Vec<NodeId>>,
+    out: BTreeMap<NodeId, OutStream>,
+    held: BTreeMap<NodeId, InStream>,
+    /// The peer set changed: the holders of our blocks must be computed again.
+    rebalance: bool,
+    /// The earliest flush or retransmission of any stream, kept up to date by every
+    /// method that touches streams: `poll_timeout` is called far more often than they are.
+    stream_due: Option<Instant>,
+}
+
+impl PoolRepl {
+    fn update_due(&mut self) {
+        let mut t: Option<Instant> = None;
+        for s in self.out.values() {
+            let retransmit = s.flight.front().map(|b| b.sent + b.rto);
+            // A full window waits for an acknowledgement, not for the clock.
+            let flush = s.flush_at.filter(|_| s.flight.len() < WINDOW);
+            for x in retransmit.into_iter().chain(flush) {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        }
+        self.stream_due = t;
+    }
+}
+
+/// What a pool needs rebuilt for a holder: the full state of `block`, for `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resync {
+    pub block: u32,
+    pub to: Vec<NodeId>,
+}
+
+/// The replication layer of a node: all pools.
+pub struct Replication {
+    k: usize,
+    me: NodeId,
+    /// Epoch of the next stream we open: distinct per stream, so that a holder never takes
+    /// a new stream's batch 0 for a duplicate of an old stream's.
+    next_epoch: u32,
+    pools: Vec<PoolRepl>,
+    sends: Vec<(usize, Ipv6Addr, Message)>,
+    stats: ReplStats,
+}
+
+impl Replication {
+    /// `pools`: each pool's swarm, range and block timeout, in the node's pool order.
+    /// `epoch` comes from the node's random source, so a restarted node opens streams no
+    /// holder has seen.
+    pub fn new(
+        k: usize,
+        me: NodeId,
+        epoch: u32,
+        pools: impl IntoIterator<Item = (Swarm, ManagedRange, Duration)>,
+    ) -> Self {
+        Replication {
+            k,
+            me,
+            next_epoch: epoch,
+            pools: pools
+                .into_iter()
+                .map(|(swarm, range, live_for)| PoolRepl {
+                    swarm,
+                    range,
+                    live_for,
+                    peers: BTreeMap::new(),
+                    by_seen: BTreeSet::new(),
+                    holders: BTreeMap::new(),
+                    out: BTreeMap::new(),
+                    held: BTreeMap::new(),
+                    rebalance: false,
+                    stream_due: None,
+                })
+                .collect(),
+            sends: Vec::new(),
+            stats: ReplStats::default(),
+        }
+    }
+
+    pub fn replicas(&self) -> usize {
+        self.k
+    }
+
+    pub fn stats(&self) -> ReplStats {
+        self.stats
+    }
+
+    /// Our id changed (another host had it): holders must learn the new one from new streams.
+    pub fn set_me(&mut self, me: NodeId) {
+        self.me = me;
+    }
+
+    /// A marked UpdateClaim from `id` at `addr` in pool `pool`: a live ddhcp peer.
+    pub fn saw_peer(&mut self, now: Instant, pool: usize, id: NodeId, addr: Ipv6Addr) {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        let old = p.peers.insert(id, Peer { addr, seen: now });
+        if let Some(o) = old {
+            p.by_seen.remove(&(o.seen, id));
+        }
+        p.by_seen.insert((now, id));
+        match old {
+            None => p.rebalance = true,
+            Some(old) if old.addr != addr => {
+                // It moved (a new link-local address): streams follow it.
+                if let Some(s) = p.out.get_mut(&id) {
+                    s.addr = addr;
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Live ddhcp peers of pool `pool`.
+    pub fn peers(&self, pool: usize) -> impl Iterator<Item = (NodeId, Ipv6Addr)> + '_ {
+        self.pools
+            .get(pool)
+            .into_iter()
+            .flat_map(|p| p.peers.iter().map(|(&id, peer)| (id, peer.addr)))
+    }
+
+    /// The holders of `block` of pool `pool` if we own it (as last computed).
+    pub fn holders_of(&self, pool: usize, block: u32) -> &[NodeId] {
+        self.pools
+            .get(pool)
+            .and_then(|p| p.holders.get(&block))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Our own durable changes of pool `pool`, in order, as the store takes them: each goes
+    /// to the holders of its block. A `BlockOwned` computes the block's holders (and tells
+    /// them to start the block afresh); a `BlockGone` tells them to forget it.
+    pub fn on_changes<'a>(
+        &mut self,
+        now: Instant,
+        pool: usize,
+        changes: impl IntoIterator<Item = &'a Change>,
+    ) {
+        if self.k == 0 {
+            return;
+        }
+        let me = self.me;
+        let k = self.k;
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        for c in changes {
+            let Some(block) = block_of(&p.range, c) else {
+                continue;
+            };
+            let to = match c {
+                Change::BlockOwned { .. } => {
+                    let hs = holders(&p.swarm, block, me, p.peers.keys().copied(), k);
+                    p.holders.insert(block, hs.clone());
+                    hs
+                }
+                Change::BlockGone { .. } => p.holders.remove(&block).unwrap_or_default(),
+                _ => match p.holders.get(&block) {
+                    Some(hs) => hs.clone(),
+                    None => continue,
+                },
+            };
+            for h in to {
+                queue(p, &mut self.next_epoch, now, h, c);
+            }
+        }
+        p.update_due();
+    }
+
+    /// The blocks (of those we own, `owned`) whose holders changed since the peer set last
+    /// changed, with the holders that need the block's full state; displaced holders that
+    /// are still live are told to forget the block. The caller answers each with
+    /// [`Replication::resync`].
+    pub fn take_rebalance(
+        &mut self,
+        now: Instant,
+        pool: usize,
+        owned: impl IntoIterator<Item = u32>,
+    ) -> Vec<Resync> {
+        let (me, k) = (self.me, self.k);
+        let Some(p) = self.pools.get_mut(pool) else {
+            return Vec::new();
+        };
+        if !std::mem::take(&mut p.rebalance) || k == 0 {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for block in owned {
+            let new = holders(&p.swarm, block, me, p.peers.keys().copied(), k);
+            let old = p.holders.insert(block, new.clone()).unwrap_or_default();
+            let added: Vec<NodeId> = new.iter().filter(|n| !old.contains(n)).copied().collect();
+            for gone in old.iter().filter(|n| !new.contains(n)) {
+                if p.peers.contains_key(gone) {
+                    queue(
+                        p,
+                        &mut self.next_epoch,
+                        now,
+                        *gone,
+                        &Change::BlockGone { block },
+                    );
+                }
+            }
+            if !added.is_empty() {
+                out.push(Resync { block, to: added });
+            }
+        }
+        p.update_due();
+        out
+    }
+
+    /// Sends `records` (the full state of `block`, from the pool's services) to `to`, after
+    /// a `BlockOwned` that makes them start the block afresh.
+    pub fn resync(
+        &mut self,
+        now: Instant,
+        pool: usize,
+        block: u32,
+        to: &[NodeId],
+        records: &[Change],
+    ) {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        let start = Change::BlockOwned { block, since: now };
+        for &h in to {
+            queue(p, &mut self.next_epoch, now, h, &start);
+            for r in records {
+                queue(p, &mut self.next_epoch, now, h, r);
+            }
+        }
+        p.update_due();
+    }
+
+    /// A Replicate from `from` (id `origin`): applied if it is the next batch of its
+    /// stream, and acknowledged in any case.
+    // The fields of one datagram, as the node decoded them; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_replicate(
+        &mut self,
+        now: Instant,
+        pool: usize,
+        origin: NodeId,
+        from: Ipv6Addr,
+        epoch: u32,
+        seq: u32,
+        records: &[Vec<u8>],
+    ) {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        let s = p.held.entry(origin).or_insert_with(|| InStream {
+            addr: from,
+            epoch,
+            next: 0,
+            last: now,
+            blocks: BTreeMap::new(),
+        });
+        s.addr = from;
+        if s.epoch != epoch {
+            // A new stream (the owner restarted, or lost us and came back). Only its first
+            // batch starts it: a late batch of the old stream must not reset the new one.
+            if seq != 0 {
+                self.stats.out_of_order += 1;
+                self.sends
+                    .push((pool, from, Message::ReplicaAck { epoch, next: 0 }));
+                return;
+            }
+            s.epoch = epoch;
+            s.next = 0;
+        }
+        if seq == s.next {
+            s.next = s.next.wrapping_add(1);
+            s.last = now;
+            self.stats.batches_received += 1;
+            for r in records {
+                let Some((_, c)) = codec::decode_body(r, codec::Format::V2) else {
+                    self.stats.bad_records += 1;
+                    continue;
+                };
+                let c = rebase(c, now);
+                let Some(block) = block_of(&p.range, &c) else {
+                    self.stats.bad_records += 1;
+                    continue;
+                };
+                self.stats.records_applied += 1;
+                match c {
+                    Change::BlockOwned { .. } => {
+                        s.blocks.insert(block, BlockReplica::default());
+                    }
+                    Change::BlockGone { .. } => {
+                        s.blocks.remove(&block);
+                    }
+                    c => s.blocks.entry(block).or_default().apply(c),
+                }
+            }
+        } else if seq.wrapping_sub(s.next) < u32::MAX / 2 {
+            // Ahead of what we have: a batch before it was lost. Go-back-N: drop it, the
+            // acknowledgement below tells the owner where to resume.
+            self.stats.out_of_order += 1;
+        }
+        self.sends.push((
+            pool,
+            from,
+            Message::ReplicaAck {
+                epoch,
+                next: s.next,
+            },
+        ));
+    }
+
+    /// A holder's acknowledgement: batches before `next` are done with, and the window
+    /// opens for what is pending.
+    pub fn on_ack(&mut self, now: Instant, pool: usize, holder: NodeId, epoch: u32, next: u32) {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        let Some(s) = p.out.get_mut(&holder) else {
+            return;
+        };
+        if s.epoch != epoch {
+            return;
+        }
+        self.stats.acks_received += 1;
+        while s
+            .flight
+            .front()
+            .is_some_and(|b| next.wrapping_sub(b.seq).wrapping_sub(1) < u32::MAX / 2)
+        {
+            s.flight.pop_front();
+        }
+        if s.flush_at.is_some_and(|t| t <= now) {
+            flush(pool, s, now, &mut self.sends, &mut self.stats);
+        }
+        p.update_due();
+    }
+
+    /// Flushes due batches, retransmits what timed out, forgets peers that stopped
+    /// claiming (and the streams to them: their blocks get new holders).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for (i, p) in self.pools.iter_mut().enumerate() {
+            let mut expired = false;
+            while let Some(&(seen, id)) = p.by_seen.first() {
+                if now.saturating_since(seen) <= p.live_for {
+                    break;
+                }
+                p.by_seen.pop_first();
+                p.peers.remove(&id);
+                expired = true;
+            }
+            if expired {
+                p.rebalance = true;
+                let peers = &p.peers;
+                p.out.retain(|id, _| peers.contains_key(id));
+            }
+            for s in p.out.values_mut() {
+                if s.flight.front().is_some_and(|b| b.sent + b.rto <= now) {
+                    for b in s.flight.iter_mut() {
+                        self.stats.retransmits += 1;
+                        b.sent = now;
+                        b.rto = (b.rto * 2).min(RTO_MAX);
+                        self.sends.push((
+                            i,
+                            s.addr,
+                            Message::Replicate {
+                                epoch: s.epoch,
+                                seq: b.seq,
+                                records: b.records.clone(),
+                            },
+                        ));
+                    }
+                }
+                if s.flush_at.is_some_and(|t| t <= now) {
+                    flush(i, s, now, &mut self.sends, &mut self.stats);
+                }
+            }
+            p.update_due();
+        }
+    }
+
+    /// Whether some pool's holders must be computed again ([`Replication::take_rebalance`]).
+    pub fn needs_rebalance(&self, pool: usize) -> bool {
+        self.pools.get(pool).is_some_and(|p| p.rebalance)
+    }
+
+    /// When [`Replication::handle_timeout`] has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut at = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
+        for p in &self.pools {
+            if let Some(&(seen, _)) = p.by_seen.first() {
+                at(seen + p.live_for + Duration::from_millis(1));
+            }
+            if let Some(d) = p.stream_due {
+                at(d);
+            }
+        }
+        t
+    }
+
+    /// Datagrams to send: (pool, peer address, message).
+    pub fn take_sends(&mut self) -> std::vec::Drain<'_, (usize, Ipv6Addr, Message)> {
+        self.sends.drain(..)
+    }
+
+    /// Our streams to holders, for `ddhcpctl replicas` and the lag metrics.
+    pub fn streams(&self, now: Instant) -> Vec<StreamView> {
+        let mut v = Vec::new();
+        for (i, p) in self.pools.iter().enumerate() {
+            for (&peer, s) in &p.out {
+                let oldest = s
+                    .flight
+                    .front()
+                    .map(|b| b.queued)
+                    .or(s.pending.front().map(|(t, _)| *t));
+                v.push(StreamView {
+                    pool: i,
+                    peer,
+                    addr: s.addr,
+                    blocks: p.holders.values().filter(|h| h.contains(&peer)).count(),
+                    lag_records: s.pending.len()
+                        + s.flight.iter().map(|b| b.records.len()).sum::<usize>(),
+                    lag: oldest.map_or(Duration::ZERO, |t| now.saturating_since(t)),
+                    in_flight: s.flight.len(),
+                });
+            }
+        }
+        v
+    }
+
+    /// The owners whose replicas we hold.
+    pub fn held(&self, now: Instant) -> Vec<HeldView> {
+        let mut v = Vec::new();
+        for (i, p) in self.pools.iter().enumerate() {
+            for (&origin, s) in &p.held {
+                v.push(HeldView {
+                    pool: i,
+                    origin,
+                    addr: s.addr,
+                    blocks: s.blocks.len(),
+                    leases: s.blocks.values().map(|b| b.leases.len()).sum(),
+                    allocations: s.blocks.values().map(|b| b.allocations.len()).sum(),
+                    idle: now.saturating_since(s.last),
+                });
+            }
+        }
+        v
+    }
+
+    /// What we hold of `origin`'s `block` in pool `pool`.
+    pub fn replica(&self, pool: usize, origin: NodeId, block: u32) -> Option<&BlockReplica> {
+        self.pools.get(pool)?.held.get(&origin)?.blocks.get(&block)
+    }
+}
+
+/// Queues one change for holder `h`, opening the stream if there is none.
+fn queue(p: &mut PoolRepl, next_epoch: &mut u32, now: Instant, h: NodeId, c: &Change) {
+    let Some(peer) = p.peers.get(&h) else {
+        return;
+    };
+    let s = p.out.entry(h).or_insert_with(|| {
+        let epoch = *next_epoch;
+        *next_epoch = next_epoch.wrapping_add(1);
+        OutStream {
+            addr: peer.addr,
+            epoch,
+            next_seq: 0,
+            pending: VecDeque::new(),
+            flight: VecDeque::new(),
+            flush_at: None,
+        }
+    });
+    let mut body = Vec::with_capacity(64);
+    codec::encode_body(
+        0,
+        c,
+        |t| now.until(t).as_millis().try_into().unwrap_or(u64::MAX),
+        &mut body,
+    );
+    if body.len() > wire::MAX_REPLICA_RECORD {
+        return;
+    }
+    s.pending.push_back((now, body));
+    // A full datagram's worth leaves at once, anything less after the batch delay.
+    let full = s.pending.iter().map(|(_, r)| 2 + r.len()).sum::<usize>() >= ROOM;
+    let at = if full { now } else { now + BATCH_DELAY };
+    s.flush_at = Some(s.flush_at.map_or(at, |t| t.min(at)));
+}
+
+/// Packs pending records into batches while the window has room.
+fn flush(
+    pool: usize,
+    s: &mut OutStream,
+    now: Instant,
+    sends: &mut Vec<(usize, Ipv6Addr, Message)>,
+    stats: &mut ReplStats,
+) {
+    while !s.pending.is_empty() && s.flight.len() < WINDOW {
+        let mut room = ROOM;
+        let mut records = Vec::new();
+        let queued = s.pending.front().map_or(now, |(t, _)| *t);
+        while let Some((_, r)) = s.pending.front() {
+            if 2 + r.len() > room || records.len() == MAX_RECORDS {
+                break;
+            }
+            room -= 2 + r.len();
+            records.push(s.pending.pop_front().expect("front exists").1);
+        }
+        let seq = s.next_seq;
+        s.next_seq = s.next_seq.wrapping_add(1);
+        stats.batches_sent += 1;
+        stats.records_sent += records.len() as u64;
+        stats.bytes_sent += (wire::HEADER_LEN
+            + wire::REPLICATE_FIXED_LEN
+            + records.iter().map(|r| 2 + r.len()).sum::<usize>())
+            as u64;
+        sends.push((
+            pool,
+            s.addr,
+            Message::Replicate {
+                epoch: s.epoch,
+                seq,
+                records: records.clone(),
+            },
+        ));
+        s.flight.push_back(Batch {
+            seq,
+            records,
+            queued,
+            sent: now,
+            rto: RTO_MIN,
+        });
+    }
+    s.flush_at = if s.pending.is_empty() {
+        None
+    } else {
+        Some(now)
+    };
+}
+
+/// A change as a holder keeps it: times came as milliseconds from the moment of sending.
+fn rebase(c: Change, now: Instant) -> Change {
+    let at = |t: Instant| now + Duration::from_millis(t.as_millis());
+    match c {
+        Change::BlockOwned { block, since } => Change::BlockOwned {
+            block,
+            since: at(since),
+        },
+        Change::BlockHold { block, until } => Change::BlockHold {
+            block,
+            until: at(until),
+        },
+        Change::Lease(mut l) => {
+            l.until = at(l.until);
+            Change::Lease(l)
+        }
+        Change::Allocated { ip, mut alloc } => {
+            alloc.since = at(alloc.since);
+            Change::Allocated { ip, alloc }
+        }
+        Change::AllocGone { ip, cooldown } => Change::AllocGone {
+            ip,
+            cooldown: cooldown.map(at),
+        },
+        Change::Announced { at: t, ttl } => Change::Announced { at: at(t), ttl },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests;
