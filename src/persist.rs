@@ -117,3 +117,27 @@ pub struct Restored {
     /// afresh, and leases keep at most the time they had left when last written.
     pub clock_went_back: bool,
 }
+
+/// An allocation record applied to an allocation table and its cooling list: one rule for
+/// the store's replay and for a replica holder's copy of a block.
+pub(crate) fn apply_allocation(
+    allocations: &mut std::collections::BTreeMap<Ipv4Addr, crate::api::Allocation>,
+    cooling: &mut std::collections::BTreeMap<Ipv4Addr, Instant>,
+    ip: Ipv4Addr,
+    alloc: Option<crate::api::Allocation>,
+    cooldown: Option<Instant>,
+) {
+    match alloc {
+        Some(a) => {
+            cooling.remove(&ip);
+            allocations.insert(ip, a);
+        }
+        None => {
+            allocations.remove(&ip);
+            match cooldown {
+                Some(until) => cooling.insert(ip, until),
+                None => cooling.remove(&ip),
+            };
+        }
+    }
+}

@@ -27,7 +27,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use crate::api::Allocation;
-use crate::persist::{Change, LeaseRecord};
+use crate::persist::{Change, LeaseRecord, apply_allocation};
 use crate::range::ManagedRange;
 use crate::store::codec;
 use crate::time::Instant;
@@ -94,16 +94,15 @@ impl BlockReplica {
             Change::LeaseGone(ip) => {
                 self.leases.remove(&ip);
             }
-            Change::Allocated { ip, alloc } => {
-                self.cooling.remove(&ip);
-                self.allocations.insert(ip, alloc);
-            }
+            Change::Allocated { ip, alloc } => apply_allocation(
+                &mut self.allocations,
+                &mut self.cooling,
+                ip,
+                Some(alloc),
+                None,
+            ),
             Change::AllocGone { ip, cooldown } => {
-                self.allocations.remove(&ip);
-                match cooldown {
-                    Some(until) => self.cooling.insert(ip, until),
-                    None => self.cooling.remove(&ip),
-                };
+                apply_allocation(&mut self.allocations, &mut self.cooling, ip, None, cooldown)
             }
             Change::BlockOwned { .. }
             | Change::BlockGone { .. }

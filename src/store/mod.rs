@@ -46,7 +46,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{error, info, warn};
 
 use crate::hash::FxHashMap;
-use crate::persist::{Change, LeaseRecord, LocalHeld, Restored};
+use crate::persist::{Change, LeaseRecord, LocalHeld, Restored, apply_allocation};
 use crate::range::ManagedRange;
 use crate::time::Instant;
 use codec::{FileKind, Format, Header, Pools, StoredRange, TableEntry};
@@ -262,16 +262,15 @@ impl PoolState {
             Change::LocalGone(ip) => {
                 self.local.remove(&ip);
             }
-            Change::Allocated { ip, alloc } => {
-                self.cooling.remove(&ip);
-                self.allocations.insert(ip, alloc);
-            }
+            Change::Allocated { ip, alloc } => apply_allocation(
+                &mut self.allocations,
+                &mut self.cooling,
+                ip,
+                Some(alloc),
+                None,
+            ),
             Change::AllocGone { ip, cooldown } => {
-                self.allocations.remove(&ip);
-                match cooldown {
-                    Some(until) => self.cooling.insert(ip, until),
-                    None => self.cooling.remove(&ip),
-                };
+                apply_allocation(&mut self.allocations, &mut self.cooling, ip, None, cooldown)
             }
         }
     }
