@@ -196,6 +196,8 @@ struct OutStream {
     epoch: u32,
     next_seq: u32,
     pending: VecDeque<(Instant, Vec<u8>)>,
+    /// Bytes `pending` takes in a Replicate (each record with its length).
+    pending_bytes: usize,
     flight: VecDeque<Batch>,
     /// When the pending records leave even if no datagram is full.
     flush_at: Option<Instant>,
@@ -424,8 +426,11 @@ impl Replication {
                     None => continue,
                 },
             };
+            let Some(body) = record(now, c) else {
+                continue;
+            };
             for h in to {
-                queue(p, &mut self.next_epoch, now, h, c);
+                queue(p, &mut self.next_epoch, now, h, &body);
             }
         }
         p.update_due();
@@ -454,14 +459,13 @@ impl Replication {
             let old = p.holders.insert(block, new.clone()).unwrap_or_default();
             let added: Vec<NodeId> = new.iter().filter(|n| !old.contains(n)).copied().collect();
             for gone in old.iter().filter(|n| !new.contains(n)) {
-                if p.peers.contains_key(gone) {
-                    queue(
-                        p,
-                        &mut self.next_epoch,
-                        now,
-                        *gone,
-                        &Change::BlockGone { block },
-                    );
+                if let Some(body) = p
+                    .peers
+                    .contains_key(gone)
+                    .then(|| record(now, &Change::BlockGone { block }))
+                    .flatten()
+                {
+                    queue(p, &mut self.next_epoch, now, *gone, &body);
                 }
             }
             if !added.is_empty() {
@@ -486,10 +490,13 @@ impl Replication {
             return;
         };
         let start = Change::BlockOwned { block, since: now };
+        let bodies: Vec<Vec<u8>> = std::iter::once(&start)
+            .chain(records)
+            .filter_map(|c| record(now, c))
+            .collect();
         for &h in to {
-            queue(p, &mut self.next_epoch, now, h, &start);
-            for r in records {
-                queue(p, &mut self.next_epoch, now, h, r);
+            for b in &bodies {
+                queue(p, &mut self.next_epoch, now, h, b);
             }
         }
         p.update_due();
@@ -717,7 +724,7 @@ impl Replication {
 }
 
 /// Queues one change for holder `h`, opening the stream if there is none.
-fn queue(p: &mut PoolRepl, next_epoch: &mut u32, now: Instant, h: NodeId, c: &Change) {
+fn queue(p: &mut PoolRepl, next_epoch: &mut u32, now: Instant, h: NodeId, body: &[u8]) {
     let Some(peer) = p.peers.get(&h) else {
         return;
     };
@@ -729,10 +736,24 @@ fn queue(p: &mut PoolRepl, next_epoch: &mut u32, now: Instant, h: NodeId, c: &Ch
             epoch,
             next_seq: 0,
             pending: VecDeque::new(),
+            pending_bytes: 0,
             flight: VecDeque::new(),
             flush_at: None,
         }
     });
+    s.pending.push_back((now, body.to_vec()));
+    s.pending_bytes += 2 + body.len();
+    // A full datagram's worth leaves at once, anything less after the batch delay.
+    let at = if s.pending_bytes >= ROOM {
+        now
+    } else {
+        now + BATCH_DELAY
+    };
+    s.flush_at = Some(s.flush_at.map_or(at, |t| t.min(at)));
+}
+
+/// A change as a Replicate record, once for all its holders; `None` if it would not fit.
+fn record(now: Instant, c: &Change) -> Option<Vec<u8>> {
     let mut body = Vec::with_capacity(64);
     codec::encode_body(
         0,
@@ -740,14 +761,7 @@ fn queue(p: &mut PoolRepl, next_epoch: &mut u32, now: Instant, h: NodeId, c: &Ch
         |t| now.until(t).as_millis().try_into().unwrap_or(u64::MAX),
         &mut body,
     );
-    if body.len() > wire::MAX_REPLICA_RECORD {
-        return;
-    }
-    s.pending.push_back((now, body));
-    // A full datagram's worth leaves at once, anything less after the batch delay.
-    let full = s.pending.iter().map(|(_, r)| 2 + r.len()).sum::<usize>() >= ROOM;
-    let at = if full { now } else { now + BATCH_DELAY };
-    s.flush_at = Some(s.flush_at.map_or(at, |t| t.min(at)));
+    (body.len() <= wire::MAX_REPLICA_RECORD).then_some(body)
 }
 
 /// Packs pending records into batches while the window has room.
@@ -767,6 +781,7 @@ fn flush(
                 break;
             }
             room -= 2 + r.len();
+            s.pending_bytes -= 2 + r.len();
             records.push(s.pending.pop_front().expect("front exists").1);
         }
         let seq = s.next_seq;
