@@ -84,6 +84,12 @@ pub mod command {
     pub const REPLICATE: u8 = 64;
     /// Ours (unicast, ddhcp nodes only): a replica holder's cumulative acknowledgement.
     pub const REPLICA_ACK: u8 = 65;
+    /// Ours: what a peer holds for a node rebuilding its state (same layout as REPLICATE;
+    /// acknowledged with REPLICA_ACK; a batch without records ends the stream).
+    pub const HANDBACK: u8 = 66;
+    /// Ours: "I lost my state; send me what you hold for my node id" (epoch: the
+    /// request's nonce, then four zero bytes).
+    pub const RECOVER: u8 = 67;
 }
 
 /// The value of the reserved byte of our UpdateClaim entries: "the sender is a ddhcp node
@@ -194,6 +200,17 @@ pub enum Message {
         epoch: u32,
         next: u32,
     },
+    /// What the sender holds for the receiver, which is rebuilding its state: records as
+    /// in a Replicate; a batch without records is the end of the stream.
+    Handback {
+        epoch: u32,
+        seq: u32,
+        records: Vec<Vec<u8>>,
+    },
+    /// The sender lost its state and asks for a Handback (`nonce`: one per start).
+    Recover {
+        nonce: u32,
+    },
 }
 
 impl Message {
@@ -206,6 +223,8 @@ impl Message {
             Message::LeaseNak(_) => command::LEASE_NAK,
             Message::Replicate { .. } => command::REPLICATE,
             Message::ReplicaAck { .. } => command::REPLICA_ACK,
+            Message::Handback { .. } => command::HANDBACK,
+            Message::Recover { .. } => command::RECOVER,
         }
     }
 
@@ -219,6 +238,8 @@ impl Message {
             Message::LeaseNak(_) => "leasenak",
             Message::Replicate { .. } => "replicate",
             Message::ReplicaAck { .. } => "replica_ack",
+            Message::Handback { .. } => "handback",
+            Message::Recover { .. } => "recover",
         }
     }
 }
@@ -270,7 +291,10 @@ impl Packet {
         };
         let cmd = header[14];
         let count = header[15];
-        if cmd == command::REPLICATE || cmd == command::REPLICA_ACK {
+        if matches!(
+            cmd,
+            command::REPLICATE | command::REPLICA_ACK | command::HANDBACK | command::RECOVER
+        ) {
             return decode_ext(NodeId(node_id), swarm, cmd, count, &buf[HEADER_LEN..]);
         }
         let expected = match cmd {
@@ -325,16 +349,18 @@ impl Packet {
         let (count, body_len) = match &self.message {
             Message::UpdateClaim(e) => (e.len(), CLAIM_ENTRY_LEN * e.len()),
             Message::Inquire(e) => (e.len(), INQUIRE_ENTRY_LEN * e.len()),
-            Message::Replicate { records, .. } => (
+            Message::Replicate { records, .. } | Message::Handback { records, .. } => (
                 records.len(),
                 REPLICATE_FIXED_LEN + records.iter().map(|r| 2 + r.len()).sum::<usize>(),
             ),
-            Message::ReplicaAck { .. } => (0, 8),
+            Message::ReplicaAck { .. } | Message::Recover { .. } => (0, 8),
             _ => (0, RENEW_PAYLOAD_LEN),
         };
         let count = u8::try_from(count).map_err(|_| DecodeError::TooManyEntries(count))?;
-        if matches!(self.message, Message::Replicate { .. })
-            && HEADER_LEN + body_len > MAX_REPLICATE_DATAGRAM
+        if matches!(
+            self.message,
+            Message::Replicate { .. } | Message::Handback { .. }
+        ) && HEADER_LEN + body_len > MAX_REPLICATE_DATAGRAM
         {
             return Err(DecodeError::Records {
                 count,
@@ -365,6 +391,11 @@ impl Packet {
                 epoch,
                 seq,
                 records,
+            }
+            | Message::Handback {
+                epoch,
+                seq,
+                records,
             } => {
                 out.extend_from_slice(&epoch.to_be_bytes());
                 out.extend_from_slice(&seq.to_be_bytes());
@@ -382,6 +413,10 @@ impl Packet {
             Message::ReplicaAck { epoch, next } => {
                 out.extend_from_slice(&epoch.to_be_bytes());
                 out.extend_from_slice(&next.to_be_bytes());
+            }
+            Message::Recover { nonce } => {
+                out.extend_from_slice(&nonce.to_be_bytes());
+                out.extend_from_slice(&[0; 4]);
             }
             Message::RenewLease(p) | Message::LeaseAck(p) | Message::LeaseNak(p) => {
                 out.extend_from_slice(&p.address);
@@ -416,8 +451,8 @@ fn decode_ext(
             })?;
     let epoch = u32::from_be_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]);
     let second = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
-    let message = if cmd == command::REPLICA_ACK {
-        if total != REPLICA_ACK_LEN || count != 0 {
+    let message = if cmd == command::REPLICA_ACK || cmd == command::RECOVER {
+        if total != REPLICA_ACK_LEN || count != 0 || (cmd == command::RECOVER && second != 0) {
             return Err(DecodeError::Length {
                 command: cmd,
                 count,
@@ -425,9 +460,13 @@ fn decode_ext(
                 got: total,
             });
         }
-        Message::ReplicaAck {
-            epoch,
-            next: second,
+        if cmd == command::RECOVER {
+            Message::Recover { nonce: epoch }
+        } else {
+            Message::ReplicaAck {
+                epoch,
+                next: second,
+            }
         }
     } else {
         let bad = DecodeError::Records { count, got: total };
@@ -449,10 +488,18 @@ fn decode_ext(
         if !rest.is_empty() {
             return Err(bad);
         }
-        Message::Replicate {
-            epoch,
-            seq: second,
-            records,
+        if cmd == command::HANDBACK {
+            Message::Handback {
+                epoch,
+                seq: second,
+                records,
+            }
+        } else {
+            Message::Replicate {
+                epoch,
+                seq: second,
+                records,
+            }
         }
     };
     Ok(Packet {
@@ -624,6 +671,51 @@ mod tests {
     }
 
     #[test]
+    fn golden_handback_and_recover() {
+        let p = Packet {
+            node_id: NodeId([0x02, 0, 0, 0, 0, 0x01, 0xab, 0xcd]),
+            swarm: swarm_17(),
+            message: Message::Handback {
+                epoch: 5,
+                seq: 1,
+                records: vec![vec![0xff]],
+            },
+        };
+        let bytes = hex(
+            "02 00 00 00 00 01 ab cd | 0a 00 80 00 | 11 | 04 | 42 | 01 | \
+             00 00 00 05 | 00 00 00 01 | 00 01 ff",
+        );
+        assert_eq!(p.encode().unwrap(), bytes);
+        assert_eq!(Packet::decode(&bytes).unwrap(), p);
+        // The end of the stream: no records.
+        let end = Packet {
+            message: Message::Handback {
+                epoch: 5,
+                seq: 2,
+                records: vec![],
+            },
+            ..p.clone()
+        };
+        let bytes = hex(
+            "02 00 00 00 00 01 ab cd | 0a 00 80 00 | 11 | 04 | 42 | 00 | 00 00 00 05 | 00 00 00 02",
+        );
+        assert_eq!(end.encode().unwrap(), bytes);
+        assert_eq!(Packet::decode(&bytes).unwrap(), end);
+        let rec = Packet {
+            message: Message::Recover { nonce: 0xa1b2c3d4 },
+            ..p
+        };
+        let bytes = hex(
+            "02 00 00 00 00 01 ab cd | 0a 00 80 00 | 11 | 04 | 43 | 00 | a1 b2 c3 d4 | 00 00 00 00",
+        );
+        assert_eq!(rec.encode().unwrap(), bytes);
+        assert_eq!(Packet::decode(&bytes).unwrap(), rec);
+        let mut bad = bytes.clone();
+        bad[23] = 1;
+        assert!(Packet::decode(&bad).is_err());
+    }
+
+    #[test]
     fn replicate_must_hold_exactly_its_records() {
         let good = hex(
             "02 00 00 00 00 01 ab cd 0a 00 80 00 11 04 40 01 00 00 00 01 00 00 00 00 00 02 aa bb",
@@ -751,6 +843,17 @@ mod tests {
                     }),
                 (any::<u32>(), any::<u32>())
                     .prop_map(|(epoch, next)| Message::ReplicaAck { epoch, next }),
+                (
+                    any::<u32>(),
+                    any::<u32>(),
+                    proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..60), 0..16)
+                )
+                    .prop_map(|(epoch, seq, records)| Message::Handback {
+                        epoch,
+                        seq,
+                        records
+                    }),
+                any::<u32>().prop_map(|nonce| Message::Recover { nonce }),
             ]
         }
 
