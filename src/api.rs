@@ -579,6 +579,34 @@ impl Api {
         }
     }
 
+    /// An allocation another node made in a block that is ours now (it held the block
+    /// while we were cut off, or lost it to us in a tie-break): kept, and written, unless
+    /// the address or the owner has another allocation here. False on such a conflict
+    /// (ours stays).
+    pub fn adopt(&mut self, ip: Ipv4Addr, a: Allocation) -> bool {
+        if let Some(cur) = self.allocs.get(&ip) {
+            return cur.owner == a.owner;
+        }
+        if self.by_owner.contains_key(&a.owner) || self.range.locate(ip).is_none() {
+            return false;
+        }
+        if let Some(until) = self.cooling.remove(&ip) {
+            self.cooling_order.remove(&(until, ip));
+            self.add_use(ip, -1);
+        }
+        self.changes.push(Change::Allocated {
+            ip,
+            alloc: a.clone(),
+        });
+        self.insert(ip, a);
+        true
+    }
+
+    /// Addresses of `block` allocated or cooling down.
+    pub fn used_in(&self, block: u32) -> u32 {
+        self.used.get(&block).copied().unwrap_or(0)
+    }
+
     /// Blocks holding restored allocations (to be claimed back first if they lapsed).
     pub fn blocks_in_use(&self) -> BTreeSet<u32> {
         self.used.keys().copied().collect()
@@ -682,6 +710,9 @@ mod tests {
             }],
             location: None,
             replicas: crate::replica::DEFAULT_REPLICAS,
+            recover: false,
+            max_replica_lag: crate::replica::DEFAULT_MAX_LAG,
+            replica_sync: false,
         };
         Harness::new(Node::new(cfg, NodeId([1; 8]), t(0), 7))
     }
@@ -902,6 +933,9 @@ mod tests {
                 pools: vec![h.pools()[0].config().clone()],
                 location: None,
                 replicas: crate::replica::DEFAULT_REPLICAS,
+                recover: false,
+                max_replica_lag: crate::replica::DEFAULT_MAX_LAG,
+                replica_sync: false,
             };
             let mut h2 = Harness::new(Node::new(cfg, NodeId([1; 8]), back, 8));
             h2.restore(back, vec![r]);

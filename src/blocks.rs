@@ -171,6 +171,11 @@ pub enum BlockEvent {
         block: u32,
         to: NodeId,
     },
+    /// Another node's claim ran out without a release: the owner died or was cut off.
+    Lapsed {
+        block: u32,
+        owner: NodeId,
+    },
 }
 
 /// A peer as seen on the server link: an id at an address. Two C master nodes share the id
@@ -342,6 +347,11 @@ pub struct Blocks {
     pub answers_suppressed: u64,
     /// Never claimed by this node (see [`Blocks::set_excluded`]).
     excluded: BTreeSet<u32>,
+    /// Lapsed blocks left to the lapsed owner's replica holders until then
+    /// ([`Blocks::quarantine`]).
+    quarantined: HashMap<u32, Instant>,
+    /// The learning phase does not end while this is set (a rebuild is under way).
+    learning_held: bool,
 }
 
 impl Blocks {
@@ -375,7 +385,72 @@ impl Blocks {
             refreshed: None,
             answer_tat: now,
             answers_suppressed: 0,
+            quarantined: HashMap::new(),
+            learning_held: false,
         }
+    }
+
+    /// Leaves `block` to others until `until`: its owner lapsed, and the peers that hold
+    /// its bindings take it over first (docs/replication.md, takeover). Claimed neither
+    /// by picking nor on demand meanwhile; the quarantine ends early if someone claims it.
+    pub fn quarantine(&mut self, block: u32, until: Instant) {
+        if block < self.range.num_blocks() {
+            self.quarantined.insert(block, until);
+        }
+    }
+
+    pub fn is_quarantined(&self, block: u32, now: Instant) -> bool {
+        self.quarantined.get(&block).is_some_and(|&t| now < t)
+    }
+
+    /// Keeps the learning phase going (true) until released (false): a node rebuilding
+    /// its state from its peers claims nothing before it knows what was its own.
+    pub fn hold_learning(&mut self, held: bool) {
+        self.learning_held = held;
+    }
+
+    /// Makes a free block (or one `from` claims and is handing back to us) ours at once,
+    /// announced now, without an inquiry: it was ours before a lost disk, the peers still
+    /// know our id as its owner or heard its holder release it. False if another node has
+    /// it, or it is being claimed.
+    pub fn take_back(&mut self, now: Instant, block: u32, from: Option<NodeId>) -> bool {
+        let Some(&state) = self.states.get(block as usize) else {
+            return false;
+        };
+        match state {
+            State::Free | State::Tentative { .. } => {}
+            State::Claimed { peer, .. } if Some(self.peers.get(peer).id) == from => {}
+            State::Ours => return true,
+            State::Claimed { .. } | State::Claiming { .. } => return false,
+        }
+        self.set_state(block, State::Ours);
+        self.ours.insert(
+            block,
+            OwnedBlock {
+                since: now,
+                last_announced: now,
+                needless_since: None,
+                used: 0,
+            },
+        );
+        self.wanted.remove(&block);
+        self.quarantined.remove(&block);
+        self.events.push_back(BlockEvent::Claimed(block));
+        self.announce(now, &[block]);
+        true
+    }
+
+    /// Gives `block` up at once (TTL 0), as when it is not needed: a peer that owned it
+    /// before us is taking it back.
+    pub fn release(&mut self, block: u32) -> bool {
+        if !self.ours.contains_key(&block) {
+            return false;
+        }
+        self.set_state(block, State::Free);
+        self.outputs
+            .push_back(Output::Claim(vec![ClaimEntry { block, timeout: 0 }]));
+        self.events.push_back(BlockEvent::Dropped(block));
+        true
     }
 
     /// Takes back the blocks we owned before a restart. Those whose claims are still valid
@@ -425,6 +500,18 @@ impl Blocks {
             State::Claiming { .. } => true,
             State::Tentative { .. } | State::Claimed { .. } => false,
         }
+    }
+
+    /// Whether `block` is on its way to an owner we know of: quarantined for the holders of
+    /// a lapsed owner's bindings, or wanted or being claimed by us. Its clients are not
+    /// refused meanwhile (the bindings may well be theirs); they ask again.
+    pub fn is_pending(&self, block: u32, now: Instant) -> bool {
+        self.is_quarantined(block, now)
+            || self.wanted.contains(&block)
+            || matches!(
+                self.states.get(block as usize),
+                Some(State::Claiming { .. })
+            )
     }
 
     /// Whether a block we owned before a restart is still to be claimed back.
@@ -591,10 +678,12 @@ impl Blocks {
             // A pure filter: the order of the visit reaches nothing.
             #[allow(clippy::disallowed_methods)]
             self.lapsed.retain(|_, at| now.saturating_since(*at) < hold);
+            #[allow(clippy::disallowed_methods)]
+            self.quarantined.retain(|_, until| now < *until);
             self.next_refresh = now + self.cfg.refresh_interval();
         }
         if let Some(until) = self.learning_until {
-            if now < until {
+            if now < until || self.learning_held {
                 return;
             }
             self.learning_until = None;
@@ -798,8 +887,12 @@ impl Blocks {
             State::Claimed { peer, until } => {
                 self.deadlines.insert((until, b));
                 self.peers.adjust(peer, 1);
+                self.quarantined.remove(&b);
             }
-            State::Ours | State::Claiming { .. } => {}
+            State::Ours => {
+                self.quarantined.remove(&b);
+            }
+            State::Claiming { .. } => {}
         }
     }
 
@@ -809,10 +902,13 @@ impl Blocks {
                 break;
             }
             if let State::Claimed { peer, .. } = self.states[b as usize] {
-                debug!(block = b, owner = %self.peers.get(peer).id, "claim expired, block free");
+                let owner = self.peers.get(peer).id;
+                debug!(block = b, %owner, "claim expired, block free");
                 if !self.lapse_hold.is_zero() {
                     self.lapsed.insert(b, now);
                 }
+                self.events
+                    .push_back(BlockEvent::Lapsed { block: b, owner });
             }
             self.set_state(b, State::Free);
         }
@@ -954,7 +1050,7 @@ impl Blocks {
         let mut pick = None;
         for _ in 0..8 {
             let b = self.free.pick(rng)?;
-            if self.excluded.contains(&b) {
+            if self.excluded.contains(&b) || self.is_quarantined(b, now) {
                 continue;
             }
             let warm = self
@@ -966,14 +1062,14 @@ impl Blocks {
             }
             pick = Some(b);
         }
-        if pick.is_none() && !self.excluded.is_empty() {
-            // Mostly excluded blocks left: look at every free one.
+        if pick.is_none() && !(self.excluded.is_empty() && self.quarantined.is_empty()) {
+            // Mostly excluded or quarantined blocks left: look at every free one.
             pick = self
                 .free
                 .members
                 .iter()
                 .copied()
-                .find(|b| !self.excluded.contains(b));
+                .find(|&b| !self.excluded.contains(&b) && !self.is_quarantined(b, now));
         }
         pick
     }

@@ -14,12 +14,13 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use rand::Rng;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::blocks::{BlockEvent, BlockView, Blocks, ClaimConfig, Output as BlockOutput};
 use crate::dhcp::{Dhcp, DhcpConfig, DhcpTransmit};
 use crate::persist::{Change, LeaseRecord, Restored};
 use crate::range::ManagedRange;
+use crate::replica::BlockReplica;
 use crate::stats::{Counter, Counters};
 use crate::time::Instant;
 use crate::wire::{ClaimEntry, Message, NodeId, RenewPayload, Swarm};
@@ -122,6 +123,12 @@ pub struct Pool {
     pending_local: BTreeMap<u32, Vec<(Ipv4Addr, crate::persist::LocalHeld)>>,
     /// When `pending_restore` is next checked (once per claim round, not per timer).
     next_restore_check: Instant,
+    /// Blocks whose owner's claim lapsed, and blocks we lost, since the node last looked
+    /// (takeover and handover, docs/replication.md).
+    lapsed: Vec<(u32, NodeId)>,
+    lost: Vec<(u32, NodeId, Vec<Change>)>,
+    /// Holds that come with bindings adopted from a replica, for when the block is ours.
+    pending_hold: BTreeMap<u32, Instant>,
 }
 
 impl Pool {
@@ -176,6 +183,9 @@ impl Pool {
             pending_restore: BTreeMap::new(),
             pending_local: BTreeMap::new(),
             next_restore_check: now,
+            lapsed: Vec::new(),
+            lost: Vec::new(),
+            pending_hold: BTreeMap::new(),
         };
         pool.drain(now);
         pool
@@ -398,6 +408,130 @@ impl Pool {
             Service::Api(a) => a.block_records(block),
             Service::Passive | Service::Local(_) => Vec::new(),
         }
+    }
+
+    /// Blocks whose owner lapsed, and blocks we lost (with the winner), since the last call.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn take_block_news(
+        &mut self,
+    ) -> (Vec<(u32, NodeId)>, Vec<(u32, NodeId, Vec<Change>)>) {
+        (
+            std::mem::take(&mut self.lapsed),
+            std::mem::take(&mut self.lost),
+        )
+    }
+
+    /// Takes over `block` of a lapsed owner with the bindings we hold of it: claimed
+    /// before any other block, and its bindings served again once it is ours (with the
+    /// same machinery as our own bindings after a restart). False if it cannot be claimed
+    /// now (another node has it or is inquiring it).
+    pub(crate) fn adopt(&mut self, now: Instant, block: u32, rep: BlockReplica) -> bool {
+        if self.blocks.owns(block) {
+            self.merge(block, rep);
+            return true;
+        }
+        if !self.claims || !self.blocks.want(block) {
+            return false;
+        }
+        self.stage(now, block, rep);
+        true
+    }
+
+    /// Makes `block` ours at once with `rep`'s bindings: a rebuild after a lost disk (the
+    /// block was ours; `from` is the peer that took it over and is handing it back).
+    pub(crate) fn take_back(
+        &mut self,
+        now: Instant,
+        block: u32,
+        rep: BlockReplica,
+        from: Option<NodeId>,
+    ) -> bool {
+        if !self.claims {
+            return false;
+        }
+        if self.blocks.owns(block) {
+            self.merge(block, rep);
+            return true;
+        }
+        self.stage(now, block, rep);
+        if self.blocks.take_back(now, block, from) {
+            true
+        } else {
+            self.pending_restore.remove(&block);
+            self.pending_hold.remove(&block);
+            if let Service::Api(a) = &mut self.service {
+                a.block_gone(block);
+            }
+            false
+        }
+    }
+
+    pub(crate) fn hold_learning(&mut self, held: bool) {
+        self.blocks.hold_learning(held);
+    }
+
+    pub(crate) fn quarantine(&mut self, block: u32, until: Instant) {
+        self.blocks.quarantine(block, until);
+    }
+
+    /// Gives `block` up at once (a rebuilding peer takes it back).
+    pub(crate) fn release(&mut self, block: u32) -> bool {
+        self.blocks.release(block)
+    }
+
+    /// How long bindings in another node's block may outlive its claim: the lease
+    /// horizon (zero for services whose bindings do not end by themselves).
+    pub(crate) fn binding_horizon(&self) -> Duration {
+        match &self.service {
+            Service::Dhcp(d) => d.lease_horizon(),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Puts a replica's bindings where a block's restored bindings wait for the block.
+    fn stage(&mut self, now: Instant, block: u32, rep: BlockReplica) {
+        if let Some(h) = rep.hold.filter(|&h| h > now) {
+            self.pending_hold.insert(block, h);
+        }
+        match &mut self.service {
+            Service::Dhcp(_) => {
+                let live = rep.leases.into_values().filter(|l| l.until > now);
+                self.pending_restore.entry(block).or_default().extend(live);
+            }
+            Service::Api(a) => a.restore(
+                now,
+                rep.allocations.into_iter().collect(),
+                rep.cooling.into_iter().collect(),
+            ),
+            Service::Local(_) | Service::Passive => {}
+        }
+    }
+
+    /// Bindings another node made in a block we own now: each is taken unless it
+    /// conflicts with one of ours. Returns the conflicts.
+    pub(crate) fn merge(&mut self, block: u32, rep: BlockReplica) -> usize {
+        let mut conflicts = 0;
+        match &mut self.service {
+            Service::Dhcp(d) => {
+                for l in rep.leases.into_values() {
+                    let ip = l.ip;
+                    if !d.leases.adopt(l) {
+                        warn!(%ip, block, "a handed-over lease conflicts with ours; ours stays");
+                        conflicts += 1;
+                    }
+                }
+            }
+            Service::Api(a) => {
+                for (ip, alloc) in rep.allocations {
+                    if !a.adopt(ip, alloc) {
+                        warn!(%ip, block, "a handed-over allocation conflicts with ours; ours stays");
+                        conflicts += 1;
+                    }
+                }
+            }
+            Service::Local(_) | Service::Passive => {}
+        }
+        conflicts
     }
 
     pub(crate) fn on_claim(
@@ -627,21 +761,41 @@ impl Pool {
                     claimed = true;
                     self.counters.inc(Counter::BlocksClaimed);
                     self.changes.push(Change::BlockOwned { block, since: now });
-                    let hold = self.blocks.hold_until(block).filter(|&h| h > now);
+                    let hold = self
+                        .blocks
+                        .hold_until(block)
+                        .max(self.pending_hold.remove(&block))
+                        .filter(|&h| h > now);
                     if let Some(until) = hold {
                         self.changes.push(Change::BlockHold { block, until });
                     }
-                    if let Service::Dhcp(d) = &mut self.service {
-                        d.block_owned(block, now, hold);
-                        let (live, expired): (Vec<_>, Vec<_>) = self
-                            .pending_restore
-                            .remove(&block)
-                            .unwrap_or_default()
-                            .into_iter()
-                            .partition(|l| l.until > now);
-                        d.leases.restore(live);
-                        self.changes
-                            .extend(expired.into_iter().map(|l| Change::LeaseGone(l.ip)));
+                    match &mut self.service {
+                        Service::Dhcp(d) => {
+                            d.block_owned(block, now, hold);
+                            let (live, expired): (Vec<_>, Vec<_>) = self
+                                .pending_restore
+                                .remove(&block)
+                                .unwrap_or_default()
+                                .into_iter()
+                                .partition(|l| l.until > now);
+                            let restored = !live.is_empty();
+                            d.leases.restore(live);
+                            self.changes
+                                .extend(expired.into_iter().map(|l| Change::LeaseGone(l.ip)));
+                            // Written again after `BlockOwned`: replica holders start the
+                            // block afresh with it, and bindings adopted from a replica are
+                            // not in our store yet.
+                            if restored {
+                                self.changes.extend(d.leases.block_records(block));
+                            }
+                        }
+                        Service::Api(a) => {
+                            self.changes.extend(a.block_records(block));
+                            // Allocations taken over with the block were counted before
+                            // it was ours: a block that seems unused would be given up.
+                            self.blocks.set_usage(block, a.used_in(block));
+                        }
+                        Service::Local(_) | Service::Passive => {}
                     }
                     Event::BlockClaimed {
                         pool,
@@ -664,8 +818,15 @@ impl Pool {
                         first: range.block_first(block),
                     }
                 }
+                BlockEvent::Lapsed { block, owner } => {
+                    self.lapsed.push((block, owner));
+                    continue;
+                }
                 BlockEvent::Lost { block, to } => {
                     self.counters.inc(Counter::BlocksLost);
+                    // Before the service forgets them: the winner may need our bindings.
+                    let records = self.block_records(block);
+                    self.lost.push((block, to, records));
                     self.changes.push(Change::BlockGone { block });
                     match &mut self.service {
                         Service::Dhcp(d) => d.block_gone(block),

@@ -443,6 +443,44 @@ impl LeaseTable {
         }
     }
 
+    /// A binding another node made in a block that is ours now (it held the block while we
+    /// were cut off from it, or lost it to us in a tie-break): taken, or its end moved
+    /// later, unless the address is bound to another client here. False on such a
+    /// conflict (ours stays), or if the block is not ours.
+    pub fn adopt(&mut self, rec: LeaseRecord) -> bool {
+        let Some(r) = self.get(rec.ip) else {
+            return false;
+        };
+        let state = if rec.declined {
+            AddrState::Declined { until: rec.until }
+        } else {
+            AddrState::Leased { until: rec.until }
+        };
+        let same = r.client.is_some() && r.client == rec.client;
+        match r.state {
+            AddrState::Free | AddrState::Held { .. } | AddrState::Offered { .. } => {}
+            AddrState::Leased { until } | AddrState::Declined { until } if same => {
+                if rec.until <= until {
+                    return true;
+                }
+            }
+            AddrState::Declined { until } if rec.client.is_none() => {
+                if rec.until > until {
+                    self.set_state(rec.ip, state);
+                }
+                return true;
+            }
+            AddrState::Leased { .. } | AddrState::Declined { .. } | AddrState::Reserved => {
+                return false;
+            }
+        }
+        match rec.client {
+            Some(k) => self.bind(rec.ip, k, rec.chaddr, rec.hostname.as_deref(), state),
+            None => self.set_state(rec.ip, state),
+        }
+        true
+    }
+
     /// Frees `ip` (RELEASE, or a client moving to another address). The client stays
     /// remembered, so it gets the same address back if nobody else took it meanwhile.
     pub fn release(&mut self, ip: Ipv4Addr) {

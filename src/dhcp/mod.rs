@@ -467,8 +467,9 @@ impl Dhcp {
             self.forward(now, blocks, req, ip, owner);
             return;
         }
-        if blocks.is_learning() {
-            // We may simply not have heard the owner yet.
+        if blocks.is_learning() || blocks.is_pending(block, now) {
+            // We may simply not have heard the owner yet, or the block is passing to the
+            // holder of its bindings (a takeover): the client asks again.
             self.counters.silent_unknown_block += 1;
             return;
         }
