@@ -35,6 +35,9 @@ use crate::wire::{self, Message, NodeId, Swarm};
 
 /// How many peers hold a replica of each block unless `--replicas` says otherwise.
 pub const DEFAULT_REPLICAS: usize = 2;
+/// `--max-replica-lag` unless given: at most this much of acknowledged allocations can be
+/// lost when a node and its disk fail together (the IPAM requirement).
+pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(5);
 /// Changes wait this long for company before they leave, so that a burst (a claim round,
 /// a pipelined provisioning run) travels in full datagrams instead of one per change.
 pub const BATCH_DELAY: Duration = Duration::from_millis(10);
@@ -189,11 +192,21 @@ struct Batch {
     rto: Duration,
 }
 
-/// Our side of the stream to one holder.
+/// Our side of the stream to one holder (or, `handback`, to a node rebuilding its state).
 #[derive(Debug)]
 struct OutStream {
     addr: Ipv6Addr,
     epoch: u32,
+    /// A handback stream: sent as Handback, ended by a batch without records (queued as
+    /// an empty record).
+    handback: bool,
+    /// The nonce of the Recover this handback answers, and when it last made progress.
+    nonce: u32,
+    progress: Instant,
+    /// Records ever queued and ever acknowledged: an API answer in synchronous mode
+    /// waits until a holder's acknowledged count passes what was queued with it.
+    queued_total: u64,
+    acked_total: u64,
     next_seq: u32,
     pending: VecDeque<(Instant, Vec<u8>)>,
     /// Bytes `pending` takes in a Replicate (each record with its length).
@@ -203,14 +216,77 @@ struct OutStream {
     flush_at: Option<Instant>,
 }
 
+impl OutStream {
+    fn message(&self, seq: u32, records: Vec<Vec<u8>>) -> Message {
+        let epoch = self.epoch;
+        if self.handback {
+            Message::Handback {
+                epoch,
+                seq,
+                records,
+            }
+        } else {
+            Message::Replicate {
+                epoch,
+                seq,
+                records,
+            }
+        }
+    }
+
+    fn push(&mut self, now: Instant, body: &[u8]) {
+        self.queued_total += 1;
+        self.pending.push_back((now, body.to_vec()));
+        self.pending_bytes += 2 + body.len();
+        // A full datagram's worth leaves at once, anything less after the batch delay.
+        let at = if self.pending_bytes >= ROOM {
+            now
+        } else {
+            now + BATCH_DELAY
+        };
+        self.flush_at = Some(self.flush_at.map_or(at, |t| t.min(at)));
+    }
+}
+
 /// A holder's side of the stream from one owner, and what it holds of the owner's blocks.
 #[derive(Debug)]
 struct InStream {
     addr: Ipv6Addr,
     epoch: u32,
     next: u32,
+    reorder: Reorder,
     last: Instant,
     blocks: BTreeMap<u32, BlockReplica>,
+}
+
+/// The receiving side's order: batches that overtook a lost or slower one wait here for
+/// it (at most a window's worth), so one loss costs one retransmission, not the window.
+#[derive(Debug, Default)]
+struct Reorder {
+    next: u32,
+    ahead: BTreeMap<u32, Vec<Vec<u8>>>,
+}
+
+impl Reorder {
+    /// Batch `seq`: the batches that are now next in order (none if it is early or old).
+    fn accept(&mut self, seq: u32, records: &[Vec<u8>]) -> Vec<Vec<Vec<u8>>> {
+        let ahead = seq.wrapping_sub(self.next);
+        if ahead == 0 {
+            let mut out = vec![records.to_vec()];
+            self.next = self.next.wrapping_add(1);
+            while let Some(r) = self.ahead.remove(&self.next) {
+                out.push(r);
+                self.next = self.next.wrapping_add(1);
+            }
+            out
+        } else {
+            // A sender keeps at most a window in flight: anything further is not ours.
+            if (ahead as usize) < WINDOW {
+                self.ahead.entry(seq).or_insert_with(|| records.to_vec());
+            }
+            Vec::new()
+        }
+    }
 }
 
 /// One row of `ddhcpctl replicas` and of the lag metrics: a stream of ours to a holder.
@@ -263,9 +339,14 @@ struct PoolRepl {
     peers: BTreeMap<NodeId, Peer>,
     /// The peers by when they were last seen: the next expiry without a walk over all.
     by_seen: BTreeSet<(Instant, NodeId)>,
+    /// Every id that ever sent us a marked claim: a ddhcp node, whose lapsed blocks its
+    /// replica holders take over.
+    known: BTreeSet<NodeId>,
     /// Holders of each block we own, as last computed.
     holders: BTreeMap<u32, Vec<NodeId>>,
     out: BTreeMap<NodeId, OutStream>,
+    /// Handback streams to nodes rebuilding their state.
+    back: BTreeMap<NodeId, OutStream>,
     held: BTreeMap<NodeId, InStream>,
     /// The peer set changed: the holders of our blocks must be computed again.
     rebalance: bool,
@@ -277,7 +358,7 @@ struct PoolRepl {
 impl PoolRepl {
     fn update_due(&mut self) {
         let mut t: Option<Instant> = None;
-        for s in self.out.values() {
+        for s in self.out.values().chain(self.back.values()) {
             let retransmit = s.flight.front().map(|b| b.sent + b.rto);
             // A full window waits for an acknowledgement, not for the clock.
             let flush = s.flush_at.filter(|_| s.flight.len() < WINDOW);
@@ -306,7 +387,30 @@ pub struct Replication {
     pools: Vec<PoolRepl>,
     sends: Vec<(usize, Ipv6Addr, Message)>,
     stats: ReplStats,
+    /// Records that came for blocks we own (a handover): (pool, block, bindings).
+    handed: Vec<(usize, u32, BlockReplica)>,
+    recovery: Option<Recovery>,
 }
+
+/// A rebuild under way: what our peers hand back to us, per pool and sender.
+#[derive(Debug)]
+struct Recovery {
+    nonce: u32,
+    /// When we give up waiting for peers that never answer.
+    deadline: Instant,
+    /// Peers asked, with where they are and when we ask again (`None`: their stream began).
+    asked: BTreeMap<(usize, NodeId), (Ipv6Addr, Option<Instant>)>,
+    /// Each sender's handback stream: its epoch and the order of its batches.
+    streams: BTreeMap<(usize, NodeId), (u32, Reorder)>,
+    done: BTreeSet<(usize, NodeId)>,
+    blocks: BTreeMap<(usize, u32), BTreeMap<NodeId, BlockReplica>>,
+}
+
+/// How often a node rebuilding its state asks a peer that has not answered yet.
+pub const RECOVER_RETRY: Duration = Duration::from_secs(1);
+/// A handback stream that makes no progress for this long is given up (the node that
+/// asked is gone again).
+const HANDBACK_IDLE: Duration = Duration::from_secs(60);
 
 impl Replication {
     /// `pools`: each pool's swarm, range and block timeout, in the node's pool order.
@@ -330,8 +434,10 @@ impl Replication {
                     live_for,
                     peers: BTreeMap::new(),
                     by_seen: BTreeSet::new(),
+                    known: BTreeSet::new(),
                     holders: BTreeMap::new(),
                     out: BTreeMap::new(),
+                    back: BTreeMap::new(),
                     held: BTreeMap::new(),
                     rebalance: false,
                     stream_due: None,
@@ -339,6 +445,8 @@ impl Replication {
                 .collect(),
             sends: Vec::new(),
             stats: ReplStats::default(),
+            handed: Vec::new(),
+            recovery: None,
         }
     }
 
@@ -360,6 +468,15 @@ impl Replication {
         let Some(p) = self.pools.get_mut(pool) else {
             return;
         };
+        p.known.insert(id);
+        if let Some(r) = &mut self.recovery
+            && !r.asked.contains_key(&(pool, id))
+        {
+            r.asked
+                .insert((pool, id), (addr, Some(now + RECOVER_RETRY)));
+            self.sends
+                .push((pool, addr, Message::Recover { nonce: r.nonce }));
+        }
         let old = p.peers.insert(id, Peer { addr, seen: now });
         if let Some(o) = old {
             p.by_seen.remove(&(o.seen, id));
@@ -515,6 +632,7 @@ impl Replication {
         epoch: u32,
         seq: u32,
         records: &[Vec<u8>],
+        owns: impl Fn(u32) -> bool,
     ) {
         let Some(p) = self.pools.get_mut(pool) else {
             return;
@@ -523,6 +641,7 @@ impl Replication {
             addr: from,
             epoch,
             next: 0,
+            reorder: Reorder::default(),
             last: now,
             blocks: BTreeMap::new(),
         });
@@ -538,12 +657,17 @@ impl Replication {
             }
             s.epoch = epoch;
             s.next = 0;
+            s.reorder = Reorder::default();
         }
-        if seq == s.next {
-            s.next = s.next.wrapping_add(1);
+        let ready = s.reorder.accept(seq, records);
+        if ready.is_empty() {
+            self.stats.out_of_order += 1;
+        }
+        s.next = s.reorder.next;
+        for records in ready {
             s.last = now;
             self.stats.batches_received += 1;
-            for r in records {
+            for r in &records {
                 let Some((_, c)) = codec::decode_body(r, codec::Format::V2) else {
                     self.stats.bad_records += 1;
                     continue;
@@ -561,13 +685,27 @@ impl Replication {
                     Change::BlockGone { .. } => {
                         s.blocks.remove(&block);
                     }
-                    c => s.blocks.entry(block).or_default().apply(c),
+                    c => {
+                        // A block that is ours too: the sender held it while we were cut
+                        // off, or is about to lose it to us (or we to it). Its bindings are
+                        // merged into ours, and kept as a replica as well, for the case
+                        // that the tie-break gives the block to the sender.
+                        if owns(block) {
+                            match self.handed.last_mut() {
+                                Some((pl, b, r)) if *pl == pool && *b == block => {
+                                    r.apply(c.clone())
+                                }
+                                _ => {
+                                    let mut r = BlockReplica::default();
+                                    r.apply(c.clone());
+                                    self.handed.push((pool, block, r));
+                                }
+                            }
+                        }
+                        s.blocks.entry(block).or_default().apply(c)
+                    }
                 }
             }
-        } else if seq.wrapping_sub(s.next) < u32::MAX / 2 {
-            // Ahead of what we have: a batch before it was lost. Go-back-N: drop it, the
-            // acknowledgement below tells the owner where to resume.
-            self.stats.out_of_order += 1;
         }
         self.sends.push((
             pool,
@@ -585,29 +723,53 @@ impl Replication {
         let Some(p) = self.pools.get_mut(pool) else {
             return;
         };
-        let Some(s) = p.out.get_mut(&holder) else {
-            return;
+        let s = match p.out.get_mut(&holder) {
+            Some(s) if s.epoch == epoch => s,
+            _ => match p.back.get_mut(&holder) {
+                Some(s) if s.epoch == epoch => s,
+                _ => return,
+            },
         };
-        if s.epoch != epoch {
-            return;
-        }
         self.stats.acks_received += 1;
+        s.progress = now;
+        let before = s.flight.len();
         while s
             .flight
             .front()
             .is_some_and(|b| next.wrapping_sub(b.seq).wrapping_sub(1) < u32::MAX / 2)
         {
-            s.flight.pop_front();
+            if let Some(b) = s.flight.pop_front() {
+                s.acked_total += b.records.len() as u64;
+            }
+        }
+        if s.flight.len() < before {
+            // The holder is there and taking batches: what is still in flight waits one
+            // short timeout again, not the backed-off one of an earlier loss.
+            for b in &mut s.flight {
+                b.rto = RTO_MIN;
+            }
         }
         if s.flush_at.is_some_and(|t| t <= now) {
             flush(pool, s, now, &mut self.sends, &mut self.stats);
         }
+        // A handback that is wholly acknowledged is done.
+        p.back
+            .retain(|_, s| !(s.flight.is_empty() && s.pending.is_empty()));
         p.update_due();
     }
 
     /// Flushes due batches, retransmits what timed out, forgets peers that stopped
     /// claiming (and the streams to them: their blocks get new holders).
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(r) = &mut self.recovery {
+            for (&(pool, _), (addr, retry)) in r.asked.iter_mut() {
+                if retry.is_some_and(|t| t <= now) {
+                    *retry = Some(now + RECOVER_RETRY);
+                    self.sends
+                        .push((pool, *addr, Message::Recover { nonce: r.nonce }));
+                }
+            }
+        }
         for (i, p) in self.pools.iter_mut().enumerate() {
             let mut expired = false;
             while let Some(&(seen, id)) = p.by_seen.first() {
@@ -623,21 +785,19 @@ impl Replication {
                 let peers = &p.peers;
                 p.out.retain(|id, _| peers.contains_key(id));
             }
-            for s in p.out.values_mut() {
+            p.back
+                .retain(|_, s| now.saturating_since(s.progress) < HANDBACK_IDLE);
+            for s in p.out.values_mut().chain(p.back.values_mut()) {
                 if s.flight.front().is_some_and(|b| b.sent + b.rto <= now) {
+                    let mut again = Vec::with_capacity(s.flight.len());
                     for b in s.flight.iter_mut() {
                         self.stats.retransmits += 1;
                         b.sent = now;
                         b.rto = (b.rto * 2).min(RTO_MAX);
-                        self.sends.push((
-                            i,
-                            s.addr,
-                            Message::Replicate {
-                                epoch: s.epoch,
-                                seq: b.seq,
-                                records: b.records.clone(),
-                            },
-                        ));
+                        again.push((b.seq, b.records.clone()));
+                    }
+                    for (seq, records) in again {
+                        self.sends.push((i, s.addr, s.message(seq, records)));
                     }
                 }
                 if s.flush_at.is_some_and(|t| t <= now) {
@@ -663,6 +823,14 @@ impl Replication {
             }
             if let Some(d) = p.stream_due {
                 at(d);
+            }
+        }
+        if let Some(r) = &self.recovery {
+            at(r.deadline);
+            for &(_, retry) in r.asked.values() {
+                if let Some(x) = retry {
+                    at(x);
+                }
             }
         }
         t
@@ -723,6 +891,323 @@ impl Replication {
     }
 }
 
+impl Replication {
+    /// What the current holders of our `block` must acknowledge for everything queued
+    /// so far to be theirs: (holder, stream epoch, records queued).
+    pub fn sync_targets(&self, pool: usize, block: u32) -> Vec<(NodeId, u32, u64)> {
+        let Some(p) = self.pools.get(pool) else {
+            return Vec::new();
+        };
+        p.holders
+            .get(&block)
+            .into_iter()
+            .flatten()
+            .filter_map(|h| p.out.get(h).map(|s| (*h, s.epoch, s.queued_total)))
+            .collect()
+    }
+
+    /// Some(true) once one holder acknowledged its target; None if every target's
+    /// stream is gone (the holders changed: ask [`Replication::sync_targets`] again).
+    pub fn sync_reached(&self, pool: usize, targets: &[(NodeId, u32, u64)]) -> Option<bool> {
+        let p = self.pools.get(pool)?;
+        let mut live = false;
+        for (h, epoch, target) in targets {
+            if let Some(s) = p.out.get(h).filter(|s| s.epoch == *epoch) {
+                if s.acked_total >= *target {
+                    return Some(true);
+                }
+                live = true;
+            }
+        }
+        live.then_some(false)
+    }
+
+    /// How far behind the furthest holder of pool `pool` is (zero without holders).
+    pub fn worst_lag(&self, pool: usize, now: Instant) -> Duration {
+        let Some(p) = self.pools.get(pool) else {
+            return Duration::ZERO;
+        };
+        p.out
+            .values()
+            .filter_map(|s| {
+                s.flight
+                    .front()
+                    .map(|b| b.queued)
+                    .or(s.pending.front().map(|(t, _)| *t))
+            })
+            .map(|t| now.saturating_since(t))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Whether `id` ever sent us a marked claim in pool `pool`: a ddhcp node.
+    pub fn is_ddhcp(&self, pool: usize, id: NodeId) -> bool {
+        self.pools.get(pool).is_some_and(|p| p.known.contains(&id))
+    }
+
+    /// Our place among the holders of `owner`'s `block` that take it over when its claim
+    /// lapses: the rendezvous rule over the live ddhcp peers and us, without the owner. Only
+    /// if we hold a replica of it: a holder without one has nothing to serve.
+    pub fn takeover_rank(&self, pool: usize, block: u32, owner: NodeId) -> Option<usize> {
+        let p = self.pools.get(pool)?;
+        p.held.get(&owner)?.blocks.get(&block)?;
+        let cands = p.peers.keys().copied().chain([self.me]);
+        holders(&p.swarm, block, owner, cands, self.k.max(1))
+            .iter()
+            .position(|&n| n == self.me)
+    }
+
+    /// Takes what we hold of `origin`'s `block` out of the replicas (to serve it, or
+    /// because another node took the block).
+    pub fn take_replica(
+        &mut self,
+        pool: usize,
+        origin: NodeId,
+        block: u32,
+    ) -> Option<BlockReplica> {
+        self.pools
+            .get_mut(pool)?
+            .held
+            .get_mut(&origin)?
+            .blocks
+            .remove(&block)
+    }
+
+    /// We lost `block` to `to`, a ddhcp node: it gets our bindings of the block, which it
+    /// merges into its own (the tie-break decides who keeps the block; the records make
+    /// sure the winner knows every client the loser served).
+    pub fn handover(&mut self, now: Instant, pool: usize, to: NodeId, records: &[Change]) {
+        if self.k == 0 {
+            return;
+        }
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        for c in records {
+            if let Some(body) = record(now, c) {
+                queue(p, &mut self.next_epoch, now, to, &body);
+            }
+        }
+        p.update_due();
+    }
+
+    /// Records that came for blocks we own, to merge: (pool, block, bindings).
+    pub fn take_handed(&mut self) -> Vec<(usize, u32, BlockReplica)> {
+        std::mem::take(&mut self.handed)
+    }
+
+    /// A Recover from `id` at `addr`: opens a handback stream, unless one for the same
+    /// request is under way. True if the caller is to fill it ([`Replication::handback`],
+    /// then [`Replication::handback_end`]).
+    pub fn open_handback(
+        &mut self,
+        now: Instant,
+        pool: usize,
+        id: NodeId,
+        addr: Ipv6Addr,
+        nonce: u32,
+    ) -> bool {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return false;
+        };
+        if p.back.get(&id).is_some_and(|s| s.nonce == nonce) {
+            return false;
+        }
+        let epoch = self.next_epoch;
+        self.next_epoch = self.next_epoch.wrapping_add(1);
+        p.back.insert(
+            id,
+            OutStream {
+                addr,
+                epoch,
+                handback: true,
+                nonce,
+                progress: now,
+                queued_total: 0,
+                acked_total: 0,
+                next_seq: 0,
+                pending: VecDeque::new(),
+                pending_bytes: 0,
+                flight: VecDeque::new(),
+                flush_at: None,
+            },
+        );
+        true
+    }
+
+    /// What we hold of `origin`'s blocks in pool `pool`, each as a block's full state.
+    pub fn held_for(&self, pool: usize, origin: NodeId) -> Vec<(u32, Vec<Change>)> {
+        self.pools
+            .get(pool)
+            .and_then(|p| p.held.get(&origin))
+            .map(|s| s.blocks.iter().map(|(&b, r)| (b, r.records(b))).collect())
+            .unwrap_or_default()
+    }
+
+    /// One block's full state for the handback stream to `to`.
+    pub fn handback(
+        &mut self,
+        now: Instant,
+        pool: usize,
+        to: NodeId,
+        block: u32,
+        records: &[Change],
+    ) {
+        let Some(s) = self.pools.get_mut(pool).and_then(|p| p.back.get_mut(&to)) else {
+            return;
+        };
+        let start = Change::BlockOwned { block, since: now };
+        for c in std::iter::once(&start).chain(records) {
+            if let Some(body) = record(now, c) {
+                s.push(now, &body);
+            }
+        }
+    }
+
+    /// Ends the handback stream to `to`.
+    pub fn handback_end(&mut self, now: Instant, pool: usize, to: NodeId) {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        if let Some(s) = p.back.get_mut(&to) {
+            s.push(now, &[]);
+        }
+        p.update_due();
+    }
+
+    /// Starts a rebuild: every ddhcp peer we hear in the next moments is asked for what it
+    /// holds for us, until `deadline`.
+    pub fn start_recovery(&mut self, nonce: u32, deadline: Instant) {
+        self.recovery = Some(Recovery {
+            nonce,
+            deadline,
+            asked: BTreeMap::new(),
+            streams: BTreeMap::new(),
+            done: BTreeSet::new(),
+            blocks: BTreeMap::new(),
+        });
+    }
+
+    pub fn is_recovering(&self) -> bool {
+        self.recovery.is_some()
+    }
+
+    /// A Handback batch from `id` at `from`: applied in order, acknowledged in any case.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_handback(
+        &mut self,
+        now: Instant,
+        pool: usize,
+        id: NodeId,
+        from: Ipv6Addr,
+        epoch: u32,
+        seq: u32,
+        records: &[Vec<u8>],
+    ) {
+        let ack = |next| (pool, from, Message::ReplicaAck { epoch, next });
+        let Some(r) = &mut self.recovery else {
+            // Not rebuilding (any more): acknowledge all, so the sender stops.
+            self.sends.push(ack(seq.wrapping_add(1)));
+            return;
+        };
+        let Some(range) = self.pools.get(pool).map(|p| p.range) else {
+            return;
+        };
+        if let Some(a) = r.asked.get_mut(&(pool, id)) {
+            a.1 = None;
+        } else {
+            r.asked.insert((pool, id), (from, None));
+        }
+        let st = r
+            .streams
+            .entry((pool, id))
+            .or_insert_with(|| (epoch, Reorder::default()));
+        if st.0 != epoch {
+            if seq != 0 {
+                self.sends.push(ack(0));
+                return;
+            }
+            *st = (epoch, Reorder::default());
+            r.done.remove(&(pool, id));
+            // What an earlier stream of this sender handed back is replaced by this one.
+            for per in r.blocks.values_mut() {
+                per.remove(&id);
+            }
+        }
+        let ready = st.1.accept(seq, records);
+        let next = st.1.next;
+        for records in ready {
+            if records.is_empty() {
+                r.done.insert((pool, id));
+            }
+            for rec in &records {
+                let Some((_, c)) = codec::decode_body(rec, codec::Format::V2) else {
+                    self.stats.bad_records += 1;
+                    continue;
+                };
+                let c = rebase(c, now);
+                let Some(block) = block_of(&range, &c) else {
+                    self.stats.bad_records += 1;
+                    continue;
+                };
+                self.stats.records_applied += 1;
+                let per = r.blocks.entry((pool, block)).or_default();
+                match c {
+                    Change::BlockOwned { .. } => {
+                        per.insert(id, BlockReplica::default());
+                    }
+                    Change::BlockGone { .. } => {
+                        per.remove(&id);
+                    }
+                    c => per.entry(id).or_default().apply(c),
+                }
+            }
+        }
+        self.sends.push(ack(next));
+    }
+
+    /// Whether the rebuild can end: every peer asked has sent all it holds for us (once
+    /// `learned`: we have listened long enough to know our peers), or the deadline passed.
+    pub fn recovery_complete(&self, now: Instant, learned: bool) -> bool {
+        let Some(r) = &self.recovery else {
+            return false;
+        };
+        now >= r.deadline || (learned && r.asked.keys().all(|k| r.done.contains(k)))
+    }
+
+    /// Ends the rebuild: per (pool, block), what each peer handed back.
+    pub fn finish_recovery(&mut self) -> BTreeMap<(usize, u32), BTreeMap<NodeId, BlockReplica>> {
+        self.recovery.take().map(|r| r.blocks).unwrap_or_default()
+    }
+}
+
+/// One binding per address of what several peers handed back for one block: the latest
+/// lease end wins (a holder that lagged knows less, never more), allocations are unioned.
+pub fn merge_replicas(reps: impl IntoIterator<Item = BlockReplica>) -> BlockReplica {
+    let mut out = BlockReplica::default();
+    for r in reps {
+        out.hold = out.hold.max(r.hold);
+        for (ip, l) in r.leases {
+            match out.leases.get(&ip) {
+                Some(cur) if cur.until >= l.until => {}
+                _ => {
+                    out.leases.insert(ip, l);
+                }
+            }
+        }
+        for (ip, a) in r.allocations {
+            out.allocations.entry(ip).or_insert(a);
+        }
+        for (ip, t) in r.cooling {
+            if !out.allocations.contains_key(&ip) {
+                let e = out.cooling.entry(ip).or_insert(t);
+                *e = (*e).max(t);
+            }
+        }
+    }
+    out
+}
+
 /// Queues one change for holder `h`, opening the stream if there is none.
 fn queue(p: &mut PoolRepl, next_epoch: &mut u32, now: Instant, h: NodeId, body: &[u8]) {
     let Some(peer) = p.peers.get(&h) else {
@@ -734,6 +1219,11 @@ fn queue(p: &mut PoolRepl, next_epoch: &mut u32, now: Instant, h: NodeId, body: 
         OutStream {
             addr: peer.addr,
             epoch,
+            handback: false,
+            nonce: 0,
+            progress: now,
+            queued_total: 0,
+            acked_total: 0,
             next_seq: 0,
             pending: VecDeque::new(),
             pending_bytes: 0,
@@ -741,15 +1231,7 @@ fn queue(p: &mut PoolRepl, next_epoch: &mut u32, now: Instant, h: NodeId, body: 
             flush_at: None,
         }
     });
-    s.pending.push_back((now, body.to_vec()));
-    s.pending_bytes += 2 + body.len();
-    // A full datagram's worth leaves at once, anything less after the batch delay.
-    let at = if s.pending_bytes >= ROOM {
-        now
-    } else {
-        now + BATCH_DELAY
-    };
-    s.flush_at = Some(s.flush_at.map_or(at, |t| t.min(at)));
+    s.push(now, body);
 }
 
 /// A change as a Replicate record, once for all its holders; `None` if it would not fit.
@@ -777,6 +1259,14 @@ fn flush(
         let mut records = Vec::new();
         let queued = s.pending.front().map_or(now, |(t, _)| *t);
         while let Some((_, r)) = s.pending.front() {
+            if r.is_empty() {
+                // The end of a handback: a batch of its own, without records.
+                if records.is_empty() {
+                    s.pending_bytes -= 2;
+                    s.pending.pop_front();
+                }
+                break;
+            }
             if 2 + r.len() > room || records.len() == MAX_RECORDS {
                 break;
             }
@@ -792,15 +1282,7 @@ fn flush(
             + wire::REPLICATE_FIXED_LEN
             + records.iter().map(|r| 2 + r.len()).sum::<usize>())
             as u64;
-        sends.push((
-            pool,
-            s.addr,
-            Message::Replicate {
-                epoch: s.epoch,
-                seq,
-                records: records.clone(),
-            },
-        ));
+        sends.push((pool, s.addr, s.message(seq, records.clone())));
         s.flight.push_back(Batch {
             seq,
             records,

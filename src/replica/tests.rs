@@ -57,7 +57,7 @@ fn pump(
                 records,
             } = m
             {
-                b.on_replicate(now, pool, id(1), addr(1), epoch, seq, &records);
+                b.on_replicate(now, pool, id(1), addr(1), epoch, seq, &records, |_| false);
             }
         }
         for (pool, to, m) in from_b {
@@ -293,11 +293,20 @@ fn a_holder_that_stops_claiming_is_replaced() {
 fn bad_records_are_counted_not_applied() {
     let t0 = Instant::from_millis(0);
     let mut b = repl(2, 1, 0);
-    b.on_replicate(t0, 0, id(1), addr(1), 5, 0, &[vec![0xee, 0, 1], vec![4]]);
+    b.on_replicate(
+        t0,
+        0,
+        id(1),
+        addr(1),
+        5,
+        0,
+        &[vec![0xee, 0, 1], vec![4]],
+        |_| false,
+    );
     assert_eq!(b.stats().bad_records, 2);
     assert_eq!(b.held(t0)[0].blocks, 0);
     // A replicate for a pool we do not have is ignored.
-    b.on_replicate(t0, 3, id(1), addr(1), 5, 1, &[]);
+    b.on_replicate(t0, 3, id(1), addr(1), 5, 1, &[], |_| false);
     let acks: Vec<_> = b.take_sends().collect();
     assert_eq!(acks.len(), 1);
 }
