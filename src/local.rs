@@ -1106,6 +1106,9 @@ mod tests {
             }],
             location: None,
             replicas: crate::replica::DEFAULT_REPLICAS,
+            recover: false,
+            max_replica_lag: crate::replica::DEFAULT_MAX_LAG,
+            replica_sync: false,
         };
         let mut n = Harness::new(Node::new(cfg, NodeId([5; 8]), t(0), 3));
         for s in 0..=3 {
@@ -1352,6 +1355,9 @@ mod tests {
             }],
             location: None,
             replicas: crate::replica::DEFAULT_REPLICAS,
+            recover: false,
+            max_replica_lag: crate::replica::DEFAULT_MAX_LAG,
+            replica_sync: false,
         };
         let mut n = Harness::new(Node::new(cfg, NodeId([5; 8]), t(0), 3));
         let ago = t(0) - Duration::from_secs(5);

@@ -39,6 +39,13 @@ pub struct NodeConfig {
     pub location: Option<String>,
     /// Peers that hold a replica of each of our blocks (`--replicas`, 0 = none).
     pub replicas: usize,
+    /// Rebuild from the peers (`--recover`, or a fixed node id and an empty store): claim
+    /// nothing until they have handed back what they hold for us.
+    pub recover: bool,
+    /// `--max-replica-lag`: new API allocations are refused while a holder lags more.
+    pub max_replica_lag: std::time::Duration,
+    /// `--replica-sync`: an API allocation is answered once a holder acknowledged it.
+    pub replica_sync: bool,
 }
 
 impl NodeConfig {
@@ -52,6 +59,9 @@ impl NodeConfig {
             pools: vec![PoolConfig::default_pool(range, claim, dhcp)],
             location: None,
             replicas: crate::replica::DEFAULT_REPLICAS,
+            recover: false,
+            max_replica_lag: crate::replica::DEFAULT_MAX_LAG,
+            replica_sync: false,
         }
     }
 }
@@ -333,6 +343,27 @@ pub struct Node {
     repl: Replication,
     /// The time of the latest input: changes taken by the shell happened then.
     now: Instant,
+    /// Lapsed blocks a holder of lower rank may take over first: when we look again.
+    takeovers: std::collections::BTreeSet<(Instant, usize, u32, NodeId)>,
+    /// Blocks we took over, with their previous owner (handed back if it rebuilds).
+    taken: std::collections::BTreeMap<(usize, u32), NodeId>,
+    /// A rebuild may end once we have listened this long (we know our peers by then).
+    recover_learned: Instant,
+    max_lag: std::time::Duration,
+    sync: bool,
+    /// API answers waiting for a replica holder's acknowledgement (`--replica-sync`).
+    parked: Vec<Parked>,
+}
+
+/// An answer to an allocation, held until a holder of its block has acknowledged it.
+struct Parked {
+    id: u64,
+    answer: Answer,
+    pool: usize,
+    block: u32,
+    since: Instant,
+    /// Set once the allocation's change has been queued to the holders.
+    targets: Option<Vec<(NodeId, u32, u64)>>,
 }
 
 impl Node {
@@ -347,8 +378,9 @@ impl Node {
             .collect();
         let rng = StdRng::seed_from_u64(seed);
         // From its own generator, so that the claim choices of a seed stay what they were.
-        let epoch = StdRng::seed_from_u64(seed ^ 0x7265_706c_6963_6121).random();
-        let repl = Replication::new(
+        let mut side = StdRng::seed_from_u64(seed ^ 0x7265_706c_6963_6121);
+        let epoch = side.random();
+        let mut repl = Replication::new(
             cfg.replicas,
             id,
             epoch,
@@ -356,6 +388,16 @@ impl Node {
                 .iter()
                 .map(|p| (p.swarm(), *p.range(), p.config().claim.block_timeout)),
         );
+        let longest = pools
+            .iter()
+            .map(|p| p.config().claim.block_timeout)
+            .max()
+            .unwrap_or_default();
+        let recover = cfg.recover && cfg.replicas > 0;
+        if recover {
+            // Long enough to hear every peer, and for each to hand a million bindings back.
+            repl.start_recovery(side.random(), now + longest * 3 + RECOVER_SLACK);
+        }
         let mut node = Node {
             id,
             location: cfg.location,
@@ -365,7 +407,19 @@ impl Node {
             counters: Counters::default(),
             repl,
             now,
+            takeovers: Default::default(),
+            taken: Default::default(),
+            recover_learned: now + longest,
+            max_lag: cfg.max_replica_lag,
+            sync: cfg.replica_sync && cfg.replicas > 0,
+            parked: Vec::new(),
         };
+        if recover {
+            info!("rebuilding: asking the peers for what they hold for us");
+            for p in &mut node.pools {
+                p.hold_learning(true);
+            }
+        }
         for i in 0..node.pools.len() {
             node.flush_pool(i);
         }
@@ -403,7 +457,70 @@ impl Node {
                 .on_changes(self.now, pool, v[start..end].iter().map(|(_, c)| c));
             start = end;
         }
+        // An allocation's change is queued now: what its answer waits for is known.
+        let mut release = false;
+        for p in &mut self.parked {
+            if p.targets.is_none() {
+                let t = self.repl.sync_targets(p.pool, p.block);
+                release |= t.is_empty();
+                p.targets = Some(t);
+            }
+        }
+        if release {
+            self.release_parked(self.now);
+        }
         v
+    }
+
+    /// Answers parked allocations whose holder acknowledged them, re-targets those whose
+    /// holders changed, and refuses those no holder acknowledged within the lag bound
+    /// (the allocation stands; asking again returns it, and waits again).
+    fn release_parked(&mut self, now: Instant) {
+        let mut keep = Vec::with_capacity(self.parked.len());
+        for mut p in std::mem::take(&mut self.parked) {
+            let Some(targets) = &p.targets else {
+                keep.push(p);
+                continue;
+            };
+            let reached = if targets.is_empty() {
+                Some(true)
+            } else {
+                self.repl.sync_reached(p.pool, targets)
+            };
+            match reached {
+                Some(true) => self.out.push_back(Output::Answer {
+                    id: p.id,
+                    answer: p.answer,
+                }),
+                _ if now.saturating_since(p.since) > self.max_lag => {
+                    let ip = match &p.answer {
+                        Answer::Allocated { row, .. } => row.ip.to_string(),
+                        _ => String::new(),
+                    };
+                    self.out.push_back(Output::Answer {
+                        id: p.id,
+                        answer: Answer::Refused(format!(
+                            "{ip} is allocated and stored here, but no replica holder acknowledged it within {} s (--replica-sync); ask again to wait for it",
+                            self.max_lag.as_secs()
+                        )),
+                    });
+                }
+                None => {
+                    let t = self.repl.sync_targets(p.pool, p.block);
+                    if t.is_empty() {
+                        self.out.push_back(Output::Answer {
+                            id: p.id,
+                            answer: p.answer,
+                        });
+                    } else {
+                        p.targets = Some(t);
+                        keep.push(p);
+                    }
+                }
+                Some(false) => keep.push(p),
+            }
+        }
+        self.parked = keep;
     }
 
     /// The replication layer: holders, streams, replicas held (`ddhcpctl replicas`).
@@ -549,6 +666,15 @@ impl Node {
                 return self.out.push_back(Output::Answer { id, answer });
             }
         };
+        let lag = self.repl.worst_lag(i, now);
+        if lag > self.max_lag {
+            let answer = Answer::Refused(format!(
+                "a replica holder is {:.1} s behind (--max-replica-lag {}): no new allocations until it catches up or is replaced",
+                lag.as_secs_f64(),
+                self.max_lag.as_secs()
+            ));
+            return self.out.push_back(Output::Answer { id, answer });
+        }
         let me = self.id;
         let Some((api, blocks)) = self.pools[i].api_mut() else {
             let answer = Answer::Refused(no_api(&self.pools[i]));
@@ -839,12 +965,35 @@ impl Node {
                 },
             ) => {
                 self.counters.inc(Counter::ReplRecvBatch);
+                let blocks = pool.blocks();
                 self.repl
-                    .on_replicate(now, i, packet.node_id, from, *epoch, *seq, records);
+                    .on_replicate(now, i, packet.node_id, from, *epoch, *seq, records, |b| {
+                        blocks.owns(b)
+                    });
+            }
+            (
+                Channel::Unicast,
+                Message::Handback {
+                    epoch,
+                    seq,
+                    records,
+                },
+            ) => {
+                self.counters.inc(Counter::ReplRecvHandback);
+                self.repl
+                    .on_handback(now, i, packet.node_id, from, *epoch, *seq, records);
+            }
+            (Channel::Unicast, Message::Recover { nonce }) => {
+                self.counters.inc(Counter::ReplRecvRecover);
+                let nonce = *nonce;
+                self.hand_back(now, i, packet.node_id, from, nonce);
             }
             (Channel::Unicast, Message::ReplicaAck { epoch, next }) => {
                 self.counters.inc(Counter::ReplRecvAck);
                 self.repl.on_ack(now, i, packet.node_id, *epoch, *next);
+                if !self.parked.is_empty() {
+                    self.release_parked(now);
+                }
             }
             (Channel::Unicast, Message::RenewLease(p)) => {
                 self.counters.inc(Counter::DirectRecvRenewLease);
@@ -903,8 +1052,149 @@ impl Node {
             self.pools[i].handle_timeout(now, &mut self.rng);
             self.flush_pool(i);
         }
+        while let Some(&(at, i, block, owner)) = self.takeovers.first() {
+            if at > now {
+                break;
+            }
+            self.takeovers.pop_first();
+            // Still free: the holders ranked before us did not take it.
+            let b = self.pools[i].blocks();
+            match b.owner_of(block) {
+                None if !b.owns(block) => self.take_over(now, i, block, owner),
+                // Another holder took it: what we hold of the old owner's block is history.
+                Some((o, _)) if o != owner => {
+                    self.repl.take_replica(i, owner, block);
+                }
+                // Its owner is back (it was only unheard), or it is ours already.
+                _ => {}
+            }
+            self.flush_pool(i);
+        }
         self.repl.handle_timeout(now);
+        if !self.parked.is_empty() {
+            self.release_parked(now);
+        }
+        let learned = now >= self.recover_learned;
+        if self.repl.recovery_complete(now, learned) {
+            self.finish_recovery(now);
+        }
         self.flush_repl(now);
+    }
+
+    /// A peer's claim on `block` lapsed. If the peer is a ddhcp node, the holders of its
+    /// replicas take the block over in the rendezvous order, one step apart; every other
+    /// ddhcp node leaves the block alone for longer than the bindings could last
+    /// (docs/replication.md, takeover).
+    fn on_lapsed(&mut self, now: Instant, i: usize, block: u32, owner: NodeId) {
+        let k = self.repl.replicas();
+        if k == 0 || !self.repl.is_ddhcp(i, owner) || !self.pools[i].claims() {
+            return;
+        }
+        let step = takeover_step(&self.pools[i].config().claim);
+        let rank = self.repl.takeover_rank(i, block, owner);
+        let empty = self.repl.replica(i, owner, block).is_some_and(|r| {
+            r.bindings() == 0 && r.cooling.is_empty() && r.hold.is_none_or(|h| h <= now)
+        });
+        if rank.is_some() && empty {
+            // Nothing of the block is bound: there is nothing to keep, the block is free.
+            self.repl.take_replica(i, owner, block);
+            return;
+        }
+        match rank {
+            Some(0) => self.take_over(now, i, block, owner),
+            Some(r) => {
+                let at = now + step * r as u32;
+                self.pools[i].quarantine(block, at);
+                self.takeovers.insert((at, i, block, owner));
+            }
+            None => {
+                let horizon = self.pools[i].binding_horizon().max(step * (k as u32 + 1));
+                self.pools[i].quarantine(block, now + horizon);
+            }
+        }
+    }
+
+    fn take_over(&mut self, now: Instant, i: usize, block: u32, owner: NodeId) {
+        // Copied, not taken: if the owner was only unheard for a while and claims the block
+        // again, we are still its holder. The copy goes once the block is ours.
+        let Some(rep) = self.repl.replica(i, owner, block).cloned() else {
+            return;
+        };
+        let (leases, allocations) = (rep.leases.len(), rep.allocations.len());
+        if self.pools[i].adopt(now, block, rep) {
+            info!(pool = %self.pools[i].name(), block, %owner, leases, allocations,
+                  "taking over a silent owner's block with its bindings");
+            self.counters.inc(Counter::BlocksTakenOver);
+            self.taken.insert((i, block), owner);
+        }
+    }
+
+    /// A rebuilding node asks for what we hold for it: the replicas of its blocks, and the
+    /// blocks we took over from it, which we give up for it to take back.
+    fn hand_back(&mut self, now: Instant, i: usize, id: NodeId, addr: Ipv6Addr, nonce: u32) {
+        if self.repl.replicas() == 0 || !self.repl.open_handback(now, i, id, addr, nonce) {
+            return;
+        }
+        let mut blocks = 0;
+        for (block, records) in self.repl.held_for(i, id) {
+            self.repl.handback(now, i, id, block, &records);
+            blocks += 1;
+        }
+        let ours: Vec<u32> = self
+            .taken
+            .iter()
+            .filter(|&(&(p, _), &o)| p == i && o == id)
+            .map(|(&(_, b), _)| b)
+            .collect();
+        for block in ours {
+            self.taken.remove(&(i, block));
+            if !self.pools[i].blocks().owns(block) {
+                continue;
+            }
+            let records = self.pools[i].block_records(block);
+            self.repl.handback(now, i, id, block, &records);
+            // Released before the stream ends, so the owner finds it free (or ours, which
+            // it may take from us) when it takes its blocks back.
+            self.pools[i].release(block);
+            self.counters.inc(Counter::BlocksHandedBack);
+            blocks += 1;
+        }
+        info!(pool = %self.pools[i].name(), node = %id, blocks, "handing back what we hold for a rebuilding node");
+        self.repl.handback_end(now, i, id);
+        self.pools[i].drain(now);
+        self.flush_pool(i);
+    }
+
+    /// The rebuild is over: every block a peer handed back is ours again with the
+    /// bindings they held (the most recent of each), unless another node has it now.
+    fn finish_recovery(&mut self, now: Instant) {
+        let got = self.repl.finish_recovery();
+        let mut blocks = 0;
+        let mut bindings = 0;
+        for ((i, block), per) in got {
+            let Some(pool) = self.pools.get_mut(i) else {
+                continue;
+            };
+            let owner = pool.blocks().owner_of(block).map(|(id, _)| id);
+            let from = owner.filter(|o| per.contains_key(o));
+            let rep = crate::replica::merge_replicas(per.into_values());
+            let n = rep.bindings();
+            if pool.take_back(now, block, rep, from) {
+                blocks += 1;
+                bindings += n;
+            }
+        }
+        info!(blocks, bindings, "rebuild done: serving our blocks again");
+        for i in 0..self.pools.len() {
+            self.pools[i].hold_learning(false);
+            self.pools[i].drain(now);
+            self.flush_pool(i);
+        }
+    }
+
+    /// Whether the node is still rebuilding its state from its peers.
+    pub fn is_recovering(&self) -> bool {
+        self.repl.is_recovering()
     }
 
     /// When [`Node::handle_timeout`] should next be called.
@@ -913,6 +1203,12 @@ impl Node {
             .iter()
             .map(Pool::poll_timeout)
             .chain(self.repl.poll_timeout())
+            .chain(self.takeovers.first().map(|t| t.0))
+            .chain(
+                self.parked
+                    .first()
+                    .map(|p| p.since + self.max_lag + std::time::Duration::from_millis(1)),
+            )
             .min()
             .unwrap_or(Instant::from_millis(u64::MAX))
     }
@@ -929,6 +1225,12 @@ impl Node {
                 let records = self.pools[i].block_records(r.block);
                 self.repl.resync(now, i, r.block, &r.to, &records);
             }
+        }
+        for (i, block, rep) in self.repl.take_handed() {
+            let n = self.pools[i].merge(block, rep);
+            self.counters.add(Counter::BindingConflicts, n as u64);
+            self.pools[i].drain(now);
+            self.flush_pool(i);
         }
         let sends: Vec<_> = self.repl.take_sends().collect();
         for (pool, to, m) in sends {
@@ -967,6 +1269,16 @@ impl Node {
 
     /// Moves what pool `i` produced onto the output queue.
     fn flush_pool(&mut self, i: usize) {
+        let (lapsed, lost) = self.pools[i].take_block_news();
+        let now = self.now;
+        for (block, owner) in lapsed {
+            self.on_lapsed(now, i, block, owner);
+        }
+        for (_, to, records) in lost {
+            if self.repl.is_ddhcp(i, to) {
+                self.repl.handover(now, i, to, &records);
+            }
+        }
         let outs: Vec<PoolOutput> = self.pools[i].take_outputs().collect();
         for o in outs {
             match o {
@@ -976,16 +1288,43 @@ impl Node {
                     transmit: t,
                 }),
                 PoolOutput::Host(action) => self.out.push_back(Output::Host { pool: i, action }),
-                PoolOutput::Event(ev) => self.out.push_back(Output::Event(ev)),
-                PoolOutput::Answer(id, a) => self.out.push_back(Output::Answer {
-                    id,
-                    answer: match a {
+                PoolOutput::Event(ev) => {
+                    if let Event::BlockClaimed { block, .. } = ev
+                        && let Some(&owner) = self.taken.get(&(i, block))
+                    {
+                        // Taken over: the replica we took it with is ours now.
+                        self.repl.take_replica(i, owner, block);
+                    }
+                    self.out.push_back(Output::Event(ev))
+                }
+                PoolOutput::Answer(id, a) => {
+                    let answer = match a {
                         crate::api::ApiAnswer::Allocated { row, created } => {
                             Answer::Allocated { row, created }
                         }
                         crate::api::ApiAnswer::Refused(e) => Answer::Refused(e),
-                    },
-                }),
+                    };
+                    let block = match &answer {
+                        Answer::Allocated { row, .. } if self.sync => {
+                            self.pools[i].range().locate(row.ip).map(|(b, _)| b)
+                        }
+                        _ => None,
+                    };
+                    match block {
+                        // Without ddhcp peers nobody could acknowledge: answered at once.
+                        Some(block) if self.repl.peers(i).next().is_some() => {
+                            self.parked.push(Parked {
+                                id,
+                                answer,
+                                pool: i,
+                                block,
+                                since: self.now,
+                                targets: None,
+                            })
+                        }
+                        _ => self.out.push_back(Output::Answer { id, answer }),
+                    }
+                }
             }
         }
     }
@@ -999,6 +1338,8 @@ impl Node {
             Message::LeaseNak(_) => Counter::DirectSendLeaseNak,
             Message::Replicate { .. } => Counter::ReplSendBatch,
             Message::ReplicaAck { .. } => Counter::ReplSendAck,
+            Message::Handback { .. } => Counter::ReplSendHandback,
+            Message::Recover { .. } => Counter::ReplSendRecover,
         });
         let packet = Packet {
             node_id: self.id,
@@ -1024,6 +1365,16 @@ impl Node {
         self.out.push_back(Output::Peer(Transmit { dest, payload }));
     }
 }
+
+/// How long a replica holder waits for the one ranked before it to take a lapsed block
+/// over: one claim (a round to start, three Inquire rounds) and a round to spare.
+pub fn takeover_step(c: &crate::blocks::ClaimConfig) -> std::time::Duration {
+    c.round_interval() * 5
+}
+
+/// What a rebuild waits beyond three block timeouts for peers to hand back (a million
+/// bindings take a few seconds on a link).
+const RECOVER_SLACK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why a pool answers no DHCP query.
 fn no_api(p: &Pool) -> String {
@@ -1207,6 +1558,9 @@ mod tests {
             pools: vec![a, b],
             location: location.map(String::from),
             replicas: crate::replica::DEFAULT_REPLICAS,
+            recover: false,
+            max_replica_lag: crate::replica::DEFAULT_MAX_LAG,
+            replica_sync: false,
         }
     }
 

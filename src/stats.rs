@@ -48,11 +48,24 @@ counters! {
     ReplSendAck => "repl.send_ack",
     ReplRecvBatch => "repl.recv_batch",
     ReplRecvAck => "repl.recv_ack",
+    ReplSendHandback => "repl.send_handback",
+    ReplRecvHandback => "repl.recv_handback",
+    ReplSendRecover => "repl.send_recover",
+    ReplRecvRecover => "repl.recv_recover",
+    BlocksTakenOver => "blocks.taken_over",
+    BlocksHandedBack => "blocks.handed_back",
+    BindingConflicts => "repl.binding_conflicts",
 }
 
 /// The values of all counters.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Counters([u64; Counter::ALL.len()]);
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters([0; Counter::ALL.len()])
+    }
+}
 
 impl Counters {
     pub fn add(&mut self, c: Counter, n: u64) {

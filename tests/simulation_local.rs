@@ -235,6 +235,9 @@ fn after_a_partition_heals_no_address_stays_on_two_hosts() {
                 pools: vec![pool.clone()],
                 location: None,
                 replicas: ddhcp::replica::DEFAULT_REPLICAS,
+                recover: false,
+                max_replica_lag: ddhcp::replica::DEFAULT_MAX_LAG,
+                replica_sync: false,
             });
         }
         s.partition(&[&[0], &[1]]);
@@ -330,6 +333,9 @@ fn a_restarted_node_configures_its_stored_addresses_again_at_once() {
                 pools: vec![pool.clone()],
                 location: None,
                 replicas: ddhcp::replica::DEFAULT_REPLICAS,
+                recover: false,
+                max_replica_lag: ddhcp::replica::DEFAULT_MAX_LAG,
+                replica_sync: false,
             });
         }
         let standby_of = |s: &Sim, i: usize| -> Vec<Ipv4Addr> {

@@ -51,6 +51,9 @@ fn node(pools: &[&str], location: Option<&str>, spare: u32) -> NodeConfig {
         pools: pools.iter().map(|p| pool(p, spare)).collect(),
         location: location.map(String::from),
         replicas: ddhcp::replica::DEFAULT_REPLICAS,
+        recover: false,
+        max_replica_lag: ddhcp::replica::DEFAULT_MAX_LAG,
+        replica_sync: false,
     }
 }
 

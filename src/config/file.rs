@@ -64,6 +64,8 @@ const NODE_KEYS: &[(&str, Kind)] = &[
     ("api", Kind::Str),
     ("api-token", Kind::Str),
     ("replicas", Kind::Int),
+    ("max-replica-lag", Kind::Int),
+    ("replica-sync", Kind::Str),
     ("tentative-timeout", Kind::Int),
     ("block-timeout", Kind::Int),
     ("needless-timeout", Kind::Int),

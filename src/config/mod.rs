@@ -136,6 +136,18 @@ pub struct Args {
     /// [default: 2]
     #[arg(long, value_name = "K")]
     pub replicas: Option<String>,
+    /// Refuse new API allocations while a replica holder is more than SECS behind
+    /// [default: 5]
+    #[arg(long, value_name = "SECS")]
+    pub max_replica_lag: Option<String>,
+    /// Answer API allocations only once a replica holder has them too (on), or once our
+    /// own store has them (off) [default: off]
+    #[arg(long, value_name = "on|off")]
+    pub replica_sync: Option<String>,
+    /// Rebuild blocks and bindings from the peers' replicas before serving (after a lost
+    /// state directory; give the old --node-id)
+    #[arg(long)]
+    pub recover: bool,
     /// Print version
     #[arg(short = 'V', long = "version", action = clap::ArgAction::Version)]
     pub version: Option<bool>,
@@ -247,6 +259,12 @@ pub struct Config {
     pub node_id: Option<NodeId>,
     /// `--replicas`: holders per block, 0 for none.
     pub replicas: usize,
+    /// `--max-replica-lag`.
+    pub max_replica_lag: std::time::Duration,
+    /// `--replica-sync`.
+    pub replica_sync: bool,
+    /// `--recover`.
+    pub recover: bool,
     pub log_file: Option<PathBuf>,
     pub audit_log: Option<PathBuf>,
     pub metrics: Option<std::net::SocketAddr>,
@@ -594,6 +612,36 @@ impl Args {
                 "at most {MAX_REPLICAS} (every change is sent to each holder)"
             )));
         }
+        let lag = or_default(
+            "--max-replica-lag",
+            pick(
+                "--max-replica-lag",
+                self.max_replica_lag.as_ref(),
+                "max-replica-lag",
+            ),
+            "5",
+        );
+        let lag_secs: u32 = lag.number("a number of seconds")?;
+        if lag_secs == 0 {
+            return Err(lag.err("must be at least 1 second"));
+        }
+        let sync = or_default(
+            "--replica-sync",
+            pick("--replica-sync", self.replica_sync.as_ref(), "replica-sync"),
+            "off",
+        );
+        let replica_sync = match sync.text.as_str() {
+            "on" => true,
+            "off" => false,
+            _ => return Err(sync.err("must be on or off")),
+        };
+        if self.recover && replicas == 0 {
+            return Err(ConfigError::new(
+                "--recover",
+                "",
+                "needs replication (--replicas 0 keeps nothing on the peers)",
+            ));
+        }
         let api = api::spec(
             pick("--api", self.api.as_ref(), "api"),
             pick("--api-token", self.api_token.as_ref(), "api-token"),
@@ -619,6 +667,9 @@ impl Args {
             fsync,
             node_id,
             replicas,
+            max_replica_lag: std::time::Duration::from_secs(u64::from(lag_secs)),
+            replica_sync,
+            recover: self.recover,
             log_file: path_pick(self.log_file.as_ref(), "log-file"),
             audit_log: path_pick(self.audit_log.as_ref(), "audit-log"),
             control_group: pick(

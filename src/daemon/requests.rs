@@ -83,6 +83,8 @@ impl Daemon {
                 ("leasenak", g(C::DirectRecvLeaseNak)),
                 ("replicate", g(C::ReplRecvBatch)),
                 ("replica_ack", g(C::ReplRecvAck)),
+                ("handback", g(C::ReplRecvHandback)),
+                ("recover", g(C::ReplRecvRecover)),
             ],
         );
         m.counters(
@@ -97,6 +99,8 @@ impl Daemon {
                 ("leasenak", g(C::DirectSendLeaseNak)),
                 ("replicate", g(C::ReplSendBatch)),
                 ("replica_ack", g(C::ReplSendAck)),
+                ("handback", g(C::ReplSendHandback)),
+                ("recover", g(C::ReplSendRecover)),
             ],
         );
         m.counters(
@@ -213,6 +217,21 @@ impl Daemon {
                     ("lost", c.get(C::BlocksLost)),
                 ]
             }),
+        );
+        m.counter(
+            "blocks_taken_over",
+            "Blocks of a silent owner taken over with the bindings we held for it",
+            g(C::BlocksTakenOver),
+        );
+        m.counter(
+            "blocks_handed_back",
+            "Blocks handed back to their rebuilding owner",
+            g(C::BlocksHandedBack),
+        );
+        m.counter(
+            "replica_binding_conflicts",
+            "Handed-over bindings that conflicted with ours (ours kept)",
+            g(C::BindingConflicts),
         );
         m.counter(
             "duplicate_node_id",
@@ -438,6 +457,9 @@ mod tests {
             pools: vec![lan, local],
             location: None,
             replicas: crate::replica::DEFAULT_REPLICAS,
+            recover: false,
+            max_replica_lag: crate::replica::DEFAULT_MAX_LAG,
+            replica_sync: false,
         };
         let mut n = Node::new(cfg, NodeId([5; 8]), t(0), 3);
         let mut adds = Vec::new();

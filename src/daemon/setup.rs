@@ -114,6 +114,9 @@ pub fn node_config(cfg: &Config, sys: &impl System) -> Result<NodeConfig, Config
         pools,
         location: cfg.location.clone(),
         replicas: cfg.replicas,
+        recover: cfg.recover,
+        max_replica_lag: cfg.max_replica_lag,
+        replica_sync: cfg.replica_sync,
     })
 }
 

@@ -28,6 +28,8 @@ pub struct Client {
     offered: Option<(Ipv4Addr, Ipv4Addr)>,
     pub next_action: Instant,
     pub acks: u64,
+    /// NAKs received: a client that keeps its address through a takeover gets none.
+    pub naks: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +83,7 @@ impl Sim {
             offered: None,
             next_action: self.now,
             acks: 0,
+            naks: 0,
         });
         c
     }
@@ -198,6 +201,7 @@ impl Sim {
                 cl.ip = None;
                 cl.state = ClientState::Init;
                 cl.next_action = now + Duration::from_millis(100);
+                cl.naks += 1;
             }
             _ => {}
         }

@@ -112,6 +112,8 @@ pub struct Sim {
     /// Datagrams of our own message types (Replicate, ReplicaAck) that reached a C node:
     /// must stay 0, C nodes are never sent them.
     pub ext_to_c: u64,
+    /// Answers to [`Sim::query`], in the order they came: node, request id, answer, when.
+    pub answers: Vec<(usize, u64, ddhcp::node::Answer, Instant)>,
 }
 
 /// Whether an event is about the watched range (node-wide events always are).
@@ -150,6 +152,7 @@ impl Sim {
             sockets: BTreeMap::new(),
             host_actions: BTreeMap::new(),
             ext_to_c: 0,
+            answers: Vec::new(),
         }
     }
 
@@ -270,6 +273,16 @@ impl Sim {
             .collect();
         self.drain(i);
         self.host_start(i, kept);
+    }
+
+    /// A control request to node `i` (as `ddhcpctl` sends); its answer lands in
+    /// [`Sim::answers`], now or later.
+    pub fn query(&mut self, i: usize, id: u64, q: ddhcp::node::Query) {
+        let now = self.now;
+        if let Some(n) = self.slots[i].node.as_mut() {
+            n.handle_query(now, id, q);
+            self.drain(i);
+        }
     }
 
     /// The configuration a stopped node starts with next (as flags changed for a restart).
@@ -624,6 +637,7 @@ impl Sim {
         let mut events = Vec::new();
         let mut dhcp = Vec::new();
         let mut host = Vec::new();
+        let mut answers = Vec::new();
         let slot = &mut self.slots[i];
         if let Some(n) = slot.node.as_mut() {
             for (p, c) in n.take_changes() {
@@ -640,7 +654,8 @@ impl Sim {
                     // Simulated clients sit on the link of pool 0.
                     Output::Dhcp { pool: 0, transmit } => dhcp.push(transmit),
                     Output::Host { pool, action } => host.push((pool, action)),
-                    Output::Dhcp { .. } | Output::Answer { .. } => {}
+                    Output::Answer { id, answer } => answers.push((id, answer)),
+                    Output::Dhcp { .. } => {}
                 }
             }
             slot.id = n.id();
@@ -671,6 +686,9 @@ impl Sim {
                 });
             }
         }
+        let now = self.now;
+        self.answers
+            .extend(answers.into_iter().map(|(id, a)| (i, id, a, now)));
         for d in dhcp {
             self.deliver_to_clients(i, d.payload);
         }
