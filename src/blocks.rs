@@ -350,6 +350,9 @@ pub struct Blocks {
     /// Lapsed blocks left to the lapsed owner's replica holders until then
     /// ([`Blocks::quarantine`]).
     quarantined: HashMap<u32, Instant>,
+    /// Blocks their owner gave up (TTL 0), and when: for a claim round their clients are
+    /// not refused, the block may be passing to a node whose claim we missed.
+    released: HashMap<u32, Instant>,
     /// The learning phase does not end while this is set (a rebuild is under way).
     learning_held: bool,
 }
@@ -386,6 +389,7 @@ impl Blocks {
             answer_tat: now,
             answers_suppressed: 0,
             quarantined: HashMap::new(),
+            released: HashMap::new(),
             learning_held: false,
         }
     }
@@ -502,15 +506,23 @@ impl Blocks {
         }
     }
 
-    /// Whether `block` is on its way to an owner we know of: quarantined for the holders of
-    /// a lapsed owner's bindings, or wanted or being claimed by us. Its clients are not
-    /// refused meanwhile (the bindings may well be theirs); they ask again.
+    /// Whether `block` may still have bindings we do not know of: its owner's claim lapsed
+    /// less than a lease ago or it was given up less than a claim round ago (it may be
+    /// passing to a node whose claim we missed), it is quarantined for the holders of a lapsed owner's
+    /// bindings, inquired by a peer, or wanted or being claimed by us. Its clients are not
+    /// refused meanwhile (their lease may well be valid, the block's next owner may hold it);
+    /// they ask again, as RFC 2131 wants of a server that knows nothing of a client.
     pub fn is_pending(&self, block: u32, now: Instant) -> bool {
-        self.is_quarantined(block, now)
+        self.hold_until(block).is_some_and(|t| now < t)
+            || self
+                .released
+                .get(&block)
+                .is_some_and(|&t| now.saturating_since(t) < self.cfg.refresh_interval())
+            || self.is_quarantined(block, now)
             || self.wanted.contains(&block)
             || matches!(
                 self.states.get(block as usize),
-                Some(State::Claiming { .. })
+                Some(State::Claiming { .. } | State::Tentative { .. })
             )
     }
 
@@ -680,6 +692,10 @@ impl Blocks {
             self.lapsed.retain(|_, at| now.saturating_since(*at) < hold);
             #[allow(clippy::disallowed_methods)]
             self.quarantined.retain(|_, until| now < *until);
+            let round = self.cfg.refresh_interval();
+            #[allow(clippy::disallowed_methods)]
+            self.released
+                .retain(|_, at| now.saturating_since(*at) < round);
             self.next_refresh = now + self.cfg.refresh_interval();
         }
         if let Some(until) = self.learning_until {
@@ -793,6 +809,7 @@ impl Blocks {
                     if same_owner {
                         if e.timeout == 0 {
                             self.set_state(b, State::Free);
+                            self.released.insert(b, now);
                         } else {
                             self.set_state(b, claimed);
                         }

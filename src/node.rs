@@ -243,6 +243,8 @@ pub struct Status {
     pub default_pool: Option<usize>,
     pub pools: Vec<PoolStatus>,
     pub peers: usize,
+    /// Rebuilding from the peers (`--recover`): nothing new is served yet.
+    pub recovering: bool,
 }
 
 /// One lease row of `ddhcpctl leases`.
@@ -622,6 +624,7 @@ impl Node {
                 })
                 .collect(),
             peers: peers.len(),
+            recovering: self.is_recovering(),
         }
     }
 
@@ -982,6 +985,7 @@ impl Node {
                 self.counters.inc(Counter::ReplRecvHandback);
                 self.repl
                     .on_handback(now, i, packet.node_id, from, *epoch, *seq, records);
+                self.take_back_early(now);
             }
             (Channel::Unicast, Message::Recover { nonce }) => {
                 self.counters.inc(Counter::ReplRecvRecover);
@@ -1061,9 +1065,14 @@ impl Node {
             let b = self.pools[i].blocks();
             match b.owner_of(block) {
                 None if !b.owns(block) => self.take_over(now, i, block, owner),
-                // Another holder took it: what we hold of the old owner's block is history.
+                // Another holder took it: it gets what we hold of the old owner's block,
+                // which it merges into its own copy (ours may be more recent).
                 Some((o, _)) if o != owner => {
-                    self.repl.take_replica(i, owner, block);
+                    if let Some(rep) = self.repl.take_replica(i, owner, block)
+                        && self.repl.is_ddhcp(i, o)
+                    {
+                        self.repl.handover(now, i, o, &rep.records(block));
+                    }
                 }
                 // Its owner is back (it was only unheard), or it is ours already.
                 _ => {}
@@ -1071,6 +1080,17 @@ impl Node {
             self.flush_pool(i);
         }
         self.repl.handle_timeout(now);
+        for (i, owner, blocks) in self.repl.take_gone() {
+            // A claim of the silent owner's that never reached us (lost on the link) left
+            // the block free here, and so it does not lapse: it does now.
+            for block in blocks {
+                let b = self.pools[i].blocks();
+                if b.owner_of(block).is_none() && !b.owns(block) && !b.is_pending(block, now) {
+                    self.on_lapsed(now, i, block, owner);
+                }
+            }
+            self.flush_pool(i);
+        }
         if !self.parked.is_empty() {
             self.release_parked(now);
         }
@@ -1096,8 +1116,8 @@ impl Node {
             r.bindings() == 0 && r.cooling.is_empty() && r.hold.is_none_or(|h| h <= now)
         });
         if rank.is_some() && empty {
-            // Nothing of the block is bound: there is nothing to keep, the block is free.
-            self.repl.take_replica(i, owner, block);
+            // Nothing of the block is bound: nothing to keep, the block is simply free. The
+            // (empty) replica stays, in case the owner was only unheard for a while.
             return;
         }
         match rank {
@@ -1114,7 +1134,20 @@ impl Node {
         }
     }
 
+    /// Claims a silent owner's block with the bindings we hold of it, and looks again one
+    /// step later: a peer's inquiry, or a lost inquiry race, can leave the block with
+    /// nobody, and then we try again (until someone owns it).
     fn take_over(&mut self, now: Instant, i: usize, block: u32, owner: NodeId) {
+        let b = self.pools[i].blocks();
+        if b.owns(block) {
+            return;
+        }
+        let step = takeover_step(&self.pools[i].config().claim);
+        self.takeovers.insert((now + step, i, block, owner));
+        if b.is_wanted(block) {
+            // Our claim is under way.
+            return;
+        }
         // Copied, not taken: if the owner was only unheard for a while and claims the block
         // again, we are still its holder. The copy goes once the block is ours.
         let Some(rep) = self.repl.replica(i, owner, block).cloned() else {
@@ -1163,6 +1196,37 @@ impl Node {
         self.repl.handback_end(now, i, id);
         self.pools[i].drain(now);
         self.flush_pool(i);
+    }
+
+    /// A peer finished handing back: the blocks it took over from us (and gave up for us
+    /// just before its stream ended) and the replicas it held of blocks nobody took are
+    /// ours again at once with its bindings, rather than at the end of the rebuild, so
+    /// their clients are not left without a server meanwhile.
+    fn take_back_early(&mut self, now: Instant) {
+        for (i, from, blocks) in self.repl.take_finished() {
+            let Some(pool) = self.pools.get(i) else {
+                continue;
+            };
+            // Free, or still the sender's in our view (its release may not be here yet);
+            // one a third node claims is left to the end of the rebuild.
+            let released: Vec<u32> = blocks
+                .into_iter()
+                .filter(|&b| {
+                    let bl = pool.blocks();
+                    !bl.owns(b) && bl.owner_of(b).is_none_or(|(o, _)| o == from)
+                })
+                .collect();
+            for block in released {
+                let per = self.repl.take_recovered(i, block);
+                let from_owner = per.contains_key(&from);
+                let rep = crate::replica::merge_replicas(per.into_values());
+                if from_owner && self.pools[i].take_back(now, block, rep, Some(from)) {
+                    info!(pool = %self.pools[i].name(), block, %from, "taken back from the node that held it");
+                }
+            }
+            self.pools[i].drain(now);
+            self.flush_pool(i);
+        }
     }
 
     /// The rebuild is over: every block a peer handed back is ours again with the

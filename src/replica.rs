@@ -389,6 +389,9 @@ pub struct Replication {
     stats: ReplStats,
     /// Records that came for blocks we own (a handover): (pool, block, bindings).
     handed: Vec<(usize, u32, BlockReplica)>,
+    /// Owners whose replicas we hold that went silent (pool, id): a block of theirs whose
+    /// claim never reached us lapses for us with them (see [`Replication::take_gone`]).
+    gone: Vec<(usize, NodeId)>,
     recovery: Option<Recovery>,
 }
 
@@ -403,6 +406,8 @@ struct Recovery {
     /// Each sender's handback stream: its epoch and the order of its batches.
     streams: BTreeMap<(usize, NodeId), (u32, Reorder)>,
     done: BTreeSet<(usize, NodeId)>,
+    /// Senders whose stream ended since [`Replication::take_finished`] last looked.
+    finished: Vec<(usize, NodeId)>,
     blocks: BTreeMap<(usize, u32), BTreeMap<NodeId, BlockReplica>>,
 }
 
@@ -446,6 +451,7 @@ impl Replication {
             sends: Vec::new(),
             stats: ReplStats::default(),
             handed: Vec::new(),
+            gone: Vec::new(),
             recovery: None,
         }
     }
@@ -779,6 +785,9 @@ impl Replication {
                 p.by_seen.pop_first();
                 p.peers.remove(&id);
                 expired = true;
+                if p.held.get(&id).is_some_and(|h| !h.blocks.is_empty()) {
+                    self.gone.push((i, id));
+                }
             }
             if expired {
                 p.rebalance = true;
@@ -898,15 +907,18 @@ impl Replication {
         let Some(p) = self.pools.get(pool) else {
             return Vec::new();
         };
+        // The first holder only: it is the one that takes the block over if we fail, so
+        // its acknowledgement is the one that makes the allocation survive us.
         p.holders
             .get(&block)
             .into_iter()
             .flatten()
+            .take(1)
             .filter_map(|h| p.out.get(h).map(|s| (*h, s.epoch, s.queued_total)))
             .collect()
     }
 
-    /// Some(true) once one holder acknowledged its target; None if every target's
+    /// Some(true) once a holder acknowledged its target; None if every target's
     /// stream is gone (the holders changed: ask [`Replication::sync_targets`] again).
     pub fn sync_reached(&self, pool: usize, targets: &[(NodeId, u32, u64)]) -> Option<bool> {
         let p = self.pools.get(pool)?;
@@ -1036,6 +1048,17 @@ impl Replication {
     }
 
     /// What we hold of `origin`'s blocks in pool `pool`, each as a block's full state.
+    /// Owners that went silent since the last call, each with the blocks we hold of it.
+    pub fn take_gone(&mut self) -> Vec<(usize, NodeId, Vec<u32>)> {
+        let gone = std::mem::take(&mut self.gone);
+        gone.into_iter()
+            .filter_map(|(pool, id)| {
+                let h = self.pools.get(pool)?.held.get(&id)?;
+                Some((pool, id, h.blocks.keys().copied().collect()))
+            })
+            .collect()
+    }
+
     pub fn held_for(&self, pool: usize, origin: NodeId) -> Vec<(u32, Vec<Change>)> {
         self.pools
             .get(pool)
@@ -1084,6 +1107,7 @@ impl Replication {
             asked: BTreeMap::new(),
             streams: BTreeMap::new(),
             done: BTreeSet::new(),
+            finished: Vec::new(),
             blocks: BTreeMap::new(),
         });
     }
@@ -1137,8 +1161,8 @@ impl Replication {
         let ready = st.1.accept(seq, records);
         let next = st.1.next;
         for records in ready {
-            if records.is_empty() {
-                r.done.insert((pool, id));
+            if records.is_empty() && r.done.insert((pool, id)) {
+                r.finished.push((pool, id));
             }
             for rec in &records {
                 let Some((_, c)) = codec::decode_body(rec, codec::Format::V2) else {
@@ -1164,6 +1188,34 @@ impl Replication {
             }
         }
         self.sends.push(ack(next));
+    }
+
+    /// Handback streams that ended since the last call: (pool, sender, blocks it sent).
+    pub fn take_finished(&mut self) -> Vec<(usize, NodeId, Vec<u32>)> {
+        let Some(r) = &mut self.recovery else {
+            return Vec::new();
+        };
+        std::mem::take(&mut r.finished)
+            .into_iter()
+            .map(|(pool, id)| {
+                let blocks = r
+                    .blocks
+                    .iter()
+                    .filter(|((p, _), per)| *p == pool && per.contains_key(&id))
+                    .map(|(&(_, b), _)| b)
+                    .collect();
+                (pool, id, blocks)
+            })
+            .collect()
+    }
+
+    /// Takes what the peers handed back for one block out of the rebuild (it is taken
+    /// back early).
+    pub fn take_recovered(&mut self, pool: usize, block: u32) -> BTreeMap<NodeId, BlockReplica> {
+        self.recovery
+            .as_mut()
+            .and_then(|r| r.blocks.remove(&(pool, block)))
+            .unwrap_or_default()
     }
 
     /// Whether the rebuild can end: every peer asked has sent all it holds for us (once

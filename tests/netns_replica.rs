@@ -115,3 +115,226 @@ fn leases_reach_their_replica_holders_and_outlive_the_owner() {
     }
     let _ = assert_all_alive;
 }
+
+const VMS: &str = "vms=10.2.0.0/22,use=api,block=4,cooldown=3,spare=4";
+
+/// `(ip, holder)` of every binding node i lists: leased or offered addresses with their MAC,
+/// allocations with their owner.
+fn bindings(net: &common::netns::TestNet, i: usize) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    let l = ctl_json_ok(net, i, &["leases"]);
+    for r in l["leases"].as_array().cloned().unwrap_or_default() {
+        if r["state"] == "leased" {
+            v.push((
+                r["ip"].as_str().unwrap_or_default().to_string(),
+                r["mac"].as_str().unwrap_or_default().to_lowercase(),
+            ));
+        }
+    }
+    let a = ctl_json_ok(net, i, &["allocations", "--pool", "vms"]);
+    for r in a["allocations"].as_array().cloned().unwrap_or_default() {
+        v.push((
+            r["ip"].as_str().unwrap_or_default().to_string(),
+            r["owner"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
+    v
+}
+
+/// Every binding of the running nodes, by address; panics if an address is bound to two
+/// clients (or owners) at once. Called at every poll of the test: over the whole run.
+fn no_double_binding(
+    net: &common::netns::TestNet,
+    alive: &[usize],
+    when: &str,
+) -> BTreeMap<String, (String, usize)> {
+    let mut all: BTreeMap<String, (String, usize)> = BTreeMap::new();
+    for &i in alive {
+        for (ip, who) in bindings(net, i) {
+            if let Some((other, j)) = all.get(&ip)
+                && *other != who
+            {
+                panic!("{when}: {ip} bound to {other} at node {j} and to {who} at node {i}");
+            }
+            all.insert(ip, (who, i));
+        }
+    }
+    all
+}
+
+/// Renews client (c, k) (SIGUSR1, again every 2 s) until its history shows a renewal
+/// after `before` renewals; true if one came within `timeout`.
+fn renew_until(
+    net: &common::netns::TestNet,
+    c: usize,
+    k: usize,
+    timeout: Duration,
+    mut each: impl FnMut(),
+) -> bool {
+    let before = net.lease_history_k(c, k).matches(" renew ").count();
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        net.clt_renew_k(c, k);
+        let done = wait_until(Duration::from_secs(2), || {
+            net.lease_history_k(c, k).matches(" renew ").count() > before
+        });
+        each();
+        if done {
+            return true;
+        }
+    }
+    false
+}
+
+/// The owner of DHCP clients and API allocations dies with its disk: five nodes, two
+/// udhcpc clients and three allocations on node 0. `kill -9` node 0 and delete its state
+/// directory; its clients, moved to other nodes' links, renew and keep their addresses,
+/// served by the nodes that took node 0's blocks over, which also list its allocations
+/// and give the same address when asked again. Node 0 restarted empty with its
+/// `--node-id` rebuilds from its peers and serves the same bindings (the clients come
+/// home and renew there). No address is bound twice at any poll of the whole run.
+#[test]
+fn owner_dies_with_its_disk_takeover_and_rebuild() {
+    if !require_netns("owner_dies_with_its_disk_takeover_and_rebuild") {
+        return;
+    }
+    let _serial = serial();
+    let mut net = new_net(5, 2);
+    for i in 0..5 {
+        start_node(&mut net, i, &["--pool", VMS]);
+    }
+    for i in 0..5 {
+        wait_serving(&mut net, i, 1);
+    }
+    let all: Vec<usize> = (0..5).collect();
+    for k in 0..2 {
+        net.clt_start_k(0, k, "udhcpc");
+    }
+    let ips: Vec<String> = (0..2).map(|k| must_lease(&net, 0, k)).collect();
+    let mut allocs = BTreeMap::new();
+    for v in 0..3 {
+        let owner = format!("vm-{v}");
+        let a = ctl_json_ok(
+            &net,
+            0,
+            &[
+                "allocate",
+                "--pool",
+                "vms",
+                "--owner",
+                &owner,
+                "--timeout",
+                "20",
+            ],
+        );
+        allocs.insert(owner, a["ip"].as_str().unwrap().to_string());
+    }
+    let id0 = ctl_json_ok(&net, 0, &["status"])["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Replicated: node 0 has nothing unacknowledged.
+    let synced = wait_until(Duration::from_secs(20), || {
+        let (m0, _) = metrics(&net, 0);
+        count(&m0, "ddhcp_replica_lag_records") >= 2
+            && sum(&m0, "ddhcp_replica_lag_records", "") == 0.0
+    });
+    assert!(synced, "node 0's bindings never reached its holders");
+    no_double_binding(&net, &all, "before the crash");
+
+    // Crash with the disk.
+    let crash = std::time::Instant::now();
+    net.kill_daemon(0, "KILL");
+    std::fs::remove_dir_all(net.state_dir(0)).unwrap();
+    let alive: Vec<usize> = (1..5).collect();
+    for k in 0..2 {
+        net.roam_k(0, k, 1 + k);
+    }
+    for k in 0..2 {
+        let renewed = renew_until(&net, 0, k, Duration::from_secs(60), || {
+            no_double_binding(&net, &alive, "during the takeover");
+        });
+        if !renewed {
+            net.dump_logs();
+        }
+        assert!(
+            renewed,
+            "client 0.{k} not served within 60 s of the crash; its log:\n{}",
+            net.client_log_k(0, k)
+        );
+        assert_eq!(net.lease_of_k(0, k).as_ref(), Some(&ips[k]), "client 0.{k}");
+    }
+    let served = crash.elapsed();
+    let now = no_double_binding(&net, &alive, "after the takeover");
+    for (k, ip) in ips.iter().enumerate() {
+        let (mac, _) = &now[ip];
+        assert_eq!(*mac, net.client_mac_k(0, k).to_lowercase(), "{ip}");
+    }
+    // The allocations are listed where the blocks went, and asking again gives them back.
+    for (owner, ip) in &allocs {
+        let (who, at) = now
+            .get(ip)
+            .unwrap_or_else(|| panic!("{ip} of {owner} is listed nowhere after the takeover"));
+        assert_eq!(who, owner);
+        let again = ctl_json_ok(&net, *at, &["allocate", "--pool", "vms", "--owner", owner]);
+        assert_eq!(again["ip"].as_str(), Some(ip.as_str()), "{again}");
+        assert_eq!(again["created"], false, "{again}");
+    }
+    let taken: f64 = alive
+        .iter()
+        .map(|&i| {
+            metrics(&net, i)
+                .0
+                .get("ddhcp_blocks_taken_over_total")
+                .copied()
+                .unwrap_or(0.0)
+        })
+        .sum();
+    assert!(taken >= 1.0, "no node counts a takeover");
+
+    // Back, empty, with its id: it rebuilds (status says so until it is done).
+    std::fs::create_dir_all(net.state_dir(0)).unwrap();
+    let restart = std::time::Instant::now();
+    start_node(&mut net, 0, &["--pool", VMS, "--node-id", &id0]);
+    let rebuilt = wait_until(Duration::from_secs(60), || {
+        no_double_binding(&net, &all, "during the rebuild");
+        net.ctl_json(0, &["status"])
+            .is_ok_and(|s| s["recovering"] == false && s["node_id"] == id0.as_str())
+    });
+    assert!(rebuilt, "node 0 did not finish its rebuild within 60 s");
+    let rebuild = restart.elapsed();
+    let mine = no_double_binding(&net, &all, "after the rebuild");
+    for (owner, ip) in &allocs {
+        assert_eq!(mine.get(ip), Some(&(owner.clone(), 0)), "{ip} of {owner}");
+    }
+    for k in 0..2 {
+        net.roam_k(0, k, 0);
+        let renewed = renew_until(&net, 0, k, Duration::from_secs(30), || {
+            no_double_binding(&net, &all, "clients coming home");
+        });
+        assert!(
+            renewed,
+            "client 0.{k} not served at home; {}",
+            net.client_log_k(0, k)
+        );
+        assert_eq!(net.lease_of_k(0, k).as_ref(), Some(&ips[k]), "client 0.{k}");
+    }
+    let home = no_double_binding(&net, &all, "at the end");
+    for ip in &ips {
+        assert_eq!(
+            home[ip].1, 0,
+            "{ip} is not leased by node 0 after the rebuild"
+        );
+    }
+    eprintln!(
+        "FIGURE takeover: clients of a node killed with its disk served again after {:.1} s (-B 10); rebuild with --node-id took {:.1} s",
+        served.as_secs_f64(),
+        rebuild.as_secs_f64()
+    );
+    for k in 0..2 {
+        net.clt_stop_k(0, k);
+    }
+    for i in 0..5 {
+        common::daemon::assert_alive(&mut net, i);
+    }
+}

@@ -329,6 +329,7 @@ fn render(req: &Request, v: &Value) {
                 ("blocks owned", "blocks_owned"),
                 ("leases active", "leases_active"),
                 ("peers", "peers"),
+                ("recovering", "recovering"),
             ] {
                 println!("{label:<14}{}", s(&v[key]));
             }

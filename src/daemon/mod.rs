@@ -198,7 +198,7 @@ pub async fn run(
             format!("no such network interface ({e})"),
         )
     })?;
-    let node_cfg = setup::node_config(&cfg, &setup::Host)?;
+    let mut node_cfg = setup::node_config(&cfg, &setup::Host)?;
     if let Some(h) = &cfg.hook {
         let ok = std::fs::metadata(h)
             .map(|m| {
@@ -242,6 +242,12 @@ pub async fn run(
         e => StartError::Store(e),
     })?;
     let loaded = crate::store::describe_load(&load_info, &state, started.elapsed());
+    // A known id over an empty state directory is a node that lost its disk: it rebuilds
+    // from its peers, as with --recover (docs/replication.md).
+    if cfg.node_id.is_some() && load_info.files == 0 && node_cfg.replicas > 0 && !node_cfg.recover {
+        info!("--node-id with an empty state directory: rebuilding from the peers");
+        node_cfg.recover = true;
+    }
     let listener = control::bind(&cfg.control, cfg.control_group.as_deref())?;
     let peers = PeerSockets::open(&cfg.server_iface, ifindex)?;
     let clock = Clock(tokio::time::Instant::now());

@@ -125,6 +125,7 @@ fn status_json(s: &Status) -> Value {
         "blocks_owned": s.pools.iter().map(|p| p.blocks_owned).sum::<usize>(),
         "leases_active": s.pools.iter().map(|p| p.leases_active).sum::<usize>(),
         "peers": s.peers,
+        "recovering": s.recovering,
         "pools": s.pools.iter().map(pool_json).collect::<Vec<_>>(),
     })
 }
@@ -430,6 +431,7 @@ mod tests {
             default_pool: Some(0),
             pools: vec![pool("default", 0, 3)],
             peers: 2,
+            recovering: false,
         };
         let v = render(Answer::Status(s)).result.unwrap();
         assert_eq!(v["node_id"], "ABABABABABABABAB");
@@ -450,6 +452,7 @@ mod tests {
             default_pool: None,
             pools: vec![pool("a", 1, 1), pool("b", 2, 4)],
             peers: 0,
+            recovering: false,
         };
         let v = render(Answer::Status(s)).result.unwrap();
         assert_eq!(

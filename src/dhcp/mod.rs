@@ -654,6 +654,13 @@ impl Dhcp {
             answer.lease_seconds = 0;
         }
         if !self.leases.owns(ip) {
+            let block = self.range.locate(ip).map(|(b, _)| b);
+            if block.is_some_and(|b| blocks.owner_of(b).is_some() || blocks.is_pending(b, now)) {
+                // The sender's view is behind: the block passed to another node (or is
+                // passing). It learns that from the claims; the client asks again.
+                self.counters.silent_unknown_block += 1;
+                return None;
+            }
             self.counters.renew_naked += 1;
             return Some(Message::LeaseNak(answer));
         }
