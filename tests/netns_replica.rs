@@ -250,7 +250,7 @@ fn owner_dies_with_its_disk_takeover_and_rebuild() {
     for k in 0..2 {
         net.roam_k(0, k, 1 + k);
     }
-    for k in 0..2 {
+    for (k, ip) in ips.iter().enumerate() {
         let renewed = renew_until(&net, 0, k, Duration::from_secs(60), || {
             no_double_binding(&net, &alive, "during the takeover");
         });
@@ -262,7 +262,7 @@ fn owner_dies_with_its_disk_takeover_and_rebuild() {
             "client 0.{k} not served within 60 s of the crash; its log:\n{}",
             net.client_log_k(0, k)
         );
-        assert_eq!(net.lease_of_k(0, k).as_ref(), Some(&ips[k]), "client 0.{k}");
+        assert_eq!(net.lease_of_k(0, k).as_ref(), Some(ip), "client 0.{k}");
     }
     let served = crash.elapsed();
     let now = no_double_binding(&net, &alive, "after the takeover");
@@ -307,7 +307,7 @@ fn owner_dies_with_its_disk_takeover_and_rebuild() {
     for (owner, ip) in &allocs {
         assert_eq!(mine.get(ip), Some(&(owner.clone(), 0)), "{ip} of {owner}");
     }
-    for k in 0..2 {
+    for (k, ip) in ips.iter().enumerate() {
         net.roam_k(0, k, 0);
         let renewed = renew_until(&net, 0, k, Duration::from_secs(30), || {
             no_double_binding(&net, &all, "clients coming home");
@@ -317,7 +317,7 @@ fn owner_dies_with_its_disk_takeover_and_rebuild() {
             "client 0.{k} not served at home; {}",
             net.client_log_k(0, k)
         );
-        assert_eq!(net.lease_of_k(0, k).as_ref(), Some(&ips[k]), "client 0.{k}");
+        assert_eq!(net.lease_of_k(0, k).as_ref(), Some(ip), "client 0.{k}");
     }
     let home = no_double_binding(&net, &all, "at the end");
     for ip in &ips {
