@@ -122,7 +122,10 @@ const VMS: &str = "vms=10.2.0.0/22,use=api,block=4,cooldown=3,spare=4";
 /// allocations with their owner.
 fn bindings(net: &common::netns::TestNet, i: usize) -> Vec<(String, String)> {
     let mut v = Vec::new();
-    let l = ctl_json_ok(net, i, &["leases"]);
+    // A node starting up does not answer yet: it binds nothing either.
+    let Ok(l) = net.ctl_json(i, &["leases"]) else {
+        return v;
+    };
     for r in l["leases"].as_array().cloned().unwrap_or_default() {
         if r["state"] == "leased" {
             v.push((
@@ -131,7 +134,9 @@ fn bindings(net: &common::netns::TestNet, i: usize) -> Vec<(String, String)> {
             ));
         }
     }
-    let a = ctl_json_ok(net, i, &["allocations", "--pool", "vms"]);
+    let Ok(a) = net.ctl_json(i, &["allocations", "--pool", "vms"]) else {
+        return v;
+    };
     for r in a["allocations"].as_array().cloned().unwrap_or_default() {
         v.push((
             r["ip"].as_str().unwrap_or_default().to_string(),
@@ -160,6 +165,26 @@ fn no_double_binding(
         }
     }
     all
+}
+
+/// Whether a node in `alive` owns the block of `ip` in `pool` (blocks of `size` addresses).
+fn block_owned(
+    net: &common::netns::TestNet,
+    alive: &[usize],
+    pool: &str,
+    ip: &str,
+    size: u32,
+) -> bool {
+    let a: std::net::Ipv4Addr = ip.parse().unwrap();
+    let first = std::net::Ipv4Addr::from(u32::from(a) & !(size - 1)).to_string();
+    alive.iter().any(|&i| {
+        net.ctl_json(i, &["blocks", "--pool", pool]).is_ok_and(|v| {
+            v["blocks"].as_array().is_some_and(|bs| {
+                bs.iter()
+                    .any(|b| b["first"] == first.as_str() && b["state"] == "ours")
+            })
+        })
+    })
 }
 
 /// Renews client (c, k) (SIGUSR1, again every 2 s) until its history shows a renewal
@@ -250,6 +275,19 @@ fn owner_dies_with_its_disk_takeover_and_rebuild() {
     for k in 0..2 {
         net.roam_k(0, k, 1 + k);
     }
+    // The holders take the blocks over once node 0's claims lapse (-B 10). The clients
+    // are asked to renew only then: a renewal nobody answers makes udhcpc drop its lease
+    // within seconds (a client renewing at T1 on its own would simply wait).
+    let taken = wait_until(Duration::from_secs(60), || {
+        no_double_binding(&net, &alive, "during the takeover");
+        ips.iter()
+            .all(|ip| block_owned(&net, &alive, "default", ip, 4))
+            && allocs
+                .values()
+                .all(|ip| block_owned(&net, &alive, "vms", ip, 16))
+    });
+    assert!(taken, "node 0's blocks were not taken over within 60 s");
+    let took = crash.elapsed();
     for (k, ip) in ips.iter().enumerate() {
         let renewed = renew_until(&net, 0, k, Duration::from_secs(60), || {
             no_double_binding(&net, &alive, "during the takeover");
@@ -262,7 +300,13 @@ fn owner_dies_with_its_disk_takeover_and_rebuild() {
             "client 0.{k} not served within 60 s of the crash; its log:\n{}",
             net.client_log_k(0, k)
         );
-        assert_eq!(net.lease_of_k(0, k).as_ref(), Some(ip), "client 0.{k}");
+        assert_eq!(
+            net.lease_of_k(0, k).as_ref(),
+            Some(ip),
+            "client 0.{k}: {}\n{}",
+            net.lease_history_k(0, k),
+            net.client_log_k(0, k)
+        );
     }
     let served = crash.elapsed();
     let now = no_double_binding(&net, &alive, "after the takeover");
@@ -327,7 +371,8 @@ fn owner_dies_with_its_disk_takeover_and_rebuild() {
         );
     }
     eprintln!(
-        "FIGURE takeover: clients of a node killed with its disk served again after {:.1} s (-B 10); rebuild with --node-id took {:.1} s",
+        "FIGURE takeover: blocks of a node killed with its disk taken over after {:.1} s, its clients served again after {:.1} s (-B 10); rebuild with --node-id took {:.1} s",
+        took.as_secs_f64(),
         served.as_secs_f64(),
         rebuild.as_secs_f64()
     );
