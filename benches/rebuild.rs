@@ -6,6 +6,8 @@
 //!
 //! `cargo bench --bench rebuild` prints the phases and the rate.
 
+#![allow(clippy::disallowed_methods)] // a benchmark measures wall-clock time
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
