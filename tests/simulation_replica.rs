@@ -269,7 +269,7 @@ fn owner_crash_with_wiped_store_then_rebuild() {
     let mut takeover = Vec::new();
     let mut served = Vec::new();
     let mut rebuild = Vec::new();
-    for seed in 0..seeds(8) {
+    for seed in 0..seeds(24) {
         let mut s = Sim::new(seed, Link::lossy(0.05));
         for _ in 0..5 {
             s.add_node(config());
@@ -500,7 +500,7 @@ fn allocations(s: &Sim, seed: u64) -> (std::collections::BTreeMap<Ipv4Addr, Stri
 fn acknowledged_allocations_survive_a_crash_with_the_store() {
     let mut lost_recent = Vec::new();
     let mut total = 0;
-    for seed in 0..seeds(6) {
+    for seed in 0..seeds(20) {
         for sync in [false, true] {
             let mut s = Sim::new(seed, Link::lossy(0.05));
             for _ in 0..5 {
@@ -626,7 +626,7 @@ fn acknowledged_allocations_survive_a_crash_with_the_store() {
 #[test]
 fn partitioned_and_returning_owners_never_bind_an_address_twice() {
     let mut settle = Vec::new();
-    for seed in 0..seeds(8) {
+    for seed in 0..seeds(20) {
         for returning in [false, true] {
             let mut s = Sim::new(seed, Link::lossy(0.05));
             for _ in 0..5 {
