@@ -411,6 +411,10 @@ struct Recovery {
     blocks: BTreeMap<(usize, u32), BTreeMap<NodeId, BlockReplica>>,
 }
 
+/// The `next` of a ReplicaAck that says "I do not know this stream" (the holder restarted
+/// and lost it): the owner opens a new one with the full state.
+pub const UNKNOWN_STREAM: u32 = u32::MAX;
+
 /// How often a node rebuilding its state asks a peer that has not answered yet.
 pub const RECOVER_RETRY: Duration = Duration::from_secs(1);
 /// A handback stream that makes no progress for this long is given up (the node that
@@ -430,7 +434,7 @@ impl Replication {
         Replication {
             k,
             me,
-            next_epoch: epoch,
+            next_epoch: epoch.max(1),
             pools: pools
                 .into_iter()
                 .map(|(swarm, range, live_for)| PoolRepl {
@@ -489,7 +493,21 @@ impl Replication {
         }
         p.by_seen.insert((now, id));
         match old {
-            None => p.rebalance = true,
+            None => {
+                p.rebalance = true;
+                if self.k > 0 && !p.held.contains_key(&id) {
+                    // We hold nothing of it: if it thinks we do (we restarted), it learns
+                    // otherwise now rather than at its next change.
+                    self.sends.push((
+                        pool,
+                        addr,
+                        Message::ReplicaAck {
+                            epoch: 0,
+                            next: UNKNOWN_STREAM,
+                        },
+                    ));
+                }
+            }
             Some(old) if old.addr != addr => {
                 // It moved (a new link-local address): streams follow it.
                 if let Some(s) = p.out.get_mut(&id) {
@@ -643,6 +661,20 @@ impl Replication {
         let Some(p) = self.pools.get_mut(pool) else {
             return;
         };
+        if seq != 0 && !p.held.contains_key(&origin) {
+            // The middle of a stream we never saw the start of: we restarted and lost what
+            // we held. The owner is told so, and starts afresh with the full state.
+            self.stats.out_of_order += 1;
+            self.sends.push((
+                pool,
+                from,
+                Message::ReplicaAck {
+                    epoch,
+                    next: UNKNOWN_STREAM,
+                },
+            ));
+            return;
+        }
         let s = p.held.entry(origin).or_insert_with(|| InStream {
             addr: from,
             epoch,
@@ -656,9 +688,18 @@ impl Replication {
             // A new stream (the owner restarted, or lost us and came back). Only its first
             // batch starts it: a late batch of the old stream must not reset the new one.
             if seq != 0 {
+                // We are on another stream of the owner's (an older one's first batch came
+                // late and restarted us on it, or this one's first batch was lost before a
+                // restart of ours): the owner starts this one again from its first batch.
                 self.stats.out_of_order += 1;
-                self.sends
-                    .push((pool, from, Message::ReplicaAck { epoch, next: 0 }));
+                self.sends.push((
+                    pool,
+                    from,
+                    Message::ReplicaAck {
+                        epoch,
+                        next: UNKNOWN_STREAM,
+                    },
+                ));
                 return;
             }
             s.epoch = epoch;
@@ -729,6 +770,27 @@ impl Replication {
         let Some(p) = self.pools.get_mut(pool) else {
             return;
         };
+        if next == UNKNOWN_STREAM {
+            // The holder restarted and holds nothing of ours, whatever stream we think it
+            // has (it says so at once to every peer it meets): a new stream, and every
+            // block it holds of ours from the start (the next rebalance sees it as a new
+            // holder of them).
+            self.stats.acks_received += 1;
+            // Epoch 0: the holder's greeting after its start; else about one stream, which
+            // must be the current one (a late answer to a stream already replaced is not).
+            let current = p
+                .out
+                .get(&holder)
+                .is_some_and(|s| epoch == 0 || s.epoch == epoch);
+            if current && p.out.remove(&holder).is_some() {
+                for hs in p.holders.values_mut() {
+                    hs.retain(|h| *h != holder);
+                }
+                p.rebalance = true;
+                p.update_due();
+            }
+            return;
+        }
         let s = match p.out.get_mut(&holder) {
             Some(s) if s.epoch == epoch => s,
             _ => match p.back.get_mut(&holder) {
@@ -1026,7 +1088,7 @@ impl Replication {
             return false;
         }
         let epoch = self.next_epoch;
-        self.next_epoch = self.next_epoch.wrapping_add(1);
+        self.next_epoch = self.next_epoch.wrapping_add(1).max(1);
         p.back.insert(
             id,
             OutStream {
@@ -1267,7 +1329,7 @@ fn queue(p: &mut PoolRepl, next_epoch: &mut u32, now: Instant, h: NodeId, body: 
     };
     let s = p.out.entry(h).or_insert_with(|| {
         let epoch = *next_epoch;
-        *next_epoch = next_epoch.wrapping_add(1);
+        *next_epoch = next_epoch.wrapping_add(1).max(1); // 0 is the greeting's
         OutStream {
             addr: peer.addr,
             epoch,

@@ -127,6 +127,19 @@ fn changes_reach_the_holder_in_order_and_are_acknowledged() {
     let mut a = repl(1, 2, 100);
     let mut b = repl(2, 2, 200);
     a.saw_peer(t0, 0, id(2), addr(2));
+    // A peer we hold nothing of is told so once, in case it thinks we do (we restarted).
+    let greeting: Vec<_> = a.take_sends().collect();
+    assert_eq!(
+        greeting,
+        vec![(
+            0,
+            addr(2),
+            Message::ReplicaAck {
+                epoch: 0,
+                next: UNKNOWN_STREAM
+            }
+        )]
+    );
     a.on_changes(
         t0,
         0,
