@@ -347,6 +347,10 @@ struct PoolRepl {
     out: BTreeMap<NodeId, OutStream>,
     /// Handback streams to nodes rebuilding their state.
     back: BTreeMap<NodeId, OutStream>,
+    /// When a handback to each node last began: a Recover costs one small datagram and
+    /// starts a stream of everything we hold for that node, so a node gets at most one per
+    /// [`HANDBACK_HOLDOFF`] (a rebuilding node asks again every second until it is served).
+    handed_at: BTreeMap<NodeId, Instant>,
     held: BTreeMap<NodeId, InStream>,
     /// The peer set changed: the holders of our blocks must be computed again.
     rebalance: bool,
@@ -415,6 +419,9 @@ struct Recovery {
 /// and lost it): the owner opens a new one with the full state.
 pub const UNKNOWN_STREAM: u32 = u32::MAX;
 
+/// At most one handback per node this often (see `PoolRepl::handed_at`).
+pub const HANDBACK_HOLDOFF: Duration = Duration::from_secs(5);
+
 /// How often a node rebuilding its state asks a peer that has not answered yet.
 pub const RECOVER_RETRY: Duration = Duration::from_secs(1);
 /// A handback stream that makes no progress for this long is given up (the node that
@@ -447,6 +454,7 @@ impl Replication {
                     holders: BTreeMap::new(),
                     out: BTreeMap::new(),
                     back: BTreeMap::new(),
+                    handed_at: BTreeMap::new(),
                     held: BTreeMap::new(),
                     rebalance: false,
                     stream_due: None,
@@ -1084,9 +1092,16 @@ impl Replication {
         let Some(p) = self.pools.get_mut(pool) else {
             return false;
         };
-        if p.back.get(&id).is_some_and(|s| s.nonce == nonce) {
+        if p.back.get(&id).is_some_and(|s| s.nonce == nonce)
+            || p.handed_at
+                .get(&id)
+                .is_some_and(|&t| now.saturating_since(t) < HANDBACK_HOLDOFF)
+        {
             return false;
         }
+        p.handed_at
+            .retain(|_, t| now.saturating_since(*t) < HANDBACK_HOLDOFF);
+        p.handed_at.insert(id, now);
         let epoch = self.next_epoch;
         self.next_epoch = self.next_epoch.wrapping_add(1).max(1);
         p.back.insert(

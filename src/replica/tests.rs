@@ -323,3 +323,25 @@ fn bad_records_are_counted_not_applied() {
     let acks: Vec<_> = b.take_sends().collect();
     assert_eq!(acks.len(), 1);
 }
+
+/// A Recover costs a datagram and starts a stream of all we hold for the node: one stream
+/// per node per holdoff, whatever the nonce (a flood of forged Recovers is not amplified).
+#[test]
+fn handbacks_to_one_node_are_held_off() {
+    let t0 = Instant::from_millis(1_000_000);
+    let mut a = repl(1, 2, 100);
+    assert!(a.open_handback(t0, 0, id(2), addr(2), 7));
+    // The same rebuild asking again, and another nonce at once: neither starts a stream.
+    assert!(!a.open_handback(t0 + Duration::from_secs(1), 0, id(2), addr(2), 7));
+    assert!(!a.open_handback(t0 + Duration::from_secs(2), 0, id(2), addr(2), 8));
+    // Another node is not held off by it.
+    assert!(a.open_handback(t0 + Duration::from_secs(2), 0, id(3), addr(3), 9));
+    // After the holdoff a new rebuild is served.
+    assert!(a.open_handback(
+        t0 + HANDBACK_HOLDOFF + Duration::from_secs(1),
+        0,
+        id(2),
+        addr(2),
+        8
+    ));
+}
