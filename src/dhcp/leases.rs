@@ -342,6 +342,16 @@ impl LeaseTable {
             .copied()
     }
 
+    /// Whether `client` holds a lease on an address of ours other than `ip`.
+    fn leased_elsewhere(&self, client: &ClientKey, ip: Ipv4Addr) -> bool {
+        self.address_of(client).is_some_and(|a| {
+            a != ip
+                && self
+                    .get(a)
+                    .is_some_and(|r| matches!(r.state, AddrState::Leased { .. }))
+        })
+    }
+
     /// The hostname the client of `ip` gave, if any.
     pub fn hostname(&self, ip: Ipv4Addr) -> Option<&str> {
         self.hostnames.get(&ip).map(|h| &**h)
@@ -457,6 +467,18 @@ impl LeaseTable {
             AddrState::Leased { until: rec.until }
         };
         let same = r.client.is_some() && r.client == rec.client;
+        if !same
+            && rec
+                .client
+                .as_ref()
+                .is_some_and(|k| self.leased_elsewhere(k, rec.ip))
+        {
+            // The client holds another address of ours now: that one is the truth.
+            return false;
+        }
+        let Some(r) = self.get(rec.ip) else {
+            return false;
+        };
         match r.state {
             AddrState::Free | AddrState::Held { .. } | AddrState::Offered { .. } => {}
             AddrState::Leased { until } | AddrState::Declined { until } if same => {
@@ -665,6 +687,15 @@ impl LeaseTable {
             self.deadlines.extend(deadlines);
         }
         for rec in slow {
+            // A client leased elsewhere here keeps that lease: an older copy of one of its
+            // bindings (from a block taken over with a replica) does not move it.
+            if rec
+                .client
+                .as_ref()
+                .is_some_and(|k| self.leased_elsewhere(k, rec.ip))
+            {
+                continue;
+            }
             let state = if rec.declined {
                 AddrState::Declined { until: rec.until }
             } else {
