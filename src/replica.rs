@@ -672,15 +672,7 @@ impl Replication {
         if seq != 0 && !p.held.contains_key(&origin) {
             // The middle of a stream we never saw the start of: we restarted and lost what
             // we held. The owner is told so, and starts afresh with the full state.
-            self.stats.out_of_order += 1;
-            self.sends.push((
-                pool,
-                from,
-                Message::ReplicaAck {
-                    epoch,
-                    next: UNKNOWN_STREAM,
-                },
-            ));
+            self.unknown_stream(pool, from, epoch);
             return;
         }
         let s = p.held.entry(origin).or_insert_with(|| InStream {
@@ -699,15 +691,7 @@ impl Replication {
                 // We are on another stream of the owner's (an older one's first batch came
                 // late and restarted us on it, or this one's first batch was lost before a
                 // restart of ours): the owner starts this one again from its first batch.
-                self.stats.out_of_order += 1;
-                self.sends.push((
-                    pool,
-                    from,
-                    Message::ReplicaAck {
-                        epoch,
-                        next: UNKNOWN_STREAM,
-                    },
-                ));
+                self.unknown_stream(pool, from, epoch);
                 return;
             }
             s.epoch = epoch;
@@ -768,6 +752,20 @@ impl Replication {
             Message::ReplicaAck {
                 epoch,
                 next: s.next,
+            },
+        ));
+    }
+
+    /// Tells the sender of a batch of stream `epoch` that we do not know that stream, so
+    /// that it opens a new one with the full state.
+    fn unknown_stream(&mut self, pool: usize, to: Ipv6Addr, epoch: u32) {
+        self.stats.out_of_order += 1;
+        self.sends.push((
+            pool,
+            to,
+            Message::ReplicaAck {
+                epoch,
+                next: UNKNOWN_STREAM,
             },
         ));
     }

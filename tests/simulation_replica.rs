@@ -181,14 +181,7 @@ fn replicas_match_their_owners_over_loss_roaming_and_churn() {
         // when every holder has acknowledged everything (it comes within milliseconds of
         // each renewal), and check there.
         let limit = s.now + Duration::from_secs(30);
-        let quiet = s.run_until_pred(limit, |s| {
-            s.running().all(|(_, n)| {
-                n.replication()
-                    .streams(s.now)
-                    .iter()
-                    .all(|v| v.lag_records == 0)
-            })
-        });
+        let quiet = s.run_until_pred(limit, caught_up);
         assert!(quiet.is_some(), "seed {seed}: replication never caught up");
         assert!(
             s.address_conflicts.is_empty(),
@@ -251,6 +244,40 @@ fn rng_secs(seed: u64) -> u64 {
     20 + StdRng::seed_from_u64(seed ^ 0xc4a5).random_range(0..90)
 }
 
+/// Every stream of every running node has all it sent acknowledged.
+fn caught_up(s: &Sim) -> bool {
+    s.running().all(|(_, n)| {
+        n.replication()
+            .streams(s.now)
+            .iter()
+            .all(|v| v.lag_records == 0)
+    })
+}
+
+/// Every client bound, and node 0's (`mine`) in node 0's blocks: a block lost in a claim
+/// race at the start leaves its client to the winner until it renews.
+fn home_settled(s: &Sim, mine: &[usize]) -> bool {
+    s.clients.iter().all(|c| c.ip.is_some())
+        && mine.iter().all(|&c| {
+            let ip = s.clients[c].ip.unwrap();
+            owned_by(s, 0).contains(&range().locate(ip).unwrap().0)
+        })
+}
+
+/// Five ddhcp nodes, `home` clients on node 0 and eight on the others; the indices of
+/// node 0's clients.
+fn five_nodes_with_clients(seed: u64, home: usize) -> (Sim, Vec<usize>) {
+    let mut s = Sim::new(seed, Link::lossy(0.05));
+    for _ in 0..5 {
+        s.add_node(config());
+    }
+    let mine: Vec<usize> = (0..home).map(|_| s.add_client(0)).collect();
+    for c in 0..8 {
+        s.add_client(1 + c % 4);
+    }
+    (s, mine)
+}
+
 /// The blocks each node owns, by node index.
 fn owned_by(s: &Sim, i: usize) -> BTreeSet<u32> {
     s.node(i)
@@ -270,28 +297,9 @@ fn owner_crash_with_wiped_store_then_rebuild() {
     let mut served = Vec::new();
     let mut rebuild = Vec::new();
     for seed in 0..seeds(24) {
-        let mut s = Sim::new(seed, Link::lossy(0.05));
-        for _ in 0..5 {
-            s.add_node(config());
-        }
-        let mine: Vec<usize> = (0..16).map(|_| s.add_client(0)).collect();
-        for c in 0..8 {
-            s.add_client(1 + c % 4);
-        }
-        // Settled: every client bound, node 0's in node 0's blocks (a block lost in a
-        // claim race at the start leaves its client to the winner until it renews).
+        let (mut s, mine) = five_nodes_with_clients(seed, 16);
         let settled = s.run_until_pred(s.now + Duration::from_secs(300), |s| {
-            s.clients.iter().all(|c| c.ip.is_some())
-                && mine.iter().all(|&c| {
-                    let ip = s.clients[c].ip.unwrap();
-                    owned_by(s, 0).contains(&range().locate(ip).unwrap().0)
-                })
-                && s.running().all(|(_, n)| {
-                    n.replication()
-                        .streams(s.now)
-                        .iter()
-                        .all(|v| v.lag_records == 0)
-                })
+            home_settled(s, &mine) && caught_up(s)
         });
         assert!(
             settled.is_some(),
@@ -634,21 +642,8 @@ fn partitioned_and_returning_owners_never_bind_an_address_twice() {
     let mut settle = Vec::new();
     for seed in 0..seeds(20) {
         for returning in [false, true] {
-            let mut s = Sim::new(seed, Link::lossy(0.05));
-            for _ in 0..5 {
-                s.add_node(config());
-            }
-            let mine: Vec<usize> = (0..12).map(|_| s.add_client(0)).collect();
-            for c in 0..8 {
-                s.add_client(1 + c % 4);
-            }
-            let ok = s.run_until_pred(s.now + Duration::from_secs(300), |s| {
-                s.clients.iter().all(|c| c.ip.is_some())
-                    && mine.iter().all(|&c| {
-                        let ip = s.clients[c].ip.unwrap();
-                        owned_by(s, 0).contains(&range().locate(ip).unwrap().0)
-                    })
-            });
+            let (mut s, mine) = five_nodes_with_clients(seed, 12);
+            let ok = s.run_until_pred(s.now + Duration::from_secs(300), |s| home_settled(s, &mine));
             assert!(ok.is_some(), "seed {seed}: clients never all bound");
             s.run_for(Duration::from_secs(rng_secs(seed)));
             let before: Vec<_> = s.clients.iter().map(|c| c.ip).collect();
@@ -736,14 +731,7 @@ fn a_holder_that_restarts_gets_its_replicas_again() {
         s.start(1);
         s.run_for(Duration::from_secs(60));
         let limit = s.now + Duration::from_secs(30);
-        let quiet = s.run_until_pred(limit, |s| {
-            s.running().all(|(_, n)| {
-                n.replication()
-                    .streams(s.now)
-                    .iter()
-                    .all(|v| v.lag_records == 0)
-            })
-        });
+        let quiet = s.run_until_pred(limit, caught_up);
         assert!(
             quiet.is_some(),
             "seed {seed}: replication never caught up after a holder restart"
