@@ -215,6 +215,44 @@ fn six_nodes_started_together_agree() {
         "C nodes logged {collisions} lost inquiry ties; {test} took {:?}",
         t0.elapsed()
     );
+
+    // Leases on our nodes are replicated among our nodes only: every stream a Rust node
+    // keeps goes to another Rust node, and the C nodes still agree afterwards.
+    let rust = m.of_kind(|k| !k.is_c());
+    let ours: BTreeSet<String> = rust.iter().map(|&i| m.view(i).unwrap().node_id).collect();
+    for &i in &rust {
+        m.net.clt_start_k(i, 0, "udhcpc");
+    }
+    for &i in &rust {
+        assert!(
+            m.net.wait_lease_k(i, 0, Duration::from_secs(20)).is_some(),
+            "client of {} got no lease",
+            m.name(i)
+        );
+    }
+    let mut streams = 0;
+    let replicated = wait_until(Duration::from_secs(15), || {
+        streams = 0;
+        rust.iter().all(|&i| {
+            let text = m.net.ctl(i, &["metrics"]).unwrap_or_default();
+            text.lines()
+                .filter(|l| l.starts_with("ddhcp_replica_lag_records{"))
+                .all(|l| {
+                    streams += 1;
+                    let peer = l.split("peer=\"").nth(1).unwrap_or("").split('"').next();
+                    peer.is_some_and(|p| ours.contains(&p.to_uppercase())) && l.ends_with(" 0")
+                })
+        }) && streams >= 2
+    });
+    assert!(
+        replicated,
+        "replication streams not all to Rust nodes and caught up ({streams} streams; ours {ours:?})"
+    );
+    m.wait_agreed(&m.all(), Duration::from_secs(30), Duration::ZERO);
+    eprintln!("{streams} replication streams, all between Rust nodes; the C nodes still agree");
+    for &i in &rust {
+        m.net.clt_stop_k(i, 0);
+    }
 }
 
 #[test]
