@@ -223,8 +223,7 @@ fn concurrent_provisioning_never_gives_an_address_twice() {
     // kill -9 node 0 and start it again: its allocations and their blocks stay its own.
     let before: BTreeSet<String> = allocations(&net, 0).iter().map(|a| s(&a["ip"])).collect();
     let id0 = s(&ctl_json_ok(&net, 0, &["status"])["node_id"]);
-    net.kill_daemon(0, "KILL");
-    net.wait_daemon(0, Duration::from_secs(5));
+    net.kill9(0);
     start(&mut net, 0);
     let after = net
         .wait_ctl_json(0, &["allocations"], Duration::from_secs(10))

@@ -379,8 +379,7 @@ fn local_mode_life_cycle() {
             }
         })
     };
-    net.kill_daemon(0, "KILL");
-    net.wait_daemon(0, Duration::from_secs(5));
+    net.kill9(0);
     start_node(&mut net, 0, &["--pool", &pool, "-n", "2", "-H", &hook]);
     must(
         &net,
@@ -565,8 +564,7 @@ fn two_local_nodes_and_dhcp_never_share_an_address() {
         0,
         &["set-local", "--pool", "hosts", "standby=8", "max-standby=8"],
     );
-    net.kill_daemon(1, "KILL");
-    net.wait_daemon(1, Duration::from_secs(5));
+    net.kill9(1);
     start_node(&mut net, 1, &["--pool", &pool]);
     must(
         &net,

@@ -269,7 +269,7 @@ fn owner_dies_with_its_disk_takeover_and_rebuild() {
 
     // Crash with the disk.
     let crash = std::time::Instant::now();
-    net.kill_daemon(0, "KILL");
+    net.kill9(0);
     std::fs::remove_dir_all(net.state_dir(0)).unwrap();
     let alive: Vec<usize> = (1..5).collect();
     for k in 0..2 {
@@ -436,11 +436,10 @@ fn crash_under_allocation_load(sync: bool, run: u64) -> (usize, usize, usize) {
     };
     // A moment that differs from run to run: 6 to 10 s into the load.
     std::thread::sleep(Duration::from_millis(6000 + (run * 1_337) % 4000));
-    net.kill_daemon(0, "KILL");
     let crash = std::time::Instant::now();
+    net.kill9(0);
     stop.store(true, Ordering::Relaxed);
     worker.join().unwrap();
-    let _ = net.wait_daemon(0, Duration::from_secs(5));
     std::fs::remove_dir_all(net.state_dir(0)).unwrap();
     let acked: Vec<_> = std::mem::take(&mut *acked.lock().unwrap())
         .into_iter()

@@ -590,12 +590,7 @@ impl Mesh {
 
     /// `kill -9` node i and reaps it.
     pub fn kill9(&mut self, i: usize) {
-        self.net.kill_daemon(i, "KILL");
-        assert!(
-            self.net.wait_daemon(i, Duration::from_secs(5)).is_some(),
-            "{} did not die on SIGKILL",
-            self.name(i)
-        );
+        self.net.kill9(i);
     }
 
     /// `ddhcpdctl -C <sock i> ARGS…` of a C node.

@@ -476,6 +476,30 @@ impl TestNet {
         }
     }
 
+    /// `kill -9` daemon i and reaps it, so that it can be started again at once. A
+    /// SIGKILL takes effect only when the process leaves the kernel: a daemon inside an
+    /// fsync on a busy CI disk can take seconds, so this waits up to 30 s and, if the
+    /// process is still there, panics with its kernel state (what it waits in).
+    pub fn kill9(&mut self, i: usize) {
+        let pid = self.daemon_pid(i);
+        self.kill_daemon(i, "KILL");
+        if self.wait_daemon(i, Duration::from_secs(30)).is_none() {
+            let proc_file = |f: &str| {
+                pid.and_then(|p| fs::read_to_string(format!("/proc/{p}/{f}")).ok())
+                    .unwrap_or_default()
+            };
+            let state = proc_file("status")
+                .lines()
+                .find(|l| l.starts_with("State:"))
+                .unwrap_or("State: ?")
+                .to_string();
+            panic!(
+                "daemon {i} (pid {pid:?}) did not die within 30 s of SIGKILL: {state}, wchan {}",
+                proc_file("wchan")
+            );
+        }
+    }
+
     /// Waits up to `timeout` for daemon i to exit; its status if it did.
     pub fn wait_daemon(&mut self, i: usize, timeout: Duration) -> Option<ExitStatus> {
         let mut status = None;
