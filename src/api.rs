@@ -669,9 +669,19 @@ fn check_owner(owner: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Keys and values together, in bytes: an allocation is one store record and one
+/// replication record, and both have a size limit (`store::codec::MAX_BODY`).
+pub const MAX_META_BYTES: usize = 512;
+
 fn check_meta(meta: &BTreeMap<String, String>) -> Result<(), String> {
     if meta.len() > 32 {
         return Err("meta: at most 32 keys".into());
+    }
+    let total: usize = meta.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_META_BYTES {
+        return Err(format!(
+            "meta: {total} bytes of keys and values, at most {MAX_META_BYTES} in all"
+        ));
     }
     for (k, v) in meta {
         if k.is_empty() || k.len() > 64 || v.len() > 256 {

@@ -355,6 +355,9 @@ pub struct Blocks {
     released: HashMap<u32, Instant>,
     /// The learning phase does not end while this is set (a rebuild is under way).
     learning_held: bool,
+    /// Until then, a block nobody owns may still be on its way to the holder of its
+    /// bindings (see [`Blocks::is_settling`]).
+    settling_until: Instant,
 }
 
 impl Blocks {
@@ -391,7 +394,23 @@ impl Blocks {
             quarantined: HashMap::new(),
             released: HashMap::new(),
             learning_held: false,
+            settling_until: now,
         }
+    }
+
+    /// See [`Blocks::is_settling`]: set by the node at its start, from how long a
+    /// takeover can take.
+    pub fn settle_until(&mut self, until: Instant) {
+        self.settling_until = until;
+    }
+
+    /// Whether we started too recently to know that a block nobody owns is really free:
+    /// after a restart of the whole mesh, a silent owner's block passes to the holder of its
+    /// bindings (restored from the holder's store) only a block timeout and a takeover
+    /// later, and until then we heard neither the owner's claim nor its lapse. Its clients
+    /// are left unanswered meanwhile, not refused.
+    pub fn is_settling(&self, now: Instant) -> bool {
+        now < self.settling_until
     }
 
     /// Leaves `block` to others until `until`: its owner lapsed, and the peers that hold

@@ -416,6 +416,18 @@ impl Node {
             sync: cfg.replica_sync && cfg.replicas > 0,
             parked: Vec::new(),
         };
+        if cfg.replicas > 0 {
+            // A silent owner's block reaches the first holder of its bindings at most this
+            // long after the holder's own start (restored replicas are checked a block
+            // timeout after it), and later holders a step each after that.
+            for p in &mut node.pools {
+                let c = &p.config().claim;
+                let settle = c.block_timeout
+                    + c.round_interval() * (u32::from(crate::blocks::INQUIRE_ROUNDS) + 1)
+                    + takeover_step(c) * (cfg.replicas as u32 + 1);
+                p.settle_until(now + settle);
+            }
+        }
         if recover {
             info!("rebuilding: asking the peers for what they hold for us");
             for p in &mut node.pools {
@@ -436,7 +448,9 @@ impl Node {
     /// with them. Expired leases must already be gone.
     pub fn restore(&mut self, now: Instant, restored: Vec<Restored>) {
         self.now = now;
-        for (i, r) in restored.into_iter().enumerate().take(self.pools.len()) {
+        for (i, mut r) in restored.into_iter().enumerate().take(self.pools.len()) {
+            self.repl
+                .restore_held(now, i, std::mem::take(&mut r.replicas));
             self.pools[i].restore(now, r);
             self.flush_pool(i);
         }
@@ -459,6 +473,8 @@ impl Node {
                 .on_changes(self.now, pool, v[start..end].iter().map(|(_, c)| c));
             start = end;
         }
+        // What we hold for others, after our own (nobody is sent it).
+        v.extend(self.repl.take_journal());
         // An allocation's change is queued now: what its answer waits for is known.
         let mut release = false;
         for p in &mut self.parked {
@@ -1187,8 +1203,13 @@ impl Node {
             let records = self.pools[i].block_records(block);
             self.repl.handback(now, i, id, block, &records);
             // Released before the stream ends, so the owner finds it free (or ours, which
-            // it may take from us) when it takes its blocks back.
+            // it may take from us) when it takes its blocks back. Until its claim is here
+            // the block is in passage: we neither claim it again nor refuse its clients
+            // (the quarantine ends with the owner's claim, or a block timeout if it never
+            // comes).
             self.pools[i].release(block);
+            let hold = self.pools[i].config().claim.block_timeout;
+            self.pools[i].quarantine(block, now + hold);
             self.counters.inc(Counter::BlocksHandedBack);
             blocks += 1;
         }
@@ -1541,6 +1562,7 @@ mod tests {
             local: vec![],
             allocations: vec![],
             cooling: vec![],
+            replicas: vec![],
             clock_went_back,
         }
     }

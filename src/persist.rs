@@ -12,7 +12,9 @@
 use std::net::Ipv4Addr;
 
 use crate::dhcp::leases::ClientKey;
+use crate::replica::BlockReplica;
 use crate::time::Instant;
+use crate::wire::NodeId;
 
 /// One change of durable state. Replaying all changes in order rebuilds the state; a later
 /// change for the same block, address or option code replaces an earlier one.
@@ -50,6 +52,17 @@ pub enum Change {
     AllocGone {
         ip: Ipv4Addr,
         cooldown: Option<Instant>,
+    },
+    /// A change of `block` of another node's, `origin`, of which we hold a replica
+    /// (`crate::replica`): kept in our store too, because a node and a holder of its
+    /// replicas can fail together (a power cut of a rack, a mesh-wide outage), and a
+    /// holder that came back empty would leave the owner's bindings with nobody.
+    /// `change` is a block or binding change (`BlockOwned` starts the block afresh,
+    /// `BlockGone` forgets it), never another `Replica`.
+    Replica {
+        origin: NodeId,
+        block: u32,
+        change: Box<Change>,
     },
 }
 
@@ -111,6 +124,8 @@ pub struct Restored {
     pub allocations: Vec<(Ipv4Addr, crate::api::Allocation)>,
     /// Released addresses still cooling down, with until when.
     pub cooling: Vec<(Ipv4Addr, Instant)>,
+    /// What we hold of other nodes' blocks as their replica holder: (origin, block, what).
+    pub replicas: Vec<(NodeId, u32, BlockReplica)>,
     /// The wall clock now reads earlier than when the state was last written (a router
     /// that booted without a real-time clock and has no NTP time yet). How long we were
     /// down is unknown then, so no claim is trusted to be still valid: blocks are claimed

@@ -470,6 +470,10 @@ impl Pool {
         self.blocks.hold_learning(held);
     }
 
+    pub(crate) fn settle_until(&mut self, until: Instant) {
+        self.blocks.settle_until(until);
+    }
+
     pub(crate) fn quarantine(&mut self, block: u32, until: Instant) {
         self.blocks.quarantine(block, until);
     }

@@ -88,6 +88,42 @@ impl BlockReplica {
         v
     }
 
+    /// This replica as the store read it (times in Unix milliseconds) in core time,
+    /// without what ran out: the same rules as for the node's own bindings.
+    pub(crate) fn restore(self, clock: &crate::store::WallClock) -> BlockReplica {
+        let now = clock.wall_now_ms;
+        BlockReplica {
+            hold: self
+                .hold
+                .filter(|t| t.as_millis() > now)
+                .map(|t| clock.core(t.as_millis())),
+            leases: self
+                .leases
+                .into_iter()
+                .filter(|(_, l)| l.until.as_millis() > now)
+                .map(|(ip, mut l)| {
+                    l.until = clock.core(l.until.as_millis());
+                    (ip, l)
+                })
+                .collect(),
+            allocations: self
+                .allocations
+                .into_iter()
+                .map(|(ip, mut a)| {
+                    a.since = clock.core(a.since.as_millis());
+                    (ip, a)
+                })
+                .collect(),
+            cooling: self
+                .cooling
+                .into_iter()
+                .filter(|(_, t)| t.as_millis() > now)
+                .map(|(ip, t)| (ip, clock.core(t.as_millis())))
+                .collect(),
+        }
+    }
+
+    /// One change of the block's (not `BlockOwned`/`BlockGone`: see [`apply_replica`]).
     fn apply(&mut self, c: Change) {
         match c {
             Change::BlockHold { until, .. } => self.hold = Some(until),
@@ -112,8 +148,23 @@ impl BlockReplica {
             | Change::Announced { .. }
             | Change::Option { .. }
             | Change::Local { .. }
-            | Change::LocalGone(_) => {}
+            | Change::LocalGone(_)
+            | Change::Replica { .. } => {}
         }
+    }
+}
+
+/// One replicated change of `block` applied to what is held of its owner's blocks: one
+/// rule for the stream (`Replication::on_replicate`) and for the store's replay of it.
+pub(crate) fn apply_replica(blocks: &mut BTreeMap<u32, BlockReplica>, block: u32, c: Change) {
+    match c {
+        Change::BlockOwned { .. } => {
+            blocks.insert(block, BlockReplica::default());
+        }
+        Change::BlockGone { .. } => {
+            blocks.remove(&block);
+        }
+        c => blocks.entry(block).or_default().apply(c),
     }
 }
 
@@ -129,7 +180,8 @@ pub fn block_of(range: &ManagedRange, c: &Change) -> Option<u32> {
         | Change::Allocated { ip, .. }
         | Change::AllocGone { ip, .. } => range.locate(*ip).map(|(b, _)| b),
         Change::Announced { .. } | Change::Option { .. } | Change::Local { .. } => None,
-        Change::LocalGone(_) => None,
+        // Another node's block: its owner replicates it, not us.
+        Change::LocalGone(_) | Change::Replica { .. } => None,
     }
 }
 
@@ -252,11 +304,18 @@ impl OutStream {
 #[derive(Debug)]
 struct InStream {
     addr: Ipv6Addr,
+    /// 0 for what came back from our store: no stream of the owner's is known (epochs
+    /// are never 0), so its next batch makes it start one with the full state.
     epoch: u32,
     next: u32,
     reorder: Reorder,
     last: Instant,
     blocks: BTreeMap<u32, BlockReplica>,
+    /// Blocks restored from our store that the owner has not sent afresh since: it may
+    /// have given them up while we were down (and told nobody but the holders it had
+    /// then), so they are checked against the claims once a block timeout has passed
+    /// (see `Replication::check_restored`).
+    restored: BTreeSet<u32>,
 }
 
 /// The receiving side's order: batches that overtook a lost or slower one wait here for
@@ -397,6 +456,11 @@ pub struct Replication {
     /// claim never reached us lapses for us with them (see [`Replication::take_gone`]).
     gone: Vec<(usize, NodeId)>,
     recovery: Option<Recovery>,
+    /// Replica changes as our store takes them (`Change::Replica`), in the order applied.
+    journal: Vec<(usize, Change)>,
+    /// When replicas restored from our store are checked against what their owners
+    /// claim (one block timeout after the restore, the longest any claim stays unheard).
+    check_restored: Option<Instant>,
 }
 
 /// A rebuild under way: what our peers hand back to us, per pool and sender.
@@ -465,6 +529,8 @@ impl Replication {
             handed: Vec::new(),
             gone: Vec::new(),
             recovery: None,
+            journal: Vec::new(),
+            check_restored: None,
         }
     }
 
@@ -479,6 +545,92 @@ impl Replication {
     /// Our id changed (another host had it): holders must learn the new one from new streams.
     pub fn set_me(&mut self, me: NodeId) {
         self.me = me;
+    }
+
+    /// Takes back the replicas our store held for other nodes (`Restored::replicas`), right
+    /// after the start. Their owners are ddhcp nodes (they replicated to us); we know no
+    /// stream of theirs, so each sends us its full state again when it next hears from us.
+    /// What an owner does not send again within a block timeout is checked then
+    /// (`Replication::check_restored`).
+    pub fn restore_held(
+        &mut self,
+        now: Instant,
+        pool: usize,
+        replicas: impl IntoIterator<Item = (NodeId, u32, BlockReplica)>,
+    ) {
+        let me = self.me;
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        for (origin, block, rep) in replicas {
+            if origin == me {
+                continue;
+            }
+            p.known.insert(origin);
+            let s = p.held.entry(origin).or_insert_with(|| InStream {
+                addr: Ipv6Addr::UNSPECIFIED,
+                epoch: 0,
+                next: 0,
+                reorder: Reorder::default(),
+                last: now,
+                blocks: BTreeMap::new(),
+                restored: BTreeSet::new(),
+            });
+            s.blocks.insert(block, rep);
+            s.restored.insert(block);
+            let at = now + p.live_for;
+            self.check_restored = Some(self.check_restored.map_or(at, |t| t.max(at)));
+        }
+    }
+
+    /// Replica changes for our store since the last call (`Change::Replica`, by pool).
+    pub fn take_journal(&mut self) -> Vec<(usize, Change)> {
+        std::mem::take(&mut self.journal)
+    }
+
+    /// Once a block timeout after a restore: restored replicas their owners did not send
+    /// again. An owner that was heard since had our greeting and re-sent what it wants us
+    /// to hold; the rest it gave up while we were down, or holds elsewhere now, and is
+    /// forgotten here (and asked again, if no stream of the owner's reached us at all).
+    /// An owner never heard since is gone: its blocks lapse for us as for a holder that
+    /// saw it go (see [`Replication::take_gone`]).
+    fn check_restored(&mut self, now: Instant) {
+        if self.check_restored.is_none_or(|t| t > now) {
+            return;
+        }
+        self.check_restored = None;
+        for (i, p) in self.pools.iter_mut().enumerate() {
+            for (&origin, s) in p.held.iter_mut() {
+                if s.restored.is_empty() {
+                    continue;
+                }
+                let Some(peer) = p.peers.get(&origin) else {
+                    self.gone.push((i, origin));
+                    continue;
+                };
+                for block in std::mem::take(&mut s.restored) {
+                    s.blocks.remove(&block);
+                    self.journal.push((
+                        i,
+                        Change::Replica {
+                            origin,
+                            block,
+                            change: Box::new(Change::BlockGone { block }),
+                        },
+                    ));
+                }
+                if s.epoch == 0 {
+                    self.sends.push((
+                        i,
+                        peer.addr,
+                        Message::ReplicaAck {
+                            epoch: 0,
+                            next: UNKNOWN_STREAM,
+                        },
+                    ));
+                }
+            }
+        }
     }
 
     /// A marked UpdateClaim from `id` at `addr` in pool `pool`: a live ddhcp peer.
@@ -503,9 +655,10 @@ impl Replication {
         match old {
             None => {
                 p.rebalance = true;
-                if self.k > 0 && !p.held.contains_key(&id) {
-                    // We hold nothing of it: if it thinks we do (we restarted), it learns
-                    // otherwise now rather than at its next change.
+                if self.k > 0 && p.held.get(&id).is_none_or(|s| s.epoch == 0) {
+                    // We know no stream of its (we restarted, with or without what we
+                    // held): if it thinks we do, it learns otherwise now rather than at
+                    // its next change, and sends us its full state again.
                     self.sends.push((
                         pool,
                         addr,
@@ -682,6 +835,7 @@ impl Replication {
             reorder: Reorder::default(),
             last: now,
             blocks: BTreeMap::new(),
+            restored: BTreeSet::new(),
         });
         s.addr = from;
         if s.epoch != epoch {
@@ -717,33 +871,36 @@ impl Replication {
                     continue;
                 };
                 self.stats.records_applied += 1;
-                match c {
-                    Change::BlockOwned { .. } => {
-                        s.blocks.insert(block, BlockReplica::default());
+                match &c {
+                    Change::BlockOwned { .. } | Change::BlockGone { .. } => {
+                        // The owner's word on the block replaces what we restored of it.
+                        s.restored.remove(&block);
                     }
-                    Change::BlockGone { .. } => {
-                        s.blocks.remove(&block);
-                    }
-                    c => {
+                    c if owns(block) => {
                         // A block that is ours too: the sender held it while we were cut
                         // off, or is about to lose it to us (or we to it). Its bindings are
                         // merged into ours, and kept as a replica as well, for the case
                         // that the tie-break gives the block to the sender.
-                        if owns(block) {
-                            match self.handed.last_mut() {
-                                Some((pl, b, r)) if *pl == pool && *b == block => {
-                                    r.apply(c.clone())
-                                }
-                                _ => {
-                                    let mut r = BlockReplica::default();
-                                    r.apply(c.clone());
-                                    self.handed.push((pool, block, r));
-                                }
+                        match self.handed.last_mut() {
+                            Some((pl, b, r)) if *pl == pool && *b == block => r.apply(c.clone()),
+                            _ => {
+                                let mut r = BlockReplica::default();
+                                r.apply(c.clone());
+                                self.handed.push((pool, block, r));
                             }
                         }
-                        s.blocks.entry(block).or_default().apply(c)
                     }
+                    _ => {}
                 }
+                self.journal.push((
+                    pool,
+                    Change::Replica {
+                        origin,
+                        block,
+                        change: Box::new(c.clone()),
+                    },
+                ));
+                apply_replica(&mut s.blocks, block, c);
             }
         }
         self.sends.push((
@@ -835,6 +992,7 @@ impl Replication {
     /// Flushes due batches, retransmits what timed out, forgets peers that stopped
     /// claiming (and the streams to them: their blocks get new holders).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.check_restored(now);
         if let Some(r) = &mut self.recovery {
             for (&(pool, _), (addr, retry)) in r.asked.iter_mut() {
                 if retry.is_some_and(|t| t <= now) {
@@ -901,6 +1059,9 @@ impl Replication {
             if let Some(d) = p.stream_due {
                 at(d);
             }
+        }
+        if let Some(x) = self.check_restored {
+            at(x);
         }
         if let Some(r) = &self.recovery {
             at(r.deadline);
@@ -1045,12 +1206,18 @@ impl Replication {
         origin: NodeId,
         block: u32,
     ) -> Option<BlockReplica> {
-        self.pools
-            .get_mut(pool)?
-            .held
-            .get_mut(&origin)?
-            .blocks
-            .remove(&block)
+        let s = self.pools.get_mut(pool)?.held.get_mut(&origin)?;
+        s.restored.remove(&block);
+        let rep = s.blocks.remove(&block)?;
+        self.journal.push((
+            pool,
+            Change::Replica {
+                origin,
+                block,
+                change: Box::new(Change::BlockGone { block }),
+            },
+        ));
+        Some(rep)
     }
 
     /// We lost `block` to `to`, a ddhcp node: it gets our bindings of the block, which it

@@ -109,6 +109,25 @@ fn leases_reach_their_replica_holders_and_outlive_the_owner() {
             "node {i}:\n{text}"
         );
     }
+    // A holder that crashes too comes back with what it held, from its own store: the
+    // owner is gone, so nobody could send it again.
+    net.kill9(1);
+    start_node(&mut net, 1, &[]);
+    let mut last = String::new();
+    let restored = wait_until(Duration::from_secs(10), || {
+        net.ctl_json(1, &["status"]).is_ok() && {
+            let (m, text) = metrics(&net, 1);
+            last = text;
+            sum(&m, "ddhcp_replica_held_bindings", &origin) == 1.0
+        }
+    });
+    if !restored {
+        net.dump_logs();
+    }
+    assert!(
+        restored,
+        "node 1 lost node 0's lease with its own restart:\n{last}"
+    );
     net.clt_stop_k(0, 0);
     for i in 1..3 {
         common::daemon::assert_alive(&mut net, i);

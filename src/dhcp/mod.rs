@@ -467,7 +467,7 @@ impl Dhcp {
             self.forward(now, blocks, req, ip, owner);
             return;
         }
-        if blocks.is_learning() || blocks.is_pending(block, now) {
+        if blocks.is_learning() || blocks.is_pending(block, now) || blocks.is_settling(now) {
             // We may simply not have heard the owner yet, or the block is passing to the
             // holder of its bindings (a takeover): the client asks again.
             self.counters.silent_unknown_block += 1;
@@ -655,7 +655,9 @@ impl Dhcp {
         }
         if !self.leases.owns(ip) {
             let block = self.range.locate(ip).map(|(b, _)| b);
-            if block.is_some_and(|b| blocks.owner_of(b).is_some() || blocks.is_pending(b, now)) {
+            if blocks.is_settling(now)
+                || block.is_some_and(|b| blocks.owner_of(b).is_some() || blocks.is_pending(b, now))
+            {
                 // The sender's view is behind: the block passed to another node (or is
                 // passing). It learns that from the claims; the client asks again.
                 self.counters.silent_unknown_block += 1;

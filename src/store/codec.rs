@@ -63,11 +63,14 @@ const LOCAL: u8 = 8;
 const LOCAL_GONE: u8 = 9;
 const ALLOCATED: u8 = 10;
 const ALLOC_GONE: u8 = 11;
+/// A change of another node's block that we hold a replica of: origin id, block, and the
+/// change's own body (kind, pool, fields) after them.
+const REPLICA: u8 = 12;
 
 /// Every record kind this code reads. Version 1 files hold kinds 1-7; kinds 8 and 9 came
 /// with the local service and need no new version: a reader that does not know a kind
 /// refuses the file (see [`FrameError::UnknownKind`]), it never skips the record.
-const KINDS: [u8; 11] = [
+const KINDS: [u8; 12] = [
     BLOCK_OWNED,
     BLOCK_GONE,
     ANNOUNCED,
@@ -79,6 +82,7 @@ const KINDS: [u8; 11] = [
     LOCAL_GONE,
     ALLOCATED,
     ALLOC_GONE,
+    REPLICA,
 ];
 
 /// The `held` byte of a [`LOCAL`] record.
@@ -478,6 +482,16 @@ pub fn encode_body(pool: u8, change: &Change, wall: impl Fn(Instant) -> u64, out
                 None => out.push(0),
             }
         }
+        Change::Replica {
+            origin,
+            block,
+            change,
+        } => {
+            kind(out, REPLICA);
+            out.extend_from_slice(&origin.0);
+            out.extend_from_slice(&block.to_le_bytes());
+            encode_body(pool, change, wall, out);
+        }
     }
 }
 
@@ -678,6 +692,23 @@ pub fn decode_body(body: &[u8], format: Format) -> Option<(u8, Change)> {
             };
             Change::AllocGone { ip, cooldown }
         }
+        REPLICA => {
+            let origin = crate::wire::NodeId(b.take(8)?.try_into().ok()?);
+            let block = b.u32()?;
+            // One level only: a replica of a replica means nothing.
+            if b.0.first() == Some(&REPLICA) {
+                return None;
+            }
+            let (inner_pool, change) = decode_body(std::mem::take(&mut b.0), format)?;
+            if inner_pool != pool {
+                return None;
+            }
+            Change::Replica {
+                origin,
+                block,
+                change: Box::new(change),
+            }
+        }
         _ => return None,
     };
     b.0.is_empty().then_some((pool, change))
@@ -738,7 +769,92 @@ mod tests {
                 held: LocalHeld::Marked,
             },
             Change::LocalGone(Ipv4Addr::new(10, 5, 0, 130)),
+            Change::Replica {
+                origin: crate::wire::NodeId([1, 2, 3, 4, 5, 6, 7, 8]),
+                block: 3,
+                change: Box::new(lease()),
+            },
+            Change::Replica {
+                origin: crate::wire::NodeId([9; 8]),
+                block: 4,
+                change: Box::new(Change::BlockGone { block: 4 }),
+            },
         ]
+    }
+
+    /// A replica record is the origin, the block and the inner record's own body.
+    #[test]
+    fn golden_replica_bytes() {
+        let c = Change::Replica {
+            origin: crate::wire::NodeId([1, 2, 3, 4, 5, 6, 7, 8]),
+            block: 0x0102,
+            change: Box::new(Change::BlockGone { block: 0x0102 }),
+        };
+        let mut buf = Vec::new();
+        encode_body(5, &c, |t| t.as_millis(), &mut buf);
+        let body: &[u8] = &[
+            12, 5, // replica, pool 5
+            1, 2, 3, 4, 5, 6, 7, 8, // origin
+            2, 1, 0, 0, // block 0x0102
+            2, 5, 2, 1, 0, 0, // inner: block gone, pool 5, block 0x0102
+        ];
+        assert_eq!(buf, body);
+        assert_eq!(decode_body(body, Format::V2), Some((5, c)));
+        // A replica of a replica, or an inner record of another pool, is refused.
+        let mut nested = body[..14].to_vec();
+        nested.extend_from_slice(body);
+        assert_eq!(decode_body(&nested, Format::V2), None);
+        let mut other_pool = body.to_vec();
+        other_pool[15] = 6;
+        assert_eq!(decode_body(&other_pool, Format::V2), None);
+    }
+
+    /// The largest records the services can make still fit a store record and, wrapped as a
+    /// replica, one replication datagram: an allocation with the most metadata the API
+    /// takes, a lease with the longest client id and host name.
+    #[test]
+    fn largest_records_fit() {
+        let mut meta = std::collections::BTreeMap::new();
+        let per = crate::api::MAX_META_BYTES / 32;
+        for i in 0..32 {
+            meta.insert(format!("{i:0w$}", w = per / 2), "v".repeat(per - per / 2));
+        }
+        assert_eq!(
+            meta.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>(),
+            crate::api::MAX_META_BYTES
+        );
+        let alloc = Change::Allocated {
+            ip: Ipv4Addr::new(10, 0, 0, 1),
+            alloc: crate::api::Allocation {
+                owner: "o".repeat(128).into(),
+                node_id: crate::wire::NodeId([0; 8]),
+                since: Instant::ZERO,
+                meta,
+            },
+        };
+        let lease = Change::Lease(LeaseRecord {
+            ip: Ipv4Addr::new(10, 0, 0, 2),
+            until: Instant::ZERO,
+            declined: false,
+            client: Some(ClientKey::from_slice(&[7; 255])),
+            chaddr: [1; 16],
+            hostname: Some("h".repeat(255).into()),
+        });
+        let room = crate::wire::MAX_REPLICATE_DATAGRAM
+            - crate::wire::HEADER_LEN
+            - crate::wire::REPLICATE_FIXED_LEN
+            - 2;
+        for c in [alloc, lease] {
+            let wrapped = Change::Replica {
+                origin: crate::wire::NodeId([0; 8]),
+                block: 0,
+                change: Box::new(c.clone()),
+            };
+            let mut buf = Vec::new();
+            encode_body(0, &wrapped, |t| t.as_millis(), &mut buf);
+            assert!(buf.len() <= MAX_BODY.min(room), "{} bytes", buf.len());
+            assert_eq!(decode_body(&buf, Format::V2), Some((0, wrapped)));
+        }
     }
 
     #[test]

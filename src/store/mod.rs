@@ -48,7 +48,9 @@ use tracing::{error, info, warn};
 use crate::hash::FxHashMap;
 use crate::persist::{Change, LeaseRecord, LocalHeld, Restored, apply_allocation};
 use crate::range::ManagedRange;
+use crate::replica::{BlockReplica, apply_replica};
 use crate::time::Instant;
+use crate::wire::NodeId;
 use codec::{FileKind, Format, Header, Pools, StoredRange, TableEntry};
 
 /// A journal is compacted once it is larger than this and than the last snapshot, so the
@@ -231,6 +233,8 @@ pub struct PoolState {
     /// The allocation service's allocations, and released addresses cooling down.
     pub allocations: BTreeMap<Ipv4Addr, crate::api::Allocation>,
     pub cooling: BTreeMap<Ipv4Addr, Instant>,
+    /// Replicas we hold of other nodes' blocks: origin, block, what it holds.
+    pub replicas: BTreeMap<NodeId, BTreeMap<u32, BlockReplica>>,
 }
 
 impl PoolState {
@@ -272,6 +276,17 @@ impl PoolState {
             Change::AllocGone { ip, cooldown } => {
                 apply_allocation(&mut self.allocations, &mut self.cooling, ip, None, cooldown)
             }
+            Change::Replica {
+                origin,
+                block,
+                change,
+            } => {
+                let blocks = self.replicas.entry(origin).or_default();
+                apply_replica(blocks, block, *change);
+                if blocks.is_empty() {
+                    self.replicas.remove(&origin);
+                }
+            }
         }
     }
 
@@ -280,6 +295,11 @@ impl PoolState {
         self.leases.retain(|_, l| l.until.as_millis() > wall_ms);
         self.holds.retain(|_, until| until.as_millis() > wall_ms);
         self.cooling.retain(|_, until| until.as_millis() > wall_ms);
+        for r in self.replicas.values_mut().flat_map(BTreeMap::values_mut) {
+            r.leases.retain(|_, l| l.until.as_millis() > wall_ms);
+            r.cooling.retain(|_, until| until.as_millis() > wall_ms);
+            r.hold = r.hold.filter(|until| until.as_millis() > wall_ms);
+        }
     }
 
     /// Every record a snapshot of this state holds.
@@ -312,6 +332,21 @@ impl PoolState {
             ip,
             cooldown: Some(until),
         });
+        let replicas = self.replicas.iter().flat_map(|(&origin, blocks)| {
+            blocks.iter().flat_map(move |(&block, r)| {
+                // The block starts afresh, then its bindings.
+                std::iter::once(Change::BlockOwned {
+                    block,
+                    since: Instant::ZERO,
+                })
+                .chain(r.records(block))
+                .map(move |c| Change::Replica {
+                    origin,
+                    block,
+                    change: Box::new(c),
+                })
+            })
+        });
         blocks
             .chain(holds)
             .chain(announced)
@@ -320,6 +355,7 @@ impl PoolState {
             .chain(local)
             .chain(allocations)
             .chain(cooling)
+            .chain(replicas)
     }
 
     /// The latest wall-clock time the state mentions as "now" (last announcement, last
@@ -378,6 +414,15 @@ impl PoolState {
                 .into_iter()
                 .filter(|(_, until)| until.as_millis() > clock.wall_now_ms)
                 .map(|(ip, until)| (ip, clock.core(until.as_millis())))
+                .collect(),
+            replicas: self
+                .replicas
+                .into_iter()
+                .flat_map(|(origin, blocks)| {
+                    blocks
+                        .into_iter()
+                        .map(move |(block, r)| (origin, block, r.restore(clock)))
+                })
                 .collect(),
             clock_went_back,
         }

@@ -1313,3 +1313,74 @@ proptest::proptest! {
         proptest::prop_assert_eq!(r.local, want.into_iter().collect::<Vec<_>>());
     }
 }
+
+/// What a replica holder journals of other nodes' blocks comes back after a restart, in
+/// core time and without what expired, through the journal and through a snapshot alike;
+/// a block its owner said it gave up (`BlockGone`) does not.
+#[test]
+fn replicas_held_for_other_nodes_survive_a_restart_and_a_compaction() {
+    let d = TempDir::new("replicas");
+    let a = crate::wire::NodeId([0xa; 8]);
+    let b = crate::wire::NodeId([0xb; 8]);
+    let rep = |origin, block, c: Change| Change::Replica {
+        origin,
+        block,
+        change: Box::new(c),
+    };
+    let since = Instant::from_millis(990_000);
+    let alloc = crate::api::Allocation {
+        owner: "vm-1".into(),
+        node_id: a,
+        since,
+        meta: BTreeMap::from([("rack".to_string(), "b2".to_string())]),
+    };
+    let changes = vec![
+        rep(a, 3, Change::BlockOwned { block: 3, since }),
+        rep(a, 3, lease(13, FOREVER)),
+        rep(a, 3, lease(14, 30)),
+        rep(
+            a,
+            3,
+            Change::Allocated {
+                ip: Ipv4Addr::new(10, 0, 0, 15),
+                alloc: alloc.clone(),
+            },
+        ),
+        rep(b, 5, Change::BlockOwned { block: 5, since }),
+        rep(b, 5, lease(21, FOREVER)),
+        rep(b, 5, Change::BlockGone { block: 5 }),
+        // Our own lease is not mixed up with them.
+        lease(40, FOREVER),
+    ];
+    write_all(&d.0, &changes);
+    let later = WallClock {
+        core_now: Instant::from_millis(5_000),
+        wall_now_ms: 1_700_000_100_000,
+    };
+    let check = |state: State| {
+        let r = state.into_restored(&[lan()], &later).remove(0);
+        assert_eq!(r.leases.len(), 1, "{r:?}");
+        assert_eq!(r.replicas.len(), 1, "{:?}", r.replicas);
+        let (origin, block, held) = &r.replicas[0];
+        assert_eq!((*origin, *block), (a, 3));
+        // Lease 14 ran out (30 s, read 100 s later); lease 13 has 100 s less left.
+        assert_eq!(held.leases.len(), 1);
+        let l = &held.leases[&Ipv4Addr::new(10, 0, 0, 13)];
+        assert_eq!(
+            l.until,
+            Instant::from_millis(5_000 + FOREVER * 1000 - 100_000)
+        );
+        assert_eq!(
+            held.allocations[&Ipv4Addr::new(10, 0, 0, 15)].owner,
+            alloc.owner
+        );
+    };
+    let (store, state, info) = Store::open(opts(&d.0)).unwrap();
+    drop(store);
+    assert_eq!(info.records, changes.len() as u64);
+    check(state);
+    compact_now(&d.0, &[lan()]);
+    let (store, state, _) = Store::open(opts(&d.0)).unwrap();
+    drop(store);
+    check(state);
+}
