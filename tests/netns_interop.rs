@@ -60,17 +60,23 @@ fn settle(s: &Swarm) -> Duration {
     Duration::from_millis(u64::from(s.ttl) * 250 + 1000)
 }
 
-/// Every node's id is what its kind makes of its server MAC: 3eefc27 MAC + `0000`, master
-/// all zeros, ours MAC + 2 random bytes (docs/protocol.md).
+/// Every node's id is what its kind makes of its server MAC: 3eefc27 the MAC + 2 bytes it
+/// never writes, master 8 bytes it never writes, ours MAC + 2 random bytes
+/// (docs/protocol.md).
 fn check_ids(m: &Mesh) {
     for i in m.all() {
         let id = m.view(i).unwrap_or_else(|e| panic!("{e}")).node_id;
         let mac = server_mac_hex(&m.net, i);
         match m.kinds[i] {
-            Kind::C(Flavor::Gluon) => {
-                assert_eq!(id, format!("{mac}0000"), "{}: node id", m.name(i))
-            }
-            Kind::C(Flavor::Master) => assert_eq!(id, "0000000000000000", "{}: node id", m.name(i)),
+            // Bytes 6-7 (3eefc27) and all eight (master) are never written: they hold what
+            // the stack held, zeros with some compilers and not with others (reference
+            // §2.9; Debian's gcc of 2026-12 leaves e.g. `…6400`, and `05D20A1300000000`).
+            Kind::C(Flavor::Gluon) => assert!(
+                id.starts_with(&mac) && id.len() == 16,
+                "{}: node id {id}, MAC {mac}",
+                m.name(i)
+            ),
+            Kind::C(Flavor::Master) => assert_eq!(id.len(), 16, "{}: node id {id}", m.name(i)),
             Kind::Rust => assert!(
                 id.starts_with(&mac) && id.len() == 16,
                 "{}: node id {id}, MAC {mac}",
