@@ -562,10 +562,18 @@ impl Replication {
         let Some(p) = self.pools.get_mut(pool) else {
             return;
         };
-        for (origin, block, rep) in replicas {
-            if origin == me {
+        for (origin, block, mut rep) in replicas {
+            // What a store holds is not trusted to be consistent (a damaged or hand-made
+            // file): a block outside the range, or a binding outside its block, is dropped
+            // here rather than served in a takeover.
+            if origin == me || block >= p.range.num_blocks() {
                 continue;
             }
+            let range = &p.range;
+            let inside = |ip: &Ipv4Addr| range.locate(*ip).is_some_and(|(b, _)| b == block);
+            rep.leases.retain(|ip, l| inside(ip) && l.ip == *ip);
+            rep.allocations.retain(|ip, _| inside(ip));
+            rep.cooling.retain(|ip, _| inside(ip));
             p.known.insert(origin);
             let s = p.held.entry(origin).or_insert_with(|| InStream {
                 addr: Ipv6Addr::UNSPECIFIED,

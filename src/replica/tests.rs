@@ -345,3 +345,68 @@ fn handbacks_to_one_node_are_held_off() {
         8
     ));
 }
+
+/// Replicas restored from a store keep only what is consistent: a block outside the range
+/// and bindings outside their block are dropped. A block timeout later, an owner that was
+/// heard meanwhile and did not send a block again has it forgotten (and journalled so);
+/// one never heard is gone, its blocks handed to the takeover.
+#[test]
+fn restored_replicas_are_checked_once_their_owners_could_be_heard() {
+    let t0 = Instant::from_millis(1_000_000);
+    let mut h = repl(3, 2, 7);
+    let mut rep = BlockReplica::default();
+    for ip in [[10, 0, 0, 9], [10, 0, 0, 10], [10, 0, 0, 200]] {
+        let Change::Lease(l) = lease(ip, 9_000_000) else {
+            unreachable!()
+        };
+        rep.leases.insert(l.ip, l);
+    }
+    // Block 2 is 10.0.0.8-11: the lease of 10.0.0.200 does not belong there.
+    h.restore_held(
+        t0,
+        0,
+        [
+            (id(1), 2, rep.clone()),
+            (id(1), 5000, rep.clone()),
+            (id(2), 2, rep),
+        ],
+    );
+    assert_eq!(h.replica(0, id(1), 2).map(|r| r.leases.len()), Some(2));
+    assert!(h.replica(0, id(1), 5000).is_none());
+    assert!(h.is_ddhcp(0, id(1)) && h.is_ddhcp(0, id(2)));
+    assert!(
+        h.take_journal().is_empty(),
+        "what came from the store is not written again"
+    );
+    // Node 1 is heard (and greeted: it knows no stream of ours); node 2 never.
+    h.saw_peer(t0 + Duration::from_secs(1), 0, id(1), addr(1));
+    let greet: Vec<_> = h.take_sends().collect();
+    assert!(greet.iter().any(|(_, to, m)| *to == addr(1)
+        && matches!(
+            m,
+            Message::ReplicaAck {
+                epoch: 0,
+                next: UNKNOWN_STREAM
+            }
+        )));
+    h.handle_timeout(t0 + Duration::from_secs(59));
+    assert!(
+        h.replica(0, id(1), 2).is_some(),
+        "checked only a block timeout after"
+    );
+    h.saw_peer(t0 + Duration::from_secs(59), 0, id(1), addr(1));
+    h.handle_timeout(t0 + Duration::from_secs(61));
+    assert!(h.replica(0, id(1), 2).is_none());
+    assert_eq!(
+        h.take_journal(),
+        vec![(
+            0,
+            Change::Replica {
+                origin: id(1),
+                block: 2,
+                change: Box::new(Change::BlockGone { block: 2 }),
+            }
+        )]
+    );
+    assert_eq!(h.take_gone(), vec![(0, id(2), vec![2])]);
+}
