@@ -91,34 +91,22 @@ impl BlockReplica {
     /// This replica as the store read it (times in Unix milliseconds) in core time,
     /// without what ran out: the same rules as for the node's own bindings.
     pub(crate) fn restore(self, clock: &crate::store::WallClock) -> BlockReplica {
-        let now = clock.wall_now_ms;
         BlockReplica {
-            hold: self
-                .hold
-                .filter(|t| t.as_millis() > now)
-                .map(|t| clock.core(t.as_millis())),
+            hold: self.hold.and_then(|t| clock.until_back(t)),
             leases: self
                 .leases
                 .into_iter()
-                .filter(|(_, l)| l.until.as_millis() > now)
-                .map(|(ip, mut l)| {
-                    l.until = clock.core(l.until.as_millis());
-                    (ip, l)
-                })
+                .filter_map(|(ip, l)| Some((ip, clock.lease_back(l)?)))
                 .collect(),
             allocations: self
                 .allocations
                 .into_iter()
-                .map(|(ip, mut a)| {
-                    a.since = clock.core(a.since.as_millis());
-                    (ip, a)
-                })
+                .map(|(ip, a)| (ip, clock.allocation_back(a)))
                 .collect(),
             cooling: self
                 .cooling
                 .into_iter()
-                .filter(|(_, t)| t.as_millis() > now)
-                .map(|(ip, t)| (ip, clock.core(t.as_millis())))
+                .filter_map(|(ip, t)| Some((ip, clock.until_back(t)?)))
                 .collect(),
         }
     }
@@ -318,6 +306,29 @@ struct InStream {
     restored: BTreeSet<u32>,
 }
 
+impl InStream {
+    fn new(addr: Ipv6Addr, epoch: u32, now: Instant) -> Self {
+        InStream {
+            addr,
+            epoch,
+            next: 0,
+            reorder: Reorder::default(),
+            last: now,
+            blocks: BTreeMap::new(),
+            restored: BTreeSet::new(),
+        }
+    }
+}
+
+/// The record that makes our store forget what we held of `origin`'s `block`.
+fn forget(origin: NodeId, block: u32) -> Change {
+    Change::Replica {
+        origin,
+        block,
+        change: Box::new(Change::BlockGone { block }),
+    }
+}
+
 /// The receiving side's order: batches that overtook a lost or slower one wait here for
 /// it (at most a window's worth), so one loss costs one retransmission, not the window.
 #[derive(Debug, Default)]
@@ -460,7 +471,7 @@ pub struct Replication {
     journal: Vec<(usize, Change)>,
     /// When replicas restored from our store are checked against what their owners
     /// claim (one block timeout after the restore, the longest any claim stays unheard).
-    check_restored: Option<Instant>,
+    restored_check_at: Option<Instant>,
 }
 
 /// A rebuild under way: what our peers hand back to us, per pool and sender.
@@ -530,7 +541,7 @@ impl Replication {
             gone: Vec::new(),
             recovery: None,
             journal: Vec::new(),
-            check_restored: None,
+            restored_check_at: None,
         }
     }
 
@@ -575,19 +586,14 @@ impl Replication {
             rep.allocations.retain(|ip, _| inside(ip));
             rep.cooling.retain(|ip, _| inside(ip));
             p.known.insert(origin);
-            let s = p.held.entry(origin).or_insert_with(|| InStream {
-                addr: Ipv6Addr::UNSPECIFIED,
-                epoch: 0,
-                next: 0,
-                reorder: Reorder::default(),
-                last: now,
-                blocks: BTreeMap::new(),
-                restored: BTreeSet::new(),
-            });
+            let s = p
+                .held
+                .entry(origin)
+                .or_insert_with(|| InStream::new(Ipv6Addr::UNSPECIFIED, 0, now));
             s.blocks.insert(block, rep);
             s.restored.insert(block);
             let at = now + p.live_for;
-            self.check_restored = Some(self.check_restored.map_or(at, |t| t.max(at)));
+            self.restored_check_at = Some(self.restored_check_at.map_or(at, |t| t.max(at)));
         }
     }
 
@@ -603,10 +609,10 @@ impl Replication {
     /// An owner never heard since is gone: its blocks lapse for us as for a holder that
     /// saw it go (see [`Replication::take_gone`]).
     fn check_restored(&mut self, now: Instant) {
-        if self.check_restored.is_none_or(|t| t > now) {
+        if self.restored_check_at.is_none_or(|t| t > now) {
             return;
         }
-        self.check_restored = None;
+        self.restored_check_at = None;
         for (i, p) in self.pools.iter_mut().enumerate() {
             for (&origin, s) in p.held.iter_mut() {
                 if s.restored.is_empty() {
@@ -618,14 +624,7 @@ impl Replication {
                 };
                 for block in std::mem::take(&mut s.restored) {
                     s.blocks.remove(&block);
-                    self.journal.push((
-                        i,
-                        Change::Replica {
-                            origin,
-                            block,
-                            change: Box::new(Change::BlockGone { block }),
-                        },
-                    ));
+                    self.journal.push((i, forget(origin, block)));
                 }
                 if s.epoch == 0 {
                     self.sends.push((
@@ -836,15 +835,10 @@ impl Replication {
             self.unknown_stream(pool, from, epoch);
             return;
         }
-        let s = p.held.entry(origin).or_insert_with(|| InStream {
-            addr: from,
-            epoch,
-            next: 0,
-            reorder: Reorder::default(),
-            last: now,
-            blocks: BTreeMap::new(),
-            restored: BTreeSet::new(),
-        });
+        let s = p
+            .held
+            .entry(origin)
+            .or_insert_with(|| InStream::new(from, epoch, now));
         s.addr = from;
         if s.epoch != epoch {
             // A new stream (the owner restarted, or lost us and came back). Only its first
@@ -1068,7 +1062,7 @@ impl Replication {
                 at(d);
             }
         }
-        if let Some(x) = self.check_restored {
+        if let Some(x) = self.restored_check_at {
             at(x);
         }
         if let Some(r) = &self.recovery {
@@ -1217,14 +1211,7 @@ impl Replication {
         let s = self.pools.get_mut(pool)?.held.get_mut(&origin)?;
         s.restored.remove(&block);
         let rep = s.blocks.remove(&block)?;
-        self.journal.push((
-            pool,
-            Change::Replica {
-                origin,
-                block,
-                change: Box::new(Change::BlockGone { block }),
-            },
-        ));
+        self.journal.push((pool, forget(origin, block)));
         Some(rep)
     }
 

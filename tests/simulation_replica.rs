@@ -285,6 +285,42 @@ fn owned_by(s: &Sim, i: usize) -> BTreeSet<u32> {
         .unwrap_or_default()
 }
 
+/// Node 0 started empty with its id and `--recover`: how long until it is done and owns
+/// every block of `bound0` again.
+fn rebuild_node0(s: &mut Sim, bound0: &BTreeSet<u32>, seed: u64) -> Duration {
+    let start = s.now;
+    s.config_mut(0).recover = true;
+    s.start(0);
+    let rebuilt = s.run_until_pred(start + Duration::from_secs(200), |s| {
+        s.node(0).is_some_and(|n| !n.is_recovering()) && bound0.is_subset(&owned_by(s, 0))
+    });
+    let Some(t) = rebuilt else {
+        panic!(
+            "seed {seed}: no rebuild: owns {:?} of {bound0:?}",
+            owned_by(s, 0)
+        );
+    };
+    t.saturating_since(start)
+}
+
+/// Node 0's clients (`mine`) come home after its rebuild and keep their addresses
+/// (`before`); no address was ever held twice and every block has its rightful owner.
+fn home_again(s: &mut Sim, mine: &[usize], before: &[Option<Ipv4Addr>], seed: u64) {
+    for &c in mine {
+        s.roam(c, 0);
+    }
+    s.run_for(Duration::from_secs(60));
+    let home: Vec<_> = mine.iter().map(|&c| s.clients[c].ip).collect();
+    assert_eq!(before, home, "seed {seed}: addresses changed after rebuild");
+    assert!(
+        s.address_conflicts.is_empty(),
+        "seed {seed}: {:?}",
+        s.address_conflicts
+    );
+    s.check_no_wrong_owner()
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+}
+
 /// Takeover and rebuild: node 0 serves 16 clients, crashes and loses its store; its clients
 /// move to the other nodes' links. Each keeps its address with no NAK, because the first
 /// holder of each block's replica takes the block over with its bindings. Node 0 comes back
@@ -370,19 +406,7 @@ fn owner_crash_with_wiped_store_then_rebuild() {
 
         // Back, empty, with its id: it rebuilds and owns its blocks again.
         s.run_for(Duration::from_secs(20));
-        let start = s.now;
-        s.config_mut(0).recover = true;
-        s.start(0);
-        let rebuilt = s.run_until_pred(start + Duration::from_secs(200), |s| {
-            s.node(0).is_some_and(|n| !n.is_recovering()) && bound0.is_subset(&owned_by(s, 0))
-        });
-        let Some(t) = rebuilt else {
-            panic!(
-                "seed {seed}: no rebuild: owns {:?} of {bound0:?}",
-                owned_by(&s, 0)
-            );
-        };
-        rebuild.push(t.saturating_since(start).as_secs_f64());
+        rebuild.push(rebuild_node0(&mut s, &bound0, seed).as_secs_f64());
         // Each client's lease is at its block's owner: node 0 for the blocks it rebuilt.
         for (k, &c) in mine.iter().enumerate() {
             let ip = s.clients[c]
@@ -415,19 +439,7 @@ fn owner_crash_with_wiped_store_then_rebuild() {
             );
         }
         // The clients come home and keep their addresses.
-        for &c in &mine {
-            s.roam(c, 0);
-        }
-        s.run_for(Duration::from_secs(60));
-        let home: Vec<_> = mine.iter().map(|&c| s.clients[c].ip).collect();
-        assert_eq!(before, home, "seed {seed}: addresses changed after rebuild");
-        assert!(
-            s.address_conflicts.is_empty(),
-            "seed {seed}: {:?}",
-            s.address_conflicts
-        );
-        s.check_no_wrong_owner()
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        home_again(&mut s, &mine, &before, seed);
     }
     takeover.sort_by(f64::total_cmp);
     served.sort_by(f64::total_cmp);
@@ -805,29 +817,8 @@ fn replicas_survive_a_mesh_wide_power_cut_in_the_holders_stores() {
         );
 
         // Node 0 rebuilds from what the takers and holders have.
-        s.config_mut(0).recover = true;
-        s.start(0);
-        let rebuilt = s.run_until_pred(s.now + Duration::from_secs(200), |s| {
-            s.node(0).is_some_and(|n| !n.is_recovering()) && bound0.is_subset(&owned_by(s, 0))
-        });
-        assert!(
-            rebuilt.is_some(),
-            "seed {seed}: no rebuild: owns {:?} of {bound0:?}",
-            owned_by(&s, 0)
-        );
-        for &c in &mine {
-            s.roam(c, 0);
-        }
-        s.run_for(Duration::from_secs(60));
-        let home: Vec<_> = mine.iter().map(|&c| s.clients[c].ip).collect();
-        assert_eq!(before, home, "seed {seed}: addresses changed after rebuild");
-        assert!(
-            s.address_conflicts.is_empty(),
-            "seed {seed}: {:?}",
-            s.address_conflicts
-        );
-        s.check_no_wrong_owner()
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        rebuild_node0(&mut s, &bound0, seed);
+        home_again(&mut s, &mine, &before, seed);
     }
     took.sort_by(f64::total_cmp);
     println!(

@@ -152,6 +152,24 @@ impl WallClock {
         let delta = wall_ms as i128 - self.wall_now_ms as i128;
         Instant::from_millis((self.core_now.as_millis() as i128 + delta).max(0) as u64)
     }
+
+    /// A stored end (Unix ms) in core time, `None` once it passed: one rule for leases,
+    /// holds and cooldowns, of our own blocks and of the replicas we hold.
+    pub(crate) fn until_back(&self, until: Instant) -> Option<Instant> {
+        (until.as_millis() > self.wall_now_ms).then(|| self.core(until.as_millis()))
+    }
+
+    /// A stored lease in core time, `None` once it ran out.
+    pub(crate) fn lease_back(&self, mut l: LeaseRecord) -> Option<LeaseRecord> {
+        l.until = self.until_back(l.until)?;
+        Some(l)
+    }
+
+    /// A stored allocation in core time (allocations never run out).
+    pub(crate) fn allocation_back(&self, mut a: crate::api::Allocation) -> crate::api::Allocation {
+        a.since = self.core(a.since.as_millis());
+        a
+    }
 }
 
 /// The durable state, in wall-clock time (instants count from the Unix epoch): what
@@ -377,11 +395,7 @@ impl PoolState {
         let leases: Vec<LeaseRecord> = self
             .leases
             .into_values()
-            .filter(|l| l.until.as_millis() > clock.wall_now_ms)
-            .map(|mut l| {
-                l.until = clock.core(l.until.as_millis());
-                l
-            })
+            .filter_map(|l| clock.lease_back(l))
             .collect();
         Restored {
             blocks: self
@@ -392,8 +406,7 @@ impl PoolState {
             holds: self
                 .holds
                 .into_iter()
-                .filter(|(_, until)| until.as_millis() > clock.wall_now_ms)
-                .map(|(b, until)| (b, clock.core(until.as_millis())))
+                .filter_map(|(b, until)| Some((b, clock.until_back(until)?)))
                 .collect(),
             announced: self
                 .announced
@@ -404,16 +417,12 @@ impl PoolState {
             allocations: self
                 .allocations
                 .into_iter()
-                .map(|(ip, mut a)| {
-                    a.since = clock.core(a.since.as_millis());
-                    (ip, a)
-                })
+                .map(|(ip, a)| (ip, clock.allocation_back(a)))
                 .collect(),
             cooling: self
                 .cooling
                 .into_iter()
-                .filter(|(_, until)| until.as_millis() > clock.wall_now_ms)
-                .map(|(ip, until)| (ip, clock.core(until.as_millis())))
+                .filter_map(|(ip, until)| Some((ip, clock.until_back(until)?)))
                 .collect(),
             replicas: self
                 .replicas
