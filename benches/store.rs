@@ -62,6 +62,7 @@ fn store_opts(dir: &Path) -> StoreOptions {
         dir: dir.to_path_buf(),
         pools: pools(),
         fsync: false,
+        commit_delay: std::time::Duration::ZERO,
         compact_min_bytes: u64::MAX,
     }
 }

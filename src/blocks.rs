@@ -686,16 +686,30 @@ impl Blocks {
         self.events.pop_front()
     }
 
-    /// The next instant [`Blocks::handle_timeout`] has work to do.
+    /// The next instant [`Blocks::handle_timeout`] has work to do. A claim round is only
+    /// waited for when it would do something: an idle router then wakes once per refresh
+    /// (`-B`/4), as the C daemon wakes once per `t`/2, not once a second. Whatever makes a
+    /// round due (a lease taken, a block lost, demand sampled) happens in a call after
+    /// which the caller asks again, and a round that is overdue runs at once.
     pub fn poll_timeout(&self) -> Instant {
-        let mut t = self.learning_until.unwrap_or(self.next_round);
-        if !self.ours.is_empty() {
-            t = t.min(self.next_refresh);
-        }
+        let mut t = match self.learning_until {
+            Some(until) => until.min(self.next_refresh),
+            None if self.round_due() => self.next_round.min(self.next_refresh),
+            None => self.next_refresh,
+        };
         if let Some(&(d, _)) = self.deadlines.first() {
             t = t.min(d);
         }
         t
+    }
+
+    /// Whether a claim round would change anything: blocks being claimed or to reclaim,
+    /// blocks to claim or to give up, or surplus marks to clear.
+    fn round_due(&self) -> bool {
+        !self.claiming.is_empty()
+            || !self.wanted.is_empty()
+            || self.blocks_needed() != 0
+            || self.ours.values().any(|o| o.needless_since.is_some())
     }
 
     /// Runs every timer that is due at `now`.
@@ -1196,9 +1210,21 @@ mod tests {
 
     /// Runs the timers until `end`, collecting what was sent.
     fn run_until(b: &mut Blocks, end: Instant, rng: &mut StdRng) -> Vec<(Instant, Output)> {
+        run_span(b, Instant::ZERO, end, rng)
+    }
+
+    /// Runs the timers from `from` (the time of a change made behind the table's back, such
+    /// as a new config) to `end`: a round that fell due while nothing was to do runs at
+    /// `from`, as the daemon runs an overdue timer at once.
+    fn run_span(
+        b: &mut Blocks,
+        from: Instant,
+        end: Instant,
+        rng: &mut StdRng,
+    ) -> Vec<(Instant, Output)> {
         let mut out = Vec::new();
         loop {
-            let t = b.poll_timeout();
+            let t = b.poll_timeout().max(from);
             if t > end {
                 return out;
             }
@@ -1415,7 +1441,7 @@ mod tests {
         run_until(&mut b, secs(20), &mut rng);
         assert_eq!(b.owned_count(), 2);
         b.cfg.spare_leases = 1;
-        let out = run_until(&mut b, secs(40), &mut rng);
+        let out = run_span(&mut b, secs(20), secs(40), &mut rng);
         assert_eq!(b.owned_count(), 1);
         let dropped = out
             .iter()
@@ -1438,7 +1464,7 @@ mod tests {
             b.set_usage(block, 1);
         }
         b.cfg.spare_leases = 0;
-        run_until(&mut b, secs(100), &mut rng);
+        run_span(&mut b, secs(20), secs(100), &mut rng);
         assert_eq!(b.owned_count(), 2);
     }
 

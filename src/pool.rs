@@ -123,6 +123,8 @@ pub struct Pool {
     pending_local: BTreeMap<u32, Vec<(Ipv4Addr, crate::persist::LocalHeld)>>,
     /// When `pending_restore` is next checked (once per claim round, not per timer).
     next_restore_check: Instant,
+    /// When the store was last told we announced (see [`Pool::drain`]).
+    announced_stored: Option<Instant>,
     /// Blocks whose owner's claim lapsed, and blocks we lost, since the node last looked
     /// (takeover and handover, docs/replication.md).
     lapsed: Vec<(u32, NodeId)>,
@@ -183,6 +185,7 @@ impl Pool {
             pending_restore: BTreeMap::new(),
             pending_local: BTreeMap::new(),
             next_restore_check: now,
+            announced_stored: None,
             lapsed: Vec::new(),
             lost: Vec::new(),
             pending_hold: BTreeMap::new(),
@@ -619,7 +622,24 @@ impl Pool {
     }
 
     pub fn poll_timeout(&self) -> Instant {
-        let b = self.blocks.poll_timeout();
+        let mut b = self.blocks.poll_timeout();
+        let round = self.cfg.claim.round_interval();
+        // Demand is sampled once per round while there is any to sample or to decay, and
+        // restored bindings are checked once per round while some wait for their block.
+        let demand = match &self.service {
+            Service::Dhcp(d) => d.demand_pending(),
+            Service::Api(a) => a.demand_pending(),
+            Service::Local(_) | Service::Passive => false,
+        };
+        if demand || self.demand.rounds.iter().any(|&n| n > 0) {
+            b = b.min(self.demand.since + round);
+        }
+        let api_waiting = self
+            .api()
+            .is_some_and(|a| a.count() + a.cooling_count() > 0);
+        if !self.pending_restore.is_empty() || !self.pending_local.is_empty() || api_waiting {
+            b = b.min(self.next_restore_check);
+        }
         let s = match &self.service {
             Service::Dhcp(d) => d.next_deadline(),
             Service::Local(l) => l.next_deadline(),
@@ -848,9 +868,21 @@ impl Pool {
             };
             self.out.push(PoolOutput::Event(ev));
         }
+        // The store learns of every other refresh only (at most TTL/2 old): a restart
+        // then trusts our claims for less long than peers do, which is safe, and an idle
+        // node syncs its store half as often (flash wear, wake-ups).
         if let Some(at) = self.blocks.take_refreshed() {
             let ttl = self.cfg.claim.ttl();
-            self.changes.push(Change::Announced { at, ttl });
+            // 3/8 of the TTL: between one refresh interval (TTL/4) and two, so jitter
+            // cannot make it every third.
+            let half = Duration::from_millis(u64::from(ttl) * 375);
+            if self
+                .announced_stored
+                .is_none_or(|last| at.saturating_since(last) >= half)
+            {
+                self.announced_stored = Some(at);
+                self.changes.push(Change::Announced { at, ttl });
+            }
         }
         // Usage changed by DHCP traffic and by blocks just owned (their reserved addresses).
         if let Service::Dhcp(d) = &mut self.service {

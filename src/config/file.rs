@@ -57,6 +57,7 @@ const NODE_KEYS: &[(&str, Kind)] = &[
     ("control-group", Kind::Str),
     ("hook", Kind::Str),
     ("fsync", Kind::Str),
+    ("commit-delay", Kind::Int),
     ("node-id", Kind::Str),
     ("log-file", Kind::Str),
     ("audit-log", Kind::Str),

@@ -111,6 +111,10 @@ pub struct Args {
     /// daemon crash, not a power loss) [default: on]
     #[arg(long, value_name = "on|off")]
     pub fsync: Option<String>,
+    /// Let a batch of state changes wait up to MS milliseconds for others before it is
+    /// written and synced, so replies share syncs (0-100) [default: 2]
+    #[arg(long, value_name = "MS")]
+    pub commit_delay: Option<String>,
     /// Use this node id (16 hex digits) instead of the derived, persisted one
     #[arg(long, value_name = "HEX16")]
     pub node_id: Option<String>,
@@ -237,6 +241,8 @@ pub struct DhcpOption {
 
 /// Most `--replicas`: each holder costs the owner one stream and a copy of every change.
 pub const MAX_REPLICAS: usize = 8;
+/// The longest `--commit-delay`: beyond it, clients waiting for an ACK would notice.
+pub const MAX_COMMIT_DELAY_MS: u32 = 100;
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
@@ -256,6 +262,8 @@ pub struct Config {
     pub verbose: u8,
     pub state_dir: PathBuf,
     pub fsync: bool,
+    /// `--commit-delay`.
+    pub commit_delay: std::time::Duration,
     pub node_id: Option<NodeId>,
     /// `--replicas`: holders per block, 0 for none.
     pub replicas: usize,
@@ -590,6 +598,17 @@ impl Args {
             "off" => false,
             _ => return Err(fsync.err("must be on or off")),
         };
+        let delay = or_default(
+            "--commit-delay",
+            pick("--commit-delay", self.commit_delay.as_ref(), "commit-delay"),
+            "2",
+        );
+        let delay_ms: u32 = delay.number("a number of milliseconds")?;
+        if delay_ms > MAX_COMMIT_DELAY_MS {
+            return Err(delay.err(format!(
+                "at most {MAX_COMMIT_DELAY_MS} ms (every reply waits for it)"
+            )));
+        }
         let metrics = pick("--metrics", self.metrics.as_ref(), "metrics")
             .map(|m| {
                 if cfg!(not(feature = "metrics")) {
@@ -665,6 +684,7 @@ impl Args {
             state_dir: path_pick(self.state_dir.as_ref(), "state-dir")
                 .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             fsync,
+            commit_delay: std::time::Duration::from_millis(u64::from(delay_ms)),
             node_id,
             replicas,
             max_replica_lag: std::time::Duration::from_secs(u64::from(lag_secs)),

@@ -98,6 +98,7 @@ fn gluon_command_line() {
     assert_eq!(c.control, PathBuf::from("/run/ddhcpd.sock"));
     assert_eq!(c.state_dir, PathBuf::from("/var/lib/ddhcpd"));
     assert!(c.fsync);
+    assert_eq!(c.commit_delay, Duration::from_millis(2));
     assert!(!c.daemonize);
 }
 
@@ -129,6 +130,16 @@ fn operator_errors_name_flag_value_and_reason() {
         ("-N 10.0.0.0/24 -s 1000", "-s", "more spare"),
         ("-N 10.0.0.0/24 --node-id xyz", "--node-id", "16 hex"),
         ("-N 10.0.0.0/24 --fsync maybe", "--fsync", "on or off"),
+        (
+            "-N 10.0.0.0/24 --commit-delay 101",
+            "--commit-delay",
+            "at most 100",
+        ),
+        (
+            "-N 10.0.0.0/24 --commit-delay 1ms",
+            "--commit-delay",
+            "milliseconds",
+        ),
         (
             "-N 10.0.0.0/24 --location a;b",
             "--location",
@@ -513,6 +524,7 @@ control = "/run/ddhcpd.sock"
 control-group = "ddhcp"
 hook = "/usr/lib/ddhcpd/hook"
 fsync = "off"
+commit-delay = 0
 node-id = "0123456789ABCDEF"
 log-file = "/var/log/ddhcpd.log"
 audit-log = "/var/log/ddhcpd-audit.log"
@@ -570,6 +582,7 @@ fn file_with_every_key() {
     assert_eq!(c.control_group.as_deref(), Some("ddhcp"));
     assert_eq!(c.hook, Some(PathBuf::from("/usr/lib/ddhcpd/hook")));
     assert!(!c.fsync);
+    assert_eq!(c.commit_delay, Duration::ZERO);
     assert_eq!(
         c.node_id,
         Some("0123456789ABCDEF".parse::<NodeId>().unwrap())

@@ -6,6 +6,7 @@
 
 #![allow(clippy::disallowed_methods)] // the shell owns the clocks and OS randomness
 
+mod alarm;
 #[cfg(feature = "api")]
 pub mod api;
 pub mod audit;
@@ -230,6 +231,7 @@ pub async fn run(
         dir: cfg.state_dir.clone(),
         pools: store_pools.clone(),
         fsync: cfg.fsync,
+        commit_delay: cfg.commit_delay,
         compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
     })
     .map_err(|e| match e {
@@ -351,9 +353,8 @@ impl Daemon {
         let mut ubuf = vec![0u8; 2048];
         let mut dbuf = vec![0u8; 4096];
         // One timer, moved only when the core's deadline moves: under load most wake-ups
-        // are packets, and re-registering a timer for each would cost more than the packet.
-        let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
-        tokio::pin!(sleep);
+        // are packets, and re-arming a timer for each would cost more than the packet.
+        let alarm = alarm::Alarm::new()?;
         let mut armed = None;
         loop {
             self.flush().await;
@@ -363,7 +364,7 @@ impl Daemon {
                 None => deadline,
             };
             if armed != Some(deadline) {
-                sleep.as_mut().reset(deadline);
+                alarm.set(deadline.saturating_duration_since(tokio::time::Instant::now()))?;
                 armed = Some(deadline);
             }
             let (m, u) = match &self.peers {
@@ -388,7 +389,7 @@ impl Daemon {
                         return Err(StartError::StoreFailed);
                     }
                 }
-                _ = &mut sleep => {
+                () = alarm.fired() => {
                     armed = None;
                     self.node.handle_timeout(self.clock.now());
                     self.maybe_reopen();

@@ -73,8 +73,17 @@ pub struct StoreOptions {
     /// Sync every batch before replies go out (`--fsync on`). Off, the store survives a
     /// daemon crash (the data is in the page cache) but not a power loss.
     pub fsync: bool,
+    /// `--commit-delay`: how long a batch waits for others before it is written, so that
+    /// one sync covers several replies even when each packet is a batch of its own.
+    pub commit_delay: Duration,
     pub compact_min_bytes: u64,
 }
+
+/// Queued bytes that end a commit delay early: the batch is big enough to be worth a sync.
+const GROUP_BYTES: usize = 64 * 1024;
+
+/// Batches closer together than this many commit delays make the writer wait for more.
+const BUSY_FACTOR: u32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -1019,18 +1028,32 @@ impl Store {
                 "change for a pool the store was not opened with; not stored"
             );
         }
+        // A batch of nothing but Announced records is written without a sync and nothing
+        // waits for it: a restart that finds an older one trusts our claims for less long
+        // than peers do, which is safe. An idle node then never syncs for its refreshes,
+        // and the claim that goes out with the refresh does not wait for the disk.
+        let lazy = changes
+            .iter()
+            .all(|(_, c)| matches!(c, Change::Announced { .. }));
         let mut changes = changes.iter().filter(known).peekable();
         if changes.peek().is_none() {
             return self.seq;
         }
         let (lock, cv) = &*self.shared;
         let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let before = p.buf.len();
         for (pool, c) in changes {
             codec::encode(*pool as u8, c, |t| clock.wall(t), &mut p.buf);
         }
-        self.seq += 1;
-        p.seq = self.seq;
-        cv.notify_one();
+        if !lazy {
+            self.seq += 1;
+            p.seq = self.seq;
+        }
+        // The writer waits for a first byte, then (commit delay) for the batch to fill:
+        // only those two moments need it woken, and a wake-up is a system call.
+        if before == 0 || (before < GROUP_BYTES && p.buf.len() >= GROUP_BYTES) {
+            cv.notify_one();
+        }
         self.seq
     }
 
@@ -1088,6 +1111,7 @@ impl Writer {
     fn run(mut self, shared: Shared, tx: tokio::sync::watch::Sender<Synced>) {
         let mut spare = Vec::new();
         let mut synced = 0;
+        let mut last_woke = None;
         loop {
             let seq = {
                 let (lock, cv) = &*shared;
@@ -1098,10 +1122,33 @@ impl Writer {
                 if p.buf.is_empty() {
                     break;
                 }
+                // Group commit even when lightly loaded: what arrives within the delay
+                // shares this write and its sync (the added latency is at most the delay).
+                // Only while batches come close together: an idle node's lone batch has
+                // nothing to wait for, and the wait would be one more wake-up.
+                let woke = std::time::Instant::now();
+                let busy = last_woke.is_some_and(|t: std::time::Instant| {
+                    woke.duration_since(t) < self.opts.commit_delay * BUSY_FACTOR
+                });
+                last_woke = Some(woke);
+                let until = woke + self.opts.commit_delay;
+                while busy && !p.closing && p.buf.len() < GROUP_BYTES {
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    p = cv
+                        .wait_timeout(p, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
                 std::mem::swap(&mut p.buf, &mut spare);
                 p.seq
             };
-            if let Err(e) = self.write(&spare) {
+            // Nothing new to make durable (only lazy records): written, not synced, and
+            // nobody is told.
+            let sync = seq != synced;
+            if let Err(e) = self.write(&spare, sync) {
                 error!(error = %e, dir = %self.opts.dir.display(),
                        "cannot write the state store; no more replies will be sent");
                 tx.send_replace(Synced {
@@ -1111,8 +1158,10 @@ impl Writer {
                 return;
             }
             spare.clear();
-            synced = seq;
-            tx.send_replace(Synced { seq, failed: false });
+            if sync {
+                synced = seq;
+                tx.send_replace(Synced { seq, failed: false });
+            }
             self.maybe_compact();
         }
         if let Some(c) = self.compactor.take() {
@@ -1120,10 +1169,10 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+    fn write(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
         let started = std::time::Instant::now();
         self.file.write_all(buf)?;
-        if self.opts.fsync {
+        if sync && self.opts.fsync {
             self.file.sync_data()?;
         }
         self.size += buf.len() as u64;

@@ -48,6 +48,7 @@ fn opts_with(dir: &Path, pools: Vec<StorePool>) -> StoreOptions {
         dir: dir.to_path_buf(),
         pools,
         fsync: true,
+        commit_delay: Duration::ZERO,
         compact_min_bytes: COMPACT_MIN_BYTES,
     }
 }
