@@ -15,14 +15,22 @@
 # Environment:
 #   BENCH_SECS        seconds per step (default 10)
 #   BENCH_RATES       rates to try, 4-way exchanges per second, ascending
-#                     (default "1000 2000 4000 6000 8000 10000 12000 16000 24000 32000 48000")
+#                     (default "1000 2000 4000 5000 6000 8000 10000 12000 16000 24000 32000 48000")
+#   BENCH_US_AT       the rate at which the summary compares server CPU per
+#                     exchange, ours / Kea (default 5000; must be in BENCH_RATES)
 #   BENCH_SERVERS     which series to run, in order (default
-#                     "ddhcpd ddhcpd-auto ddhcpd-nosync kea kea-mt"): ddhcpd = -s
+#                     "ddhcpd ddhcpd-auto ddhcpd-nosync kea kea-mt ddhcpd-direct
+#                     kea-direct"): ddhcpd = -s
 #                     BENCH_DDHCPD_SPARE, ddhcpd-auto = -s sized to the whole step
 #                     (110 % of rate x BENCH_SECS, so it never claims while driven),
 #                     ddhcpd-nosync = ddhcpd-auto with --fsync off (leases written,
 #                     not synced), kea = single-threaded Kea, kea-mt = Kea with 2
-#                     threads.  Every server keeps its leases on the disk under
+#                     threads; ddhcpd-direct and kea-direct: the same as
+#                     ddhcpd-auto and kea, but perfdhcp is a client straight on the
+#                     client link (broadcast DISCOVER/REQUEST, broadcast flag set,
+#                     no relay), as a mesh node's clients are, and Kea uses raw
+#                     sockets (dhcp-socket-type raw, as it ships for direct
+#                     clients).  Every server keeps its leases on the disk under
 #                     BENCH_STATE_DIR (ddhcpd syncs each batch before replying, Kea's
 #                     memfile appends without a sync).
 #   BENCH_ALLOW_FAIL  1: exit 0 even if a server gave no usable step
@@ -60,8 +68,10 @@ DDHCPD=${DDHCPD:-$ROOT/target/release/ddhcpd}
 DDHCPCTL=${DDHCPCTL:-$ROOT/target/release/ddhcpctl}
 
 SECS=${BENCH_SECS:-10}
-RATES=${BENCH_RATES:-"1000 2000 4000 6000 8000 10000 12000 16000 24000 32000 48000"}
-SERVERS=${BENCH_SERVERS:-"ddhcpd ddhcpd-auto ddhcpd-nosync kea kea-mt"}
+RATES=${BENCH_RATES:-"1000 2000 4000 5000 6000 8000 10000 12000 16000 24000 32000 48000"}
+# the rate at which the summary compares server CPU per exchange
+US_AT=${BENCH_US_AT:-5000}
+SERVERS=${BENCH_SERVERS:-"ddhcpd ddhcpd-auto ddhcpd-nosync kea kea-mt ddhcpd-direct kea-direct"}
 ALLOW_FAIL=${BENCH_ALLOW_FAIL:-0}
 DROP_LIMIT=${BENCH_DROP_PCT:-1}
 CLIENTS=${BENCH_CLIENTS:-4294967295}
@@ -108,8 +118,8 @@ done
 [[ $KEA_SOCKET == udp || $KEA_SOCKET == raw ]] || die "BENCH_KEA_SOCKET must be udp or raw"
 for s in $SERVERS; do
 	case $s in
-	ddhcpd | ddhcpd-auto | ddhcpd-nosync | kea | kea-mt) ;;
-	*) die "BENCH_SERVERS: unknown server '$s' (ddhcpd, ddhcpd-auto, ddhcpd-nosync, kea, kea-mt)" ;;
+	ddhcpd | ddhcpd-auto | ddhcpd-nosync | kea | kea-mt | ddhcpd-direct | kea-direct) ;;
+	*) die "BENCH_SERVERS: unknown server '$s' (ddhcpd, ddhcpd-auto, ddhcpd-nosync, kea, kea-mt, ddhcpd-direct, kea-direct)" ;;
 	esac
 done
 [[ -x $NT ]] || die "$NT not found"
@@ -244,8 +254,8 @@ now() { echo "$EPOCHREALTIME"; }
 
 SERVER_PID=""
 
-write_kea_conf() { # DIR MT(0|1)
-	local d=$1 mt=$2 mtconf=""
+write_kea_conf() { # DIR MT(0|1) SOCKET
+	local d=$1 mt=$2 sock=$3 mtconf=""
 	if ((mt)); then
 		mtconf='"multi-threading": {"enable-multi-threading": true, "thread-pool-size": 2, "packet-queue-size": 64},'
 	else
@@ -254,7 +264,7 @@ write_kea_conf() { # DIR MT(0|1)
 	cat >"$d/kea.json" <<EOF
 {
   "Dhcp4": {
-    "interfaces-config": { "interfaces": [ "client0" ], "dhcp-socket-type": "$KEA_SOCKET" },
+    "interfaces-config": { "interfaces": [ "client0" ], "dhcp-socket-type": "$sock" },
     "lease-database": {
       "type": "memfile", "persist": true,
       "name": "$d/kea-leases4.csv", "lfc-interval": 0
@@ -283,7 +293,7 @@ EOF
 
 # ddhcpd's claim-ahead for a step at RATE: sets SPARE, MIN_BLOCKS, BLOCK_WAIT.
 ddhcpd_sizing() { # SERIES RATE
-	if [[ $DD_SPARE == auto || $1 == ddhcpd-auto || $1 == ddhcpd-nosync ]]; then
+	if [[ $DD_SPARE == auto || $1 == ddhcpd-auto || $1 == ddhcpd-nosync || $1 == ddhcpd-direct ]]; then
 		SPARE=$(($2 * SECS * 11 / 10))
 		((SPARE >= 20000)) || SPARE=20000
 	else
@@ -304,15 +314,17 @@ ddhcpd_sizing() { # SERIES RATE
 start_server() { # SERIES DIR RATE
 	local series=$1 d=$2 rate=$3 mt=0 t comm want
 	case $series in
-	kea | kea-mt)
+	kea | kea-mt | kea-direct)
 		[[ $series == kea-mt ]] && mt=1
-		write_kea_conf "$d" "$mt"
+		local sock=$KEA_SOCKET
+		[[ $series == kea-direct ]] && sock=raw
+		write_kea_conf "$d" "$mt" "$sock"
 		KEA_PIDFILE_DIR=$d KEA_LOCKFILE_DIR=$d \
 			ip netns exec "$DNS" kea-dhcp4 -c "$d/kea.json" </dev/null >"$d/kea.out" 2>&1 &
 		SERVER_PID=$!
 		want=kea-dhcp4
 		;;
-	ddhcpd | ddhcpd-auto | ddhcpd-nosync)
+	ddhcpd | ddhcpd-auto | ddhcpd-nosync | ddhcpd-direct)
 		ddhcpd_sizing "$series" "$rate"
 		local fsync=on
 		[[ $series == ddhcpd-nosync ]] && fsync=off
@@ -355,11 +367,22 @@ wait_blocks() { # DIR
 	return 0
 }
 
+# perfdhcp's mode for a series: relay (unicast to the server, giaddr = its own address)
+# or, for the -direct series, a client on the link (broadcast, broadcast flag).
+perf_target() { # SERIES
+	if [[ $1 == *-direct ]]; then
+		echo -B
+	else
+		echo "$SERVER_ADDR"
+	fi
+}
+
 # A short perfdhcp run (10/s for 1 s); true if any exchange completed.
-probe() { # DIR
+probe() { # DIR SERIES
 	local out=$1/probe.out p
+	# shellcheck disable=SC2046 # perf_target is one word
 	ip netns exec "$CNS" perfdhcp -4 -l eth0 -r 10 -R "$CLIENTS" -p 1 -d "$DROP_TIME" \
-		-W 300000 "$SERVER_ADDR" </dev/null >"$out" 2>&1 &
+		-W 300000 $(perf_target "$2") </dev/null >"$out" 2>&1 &
 	p=$!
 	STARTED+=("$p")
 	if ! timeout_wait "$p" 15; then
@@ -394,7 +417,7 @@ wait_ready() { # SERIES DIR
 	fi
 	for ((t = 0; t < 5; t++)); do
 		pid_alive "$SERVER_PID" || return 1
-		probe "$d" && return 0
+		probe "$d" "$series" && return 0
 		sleep 0.5
 	done
 	log "  warning: $series did not answer a 10/s probe; driving it anyway"
@@ -488,8 +511,9 @@ run_step() { # SERIES RATE
 	cp /proc/loadavg "$d/loadavg-before"
 
 	log "  perfdhcp -r $rate for $SECS s"
+	# shellcheck disable=SC2046 # perf_target is one word
 	ip netns exec "$CNS" perfdhcp -4 -l eth0 -r "$rate" -R "$CLIENTS" -p "$SECS" -d "$DROP_TIME" \
-		-W "$EXIT_WAIT_US" "$SERVER_ADDR" </dev/null >"$d/perfdhcp.out" 2>&1 &
+		-W "$EXIT_WAIT_US" $(perf_target "$series") </dev/null >"$d/perfdhcp.out" 2>&1 &
 	perf=$!
 	STARTED+=("$perf")
 	echo "$perf" >"$d/perfdhcp.pid"
@@ -589,12 +613,13 @@ run_step() { # SERIES RATE
 
 # ------------------------------------------------------------------- main ---
 
-declare -A BEST BEST_DROP BEST_SRV BEST_PERF BEST_US NEXT FAIL
+declare -A BEST BEST_DROP BEST_SRV BEST_PERF BEST_US NEXT FAIL STEP_US
 run_series() { # SERIES
 	local s=$1 first=1 rate
 	BEST[$s]="" NEXT[$s]="" FAIL[$s]=""
 	for rate in $RATES; do
 		run_step "$s" "$rate"
+		((R_OK)) && STEP_US[$s,$rate]=$R_US
 		if ((R_OK)); then
 			BEST[$s]=$rate BEST_DROP[$s]=$R_DROP BEST_US[$s]=$R_US
 			BEST_SRV[$s]="$R_SRV_CPU (runq wait $R_SRV_WAIT)" BEST_PERF[$s]="$R_PERF_CPU (runq wait $R_PERF_WAIT)"
@@ -637,7 +662,7 @@ ddhcpd_version() {
 		"(project $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown))"
 	echo "- $SECS s per step, rates: $RATES; drops = (DISCOVERs sent - ACKs received) / DISCOVERs sent;" \
 		"a step is good if drops < $DROP_LIMIT % and perfdhcp sent >= 95 % of the rate"
-	echo "- perfdhcp: relay mode (giaddr 10.0.0.2), -R $CLIENTS distinct clients, -d $DROP_TIME s drop time," \
+	echo "- perfdhcp: relay mode (giaddr 10.0.0.2) except the -direct series (clients on the link: broadcast, -B), -R $CLIENTS distinct clients, -d $DROP_TIME s drop time," \
 		"-W $EXIT_WAIT_US us exit wait; Kea socket type $KEA_SOCKET;" \
 		"quiet wait before each step: up to ${QUIET_WAIT} s for machine CPU < $QUIET_PCT %; ddhcpd -s $DD_SPARE, ddhcpd-auto -s 110 % of rate x seconds"
 	echo "- CPU %: utime+stime over the sending period (100 % = one core; multi-threaded processes can exceed 100);" \
@@ -715,8 +740,10 @@ ratio_line() { # SERIES_A SERIES_B
 	for s in $SERVERS; do
 		[[ -n ${FAIL[$s]:-} ]] && echo "- ${FAIL[$s]}"
 	done
-	for a in ddhcpd ddhcpd-auto ddhcpd-nosync; do
-		for b in kea kea-mt; do
+	for a in ddhcpd ddhcpd-auto ddhcpd-nosync ddhcpd-direct; do
+		for b in kea kea-mt kea-direct; do
+			# a ratio compares one way of reaching the server
+			[[ ${a%-direct} != "$a" && ${b%-direct} != "$b" || ${a%-direct} == "$a" && ${b%-direct} == "$b" ]] || continue
 			if [[ " $SERVERS " == *" $a "* && " $SERVERS " == *" $b "* ]]; then
 				ratio_line "$a" "$b"
 			fi
@@ -725,6 +752,30 @@ ratio_line() { # SERIES_A SERIES_B
 	echo
 	for s in $SERVERS; do
 		[[ -n ${BEST[$s]:-} ]] && echo "- $s: ${BEST_US[$s]} µs of server CPU per exchange at ${BEST[$s]}/s"
+	done
+	echo
+	for a in ddhcpd ddhcpd-auto ddhcpd-nosync ddhcpd-direct; do
+		for b in kea kea-mt kea-direct; do
+			[[ ${a%-direct} != "$a" && ${b%-direct} != "$b" || ${a%-direct} == "$a" && ${b%-direct} == "$b" ]] || continue
+			[[ " $SERVERS " == *" $a "* && " $SERVERS " == *" $b "* ]] || continue
+			x=${STEP_US[$a,$US_AT]:-} y=${STEP_US[$b,$US_AT]:-}
+			if [[ $x =~ ^[0-9]+$ && $y =~ ^[0-9]+$ ]] && ((y > 0)); then
+				awk -v x="$x" -v y="$y" -v a="$a" -v b="$b" -v r="$US_AT" \
+					'BEGIN { printf "µs/exchange at %d/s: %s %d, %s %d, ratio %s/%s = %.2f\n", r, a, x, b, y, a, b, x / y }'
+			else
+				echo "µs/exchange at $US_AT/s: $a ${x:-n/a}, $b ${y:-n/a} (no good step at that rate for one of them)"
+			fi
+			# and at the highest rate both served cleanly, which a loaded machine may
+			# push below BENCH_US_AT
+			both=
+			for r in $RATES; do
+				[[ ${STEP_US[$a,$r]:-} =~ ^[0-9]+$ && ${STEP_US[$b,$r]:-} =~ ^[0-9]+$ ]] && both=$r
+			done
+			if [[ -n $both && $both != "$US_AT" ]] && ((${STEP_US[$b,$both]} > 0)); then
+				awk -v x="${STEP_US[$a,$both]}" -v y="${STEP_US[$b,$both]}" -v a="$a" -v b="$b" -v r="$both" \
+					'BEGIN { printf "µs/exchange at %d/s (highest rate both served): %s %d, %s %d, ratio %s/%s = %.2f\n", r, a, x, b, y, a, b, x / y }'
+			fi
+		done
 	done
 	echo
 	echo "- load average at end: $(loadavg)"
