@@ -165,13 +165,13 @@ impl Api {
         }
     }
 
-    /// New allocations since the last call plus those waiting now: what the pool's
-    /// claim-ahead extrapolates, as it does for DHCP clients.
     /// Whether [`Api::take_demand`] would count anything.
     pub fn demand_pending(&self) -> bool {
         self.demand > 0 || !self.waiters.is_empty()
     }
 
+    /// New allocations since the last call plus those waiting now: what the pool's
+    /// claim-ahead extrapolates, as it does for DHCP clients.
     pub fn take_demand(&mut self) -> u64 {
         std::mem::take(&mut self.demand) + self.waiters.len() as u64
     }

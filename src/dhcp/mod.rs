@@ -179,13 +179,13 @@ impl Dhcp {
         &self.store
     }
 
-    /// New clients (served, or starved and not counted within `window`) since the last
-    /// call, for claiming ahead.
     /// Whether [`Dhcp::take_demand`] has anything to count or to forget.
     pub fn demand_pending(&self) -> bool {
         self.allocations > 0 || !self.starved.is_empty()
     }
 
+    /// New clients (served, or starved and not counted within `window`) since the last
+    /// call, for claiming ahead.
     pub fn take_demand(&mut self, now: Instant, window: Duration) -> u64 {
         // A pure filter: the order of the visit reaches nothing.
         #[allow(clippy::disallowed_methods)]
