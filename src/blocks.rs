@@ -355,6 +355,9 @@ pub struct Blocks {
     released: HashMap<u32, Instant>,
     /// The learning phase does not end while this is set (a rebuild is under way).
     learning_held: bool,
+    /// No new claims while set (a key mismatch: we cannot hear the peers we would collide
+    /// with); owned blocks are still refreshed and served.
+    claims_held: bool,
     /// Until then, a block nobody owns may still be on its way to the holder of its
     /// bindings (see [`Blocks::is_settling`]).
     settling_until: Instant,
@@ -394,6 +397,7 @@ impl Blocks {
             quarantined: HashMap::new(),
             released: HashMap::new(),
             learning_held: false,
+            claims_held: false,
             settling_until: now,
         }
     }
@@ -424,6 +428,26 @@ impl Blocks {
 
     pub fn is_quarantined(&self, block: u32, now: Instant) -> bool {
         self.quarantined.get(&block).is_some_and(|&t| now < t)
+    }
+
+    /// Stops (true) or resumes (false) taking blocks we do not own: a node that hears
+    /// only datagrams it cannot verify does not know which blocks are free (VRRP's double
+    /// master). It goes on inquiring, so that its peers hear it and report the mismatch,
+    /// but no claim completes; when it resumes, claims under way start their rounds anew,
+    /// since what they heard meanwhile proved nothing.
+    pub fn hold_claims(&mut self, held: bool) {
+        if !held && self.claims_held {
+            for &b in &self.claiming {
+                if let State::Claiming { rounds } = &mut self.states[b as usize] {
+                    *rounds = 0;
+                }
+            }
+        }
+        self.claims_held = held;
+    }
+
+    pub fn claims_held(&self) -> bool {
+        self.claims_held
     }
 
     /// Keeps the learning phase going (true) until released (false): a node rebuilding
@@ -971,7 +995,7 @@ impl Blocks {
         let mut still = Vec::with_capacity(self.claiming.len());
         for b in std::mem::take(&mut self.claiming) {
             match self.states[b as usize] {
-                State::Claiming { rounds } if rounds >= INQUIRE_ROUNDS => {
+                State::Claiming { rounds } if rounds >= INQUIRE_ROUNDS && !self.claims_held => {
                     self.set_state(b, State::Ours);
                     self.ours.insert(
                         b,
@@ -994,7 +1018,6 @@ impl Blocks {
         self.claiming = still;
         self.announce(now, &owned_now);
         self.claim_wanted();
-
         let needed = self.blocks_needed();
         if needed > 0 {
             let missing = needed - self.claiming.len() as i64;
@@ -1023,7 +1046,7 @@ impl Blocks {
         if !self.claiming.is_empty() {
             for &b in &self.claiming {
                 if let State::Claiming { rounds } = &mut self.states[b as usize] {
-                    *rounds += 1;
+                    *rounds = rounds.saturating_add(1);
                 }
             }
             debug!(blocks = self.claiming.len(), "inquire");

@@ -158,6 +158,25 @@ pub enum Request {
     Show {
         ip: String,
     },
+    /// Mesh keys (`--peer-key`), how many peers sign with each, sources that failed
+    /// authentication, and pools that hold their claims because of a key mismatch.
+    Keys,
+    /// Adds the mesh key in the file at `path` (read by the daemon) for verifying.
+    KeyInstall {
+        path: String,
+    },
+    /// Signs with key `id` from now on.
+    KeyUse {
+        id: u16,
+    },
+    /// Forgets key `id` (not the signing one).
+    KeyRemove {
+        id: u16,
+    },
+    /// Turns the migration mode (`--peer-key-migrate`) on or off.
+    KeyMigrate {
+        on: bool,
+    },
 }
 
 impl Request {

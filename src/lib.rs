@@ -5,6 +5,7 @@
 //! shell around it. See `docs/architecture.md`.
 
 pub mod api;
+pub mod auth;
 pub mod blocks;
 pub mod config;
 pub mod control;

@@ -14,8 +14,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
+use crate::auth::{Auth, AuthDrop, MeshKey, Opened};
 use crate::blocks::{BlockView, Blocks};
 use crate::config::DhcpOption;
 use crate::dhcp::options::OptionStore;
@@ -112,6 +113,21 @@ pub enum Event {
         block: u32,
         first: Ipv4Addr,
         to: NodeId,
+    },
+    /// Datagrams from `from` failed authentication (`reason`: `AuthDrop::as_str`); sent
+    /// for the first failure of a source, and again after it was quiet a block timeout.
+    /// `node` is the id its header claims, unverified.
+    PeerAuthFailed {
+        from: Ipv6Addr,
+        node: NodeId,
+        reason: &'static str,
+    },
+    /// Pool `pool` stopped (`holding`) or resumed claiming new blocks: it hears datagrams
+    /// it cannot verify and no peer it can, so it cannot tell a free block from one a peer
+    /// with another key holds.
+    KeyMismatch {
+        pool: usize,
+        holding: bool,
     },
     /// Another host used our node id; we picked `new`.
     NodeIdChanged {
@@ -355,7 +371,25 @@ pub struct Node {
     sync: bool,
     /// API answers waiting for a replica holder's acknowledgement (`--replica-sync`).
     parked: Vec<Parked>,
+    auth: Auth,
+    /// Sources whose datagrams failed authentication, for reports (bounded).
+    rejected: std::collections::BTreeMap<Ipv6Addr, Rejected>,
+    /// Per pool: the last datagram for it that failed authentication as a mismatch.
+    auth_failed: Vec<Option<Instant>>,
 }
+
+/// A source of datagrams that failed authentication.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    pub node: NodeId,
+    pub reason: &'static str,
+    pub count: u64,
+    pub first: Instant,
+    pub last: Instant,
+}
+
+/// Sources remembered in [`Node::rejected`]; the longest quiet is forgotten first.
+const MAX_REJECTED: usize = 256;
 
 /// An answer to an allocation, held until a holder of its block has acknowledged it.
 struct Parked {
@@ -378,6 +412,15 @@ impl Node {
             .enumerate()
             .map(|(i, p)| Pool::new(i, p, cfg.location.as_deref(), id, now))
             .collect();
+        let npools = pools.len();
+        let swarm = pools.first().map_or(
+            wire::Swarm {
+                prefix: Ipv4Addr::UNSPECIFIED,
+                prefix_len: 0,
+                block_size: 0,
+            },
+            |p| p.swarm(),
+        );
         let rng = StdRng::seed_from_u64(seed);
         // From its own generator, so that the claim choices of a seed stay what they were.
         let mut side = StdRng::seed_from_u64(seed ^ 0x7265_706c_6963_6121);
@@ -415,6 +458,9 @@ impl Node {
             max_lag: cfg.max_replica_lag,
             sync: cfg.replica_sync && cfg.replicas > 0,
             parked: Vec::new(),
+            auth: Auth::new(&[], false, id, swarm, seed).expect("no keys cannot fail"),
+            rejected: Default::default(),
+            auth_failed: vec![None; npools],
         };
         if cfg.replicas > 0 {
             // A silent owner's block reaches the first holder of its bindings at most this
@@ -935,6 +981,64 @@ impl Node {
         }
     }
 
+    /// Turns on mesh-key authentication (`--peer-key`; the first key signs) and the
+    /// migration mode; right after [`Node::new`], before any datagram.
+    pub fn set_auth(&mut self, keys: &[MeshKey], migrate: bool) -> Result<(), String> {
+        self.auth = Auth::new(
+            keys,
+            migrate,
+            self.id,
+            self.pools[0].swarm(),
+            self.rng.random(),
+        )?;
+        Ok(())
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    /// Adds a mesh key for verifying (`ddhcpctl key install`). The first key on a node
+    /// without one turns authentication on in the migration mode, so that peers without
+    /// the key are still heard until `key migrate off`.
+    pub fn key_install(&mut self, key: &MeshKey) -> Result<(), String> {
+        let first = !self.auth.enabled();
+        self.auth.install(key)?;
+        if first {
+            self.auth.set_migrate(true);
+        }
+        Ok(())
+    }
+
+    pub fn key_use(&mut self, id: u16) -> Result<(), String> {
+        self.auth.use_key(id)
+    }
+
+    pub fn key_remove(&mut self, id: u16) -> Result<(), String> {
+        self.auth.remove(id)
+    }
+
+    pub fn set_key_migrate(&mut self, on: bool) -> Result<(), String> {
+        if !self.auth.enabled() {
+            return Err("no mesh key is installed".into());
+        }
+        self.auth.set_migrate(on);
+        Ok(())
+    }
+
+    /// Names of pools that hold new claims because of a key mismatch.
+    pub fn mismatch_pools(&self) -> impl Iterator<Item = &str> {
+        self.pools
+            .iter()
+            .filter(|p| p.blocks().claims_held())
+            .map(|p| p.name())
+    }
+
+    /// Sources whose datagrams failed authentication, with what failed.
+    pub fn rejected(&self) -> impl Iterator<Item = (&Ipv6Addr, &Rejected)> {
+        self.rejected.iter()
+    }
+
     /// A datagram from `from` on the server interface.
     pub fn handle_datagram(&mut self, now: Instant, channel: Channel, from: Ipv6Addr, data: &[u8]) {
         let (pkg, bytes) = match channel {
@@ -944,6 +1048,170 @@ impl Node {
         self.now = now;
         self.counters.inc(pkg);
         self.counters.add(bytes, data.len() as u64);
+        match self.auth.open(now, channel, from, data) {
+            Opened::Plain => self.process_datagram(now, channel, from, data),
+            Opened::Verified { len } => {
+                self.counters.inc(Counter::AuthVerified);
+                self.process_datagram(now, channel, from, &data[..len]);
+            }
+            Opened::Consumed => {}
+            Opened::Drop(why) => self.auth_dropped(now, from, data, why),
+        }
+        for (channel, from, inner) in self.auth.take_released() {
+            self.counters.inc(Counter::AuthReleased);
+            self.process_datagram(now, channel, from, &inner);
+        }
+        self.flush_auth(now);
+        if self.auth_failed.iter().any(Option::is_some) {
+            // A verified peer may have been heard: a held pool may claim again.
+            self.update_auth_holds(now);
+        }
+    }
+
+    /// Counts what authentication dropped and reports a key mismatch: per source (log,
+    /// event) and per pool (no new claims while the pool hears no peer it can verify).
+    fn auth_dropped(&mut self, now: Instant, from: Ipv6Addr, data: &[u8], why: AuthDrop) {
+        self.counters.inc(match why {
+            AuthDrop::Unsigned | AuthDrop::UnsignedFromSigner => Counter::AuthDropUnsigned,
+            AuthDrop::UnknownKey(_) => Counter::AuthDropUnknownKey,
+            AuthDrop::BadMac => Counter::AuthDropBadMac,
+            AuthDrop::SignedNoKey => Counter::AuthDropSignedNoKey,
+            AuthDrop::Replay | AuthDrop::Stale => Counter::AuthDropReplay,
+        });
+        if !why.is_mismatch() {
+            debug!(%from, reason = why.as_str(), "replayed or stale peer datagram dropped");
+            return;
+        }
+        let node = NodeId(
+            data.get(..8)
+                .and_then(|d| d.try_into().ok())
+                .unwrap_or_default(),
+        );
+        if let Some(h) = data.get(8..14) {
+            let swarm = wire::Swarm {
+                prefix: Ipv4Addr::new(h[0], h[1], h[2], h[3]),
+                prefix_len: h[4],
+                block_size: h[5],
+            };
+            if let Some(i) = self.pools.iter().position(|p| p.swarm() == swarm) {
+                self.auth_failed[i] = Some(now);
+            }
+        }
+        let quiet = self.longest_block_timeout();
+        let report = match self.rejected.get_mut(&from) {
+            Some(r) => {
+                let again = now.saturating_since(r.last) >= quiet;
+                r.count += 1;
+                r.last = now;
+                r.node = node;
+                r.reason = why.as_str();
+                again
+            }
+            None => {
+                if self.rejected.len() >= MAX_REJECTED
+                    && let Some(old) = self
+                        .rejected
+                        .iter()
+                        .min_by_key(|(_, r)| r.last)
+                        .map(|(a, _)| *a)
+                {
+                    self.rejected.remove(&old);
+                }
+                self.rejected.insert(
+                    from,
+                    Rejected {
+                        node,
+                        reason: why.as_str(),
+                        count: 1,
+                        first: now,
+                        last: now,
+                    },
+                );
+                true
+            }
+        };
+        if report {
+            let key = match why {
+                AuthDrop::UnknownKey(id) => format!(" (key id {id})"),
+                _ => String::new(),
+            };
+            warn!(%from, node = %node, reason = why.as_str(),
+                  "peer datagram failed authentication{key}: a key mismatch or a forger; dropped");
+            self.out.push_back(Output::Event(Event::PeerAuthFailed {
+                from,
+                node,
+                reason: why.as_str(),
+            }));
+        }
+        self.update_auth_holds(now);
+    }
+
+    fn longest_block_timeout(&self) -> std::time::Duration {
+        self.pools
+            .iter()
+            .map(|p| p.config().claim.block_timeout)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Holds or resumes new claims per pool: held while datagrams for it failed
+    /// authentication within a block timeout and no peer it can verify holds a block.
+    fn update_auth_holds(&mut self, now: Instant) {
+        for i in 0..self.pools.len() {
+            let timeout = self.pools[i].config().claim.block_timeout;
+            let failing = self.auth_failed[i].is_some_and(|t| now.saturating_since(t) < timeout);
+            let hold = failing && self.pools[i].blocks().peer_count(now) == 0;
+            if !failing {
+                // Also ends the wake-up poll_timeout asks for.
+                self.auth_failed[i] = None;
+            }
+            if hold == self.pools[i].blocks().claims_held() {
+                continue;
+            }
+            self.pools[i].hold_claims(hold);
+            let name = self.pools[i].name().to_string();
+            if hold {
+                self.counters.inc(Counter::AuthMismatchHold);
+                warn!(pool = %name,
+                      "KEY MISMATCH: only datagrams we cannot verify are heard; claiming no new blocks until a verified peer is heard or they stop");
+            } else {
+                info!(pool = %name, "claiming new blocks again");
+            }
+            self.out.push_back(Output::Event(Event::KeyMismatch {
+                pool: i,
+                holding: hold,
+            }));
+            self.flush_pool(i);
+        }
+    }
+
+    /// Challenge messages of the authentication layer.
+    fn flush_auth(&mut self, _now: Instant) {
+        while let Some(t) = self.auth.poll_transmit() {
+            self.counters.inc(Counter::DirectSendPkg);
+            self.counters
+                .add(Counter::DirectSendByte, t.payload.len() as u64);
+            self.out.push_back(Output::Peer(t));
+        }
+        let sent = self.auth.challenges_sent;
+        let answered = self.auth.replies_sent;
+        let held = self.auth.held;
+        self.counters.add(
+            Counter::AuthChallengeSent,
+            sent.saturating_sub(self.counters.get(Counter::AuthChallengeSent)),
+        );
+        self.counters.add(
+            Counter::AuthChallengeAnswered,
+            answered.saturating_sub(self.counters.get(Counter::AuthChallengeAnswered)),
+        );
+        self.counters.add(
+            Counter::AuthHeld,
+            held.saturating_sub(self.counters.get(Counter::AuthHeld)),
+        );
+    }
+
+    /// One verified (or acceptable plain) datagram.
+    fn process_datagram(&mut self, now: Instant, channel: Channel, from: Ipv6Addr, data: &[u8]) {
         let packet = match Packet::decode(data) {
             Ok(p) => p,
             Err(e) => {
@@ -1067,6 +1335,9 @@ impl Node {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
+        if self.auth_failed.iter().any(Option::is_some) {
+            self.update_auth_holds(now);
+        }
         // Every pool looks at its timers; each does only what is due.
         for i in 0..self.pools.len() {
             self.pools[i].handle_timeout(now, &mut self.rng);
@@ -1289,6 +1560,10 @@ impl Node {
             .map(Pool::poll_timeout)
             .chain(self.repl.poll_timeout())
             .chain(self.takeovers.first().map(|t| t.0))
+            .chain(self.auth_failed.iter().enumerate().filter_map(|(i, t)| {
+                let timeout = self.pools[i].config().claim.block_timeout;
+                t.map(|t| t + timeout)
+            }))
             .chain(
                 self.parked
                     .first()
@@ -1342,6 +1617,7 @@ impl Node {
                "DUPLICATE NODE ID: another host sends with our node id; switching to a new id");
         self.id = new;
         self.repl.set_me(new);
+        self.auth.set_node_id(new);
         self.out
             .push_back(Output::Event(Event::NodeIdChanged { old, new }));
         for i in 0..self.pools.len() {
@@ -1445,9 +1721,12 @@ impl Node {
             Dest::Multicast => (Counter::McastSendPkg, Counter::McastSendByte),
             Dest::Unicast(_) => (Counter::DirectSendPkg, Counter::DirectSendByte),
         };
-        self.counters.inc(pkg);
-        self.counters.add(bytes, payload.len() as u64);
-        self.out.push_back(Output::Peer(Transmit { dest, payload }));
+        let (plain, sealed) = self.auth.seal_for(dest, payload);
+        for payload in [plain, sealed].into_iter().flatten() {
+            self.counters.inc(pkg);
+            self.counters.add(bytes, payload.len() as u64);
+            self.out.push_back(Output::Peer(Transmit { dest, payload }));
+        }
     }
 }
 

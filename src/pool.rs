@@ -469,6 +469,10 @@ impl Pool {
         }
     }
 
+    pub(crate) fn hold_claims(&mut self, held: bool) {
+        self.blocks.hold_claims(held);
+    }
+
     pub(crate) fn hold_learning(&mut self, held: bool) {
         self.blocks.hold_learning(held);
     }

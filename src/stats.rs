@@ -55,6 +55,17 @@ counters! {
     BlocksTakenOver => "blocks.taken_over",
     BlocksHandedBack => "blocks.handed_back",
     BindingConflicts => "repl.binding_conflicts",
+    AuthVerified => "auth.verified",
+    AuthHeld => "auth.held",
+    AuthReleased => "auth.released",
+    AuthChallengeSent => "auth.challenge_sent",
+    AuthChallengeAnswered => "auth.challenge_answered",
+    AuthDropUnsigned => "auth.drop_unsigned",
+    AuthDropUnknownKey => "auth.drop_unknown_key",
+    AuthDropBadMac => "auth.drop_bad_mac",
+    AuthDropReplay => "auth.drop_replay",
+    AuthDropSignedNoKey => "auth.drop_signed_no_key",
+    AuthMismatchHold => "auth.mismatch_holds",
 }
 
 /// The values of all counters.

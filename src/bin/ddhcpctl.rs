@@ -15,7 +15,7 @@ use serde_json::Value;
     name = "ddhcpctl",
     version,
     about = "Control a running ddhcpd",
-    after_help = "Commands: status, blocks, leases, options, set-option CODE:LEN:P…, remove-option CODE, lease-time SECS, log-level LEVEL, stats, metrics, local, mark-active IP, mark-standby IP, set-local [standby=N] [min=M] [max-standby=K] [hysteresis=SECS], allocate --pool NAME --owner ID [--ip A.B.C.D] [--meta K=V…] [--timeout SECS], release IP | release --pool NAME --owner ID, allocations [--pool NAME] [--owner ID], show IP",
+    after_help = "Commands: status, blocks, leases, options, set-option CODE:LEN:P…, remove-option CODE, lease-time SECS, log-level LEVEL, stats, metrics, local, mark-active IP, mark-standby IP, set-local [standby=N] [min=M] [max-standby=K] [hysteresis=SECS], allocate --pool NAME --owner ID [--ip A.B.C.D] [--meta K=V…] [--timeout SECS], release IP | release --pool NAME --owner ID, allocations [--pool NAME] [--owner ID], show IP, keys, key install FILE, key use ID, key remove ID, key migrate on|off",
     disable_version_flag = true
 )]
 struct Args {
@@ -177,6 +177,8 @@ fn request(a: &Args) -> Result<Request, String> {
             owner: a.owner.clone(),
         },
         Some("show") => Request::Show { ip: arg("IP")? },
+        Some("keys") => Request::Keys,
+        Some("key") => return key_request(&words[1..]),
         Some(other) => return Err(format!("unknown command '{other}'")),
     };
     let expected = if matches!(
@@ -196,6 +198,43 @@ fn request(a: &Args) -> Result<Request, String> {
     };
     if words.len() > expected {
         return Err(format!("unexpected argument '{}'", words[expected]));
+    }
+    Ok(req)
+}
+
+/// `key install FILE`, `key use ID`, `key remove ID`, `key migrate on|off`.
+fn key_request(words: &[&str]) -> Result<Request, String> {
+    let id = |w: Option<&&str>| -> Result<u16, String> {
+        w.ok_or("needs a key ID")?
+            .parse()
+            .map_err(|_| "a key ID is a number 0-65535".to_string())
+    };
+    let req = match words.first().copied() {
+        Some("install") => {
+            let file = words.get(1).ok_or("key install needs FILE")?;
+            // The daemon reads the file; its working directory is not ours.
+            let path = std::path::absolute(file).map_err(|e| format!("key install {file}: {e}"))?;
+            Request::KeyInstall {
+                path: path.display().to_string(),
+            }
+        }
+        Some("use") => Request::KeyUse {
+            id: id(words.get(1)).map_err(|e| format!("key use {e}"))?,
+        },
+        Some("remove") => Request::KeyRemove {
+            id: id(words.get(1)).map_err(|e| format!("key remove {e}"))?,
+        },
+        Some("migrate") => Request::KeyMigrate {
+            on: match words.get(1).copied() {
+                Some("on") => true,
+                Some("off") => false,
+                _ => return Err("key migrate needs on or off".into()),
+            },
+        },
+        _ => return Err("key needs install FILE, use ID, remove ID or migrate on|off".into()),
+    };
+    if let Some(extra) = words.get(2) {
+        return Err(format!("unexpected argument '{extra}'"));
     }
     Ok(req)
 }
@@ -474,6 +513,57 @@ fn render(req: &Request, v: &Value) {
                 for key in ["owner", "node_id", "since", "meta"] {
                     println!("{key:<12}{}", s(&a[key]));
                 }
+            }
+        }
+        Request::Keys => {
+            println!(
+                "authentication {}{}",
+                if v["enabled"] == Value::Bool(true) {
+                    "on"
+                } else {
+                    "off"
+                },
+                if v["migrate"] == Value::Bool(true) {
+                    " (migration mode: unsigned accepted)"
+                } else {
+                    ""
+                }
+            );
+            let rows = v["keys"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|k| vec![s(&k["id"]), s(&k["signing"]), s(&k["peers"])])
+                        .collect()
+                })
+                .unwrap_or_default();
+            print_table(&["key", "signing", "peers"], rows);
+            let rows: Vec<Vec<String>> = v["rejected"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|r| {
+                            ["from", "node_id", "reason", "count", "last_secs_ago"]
+                                .iter()
+                                .map(|k| s(&r[*k]))
+                                .collect()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !rows.is_empty() {
+                println!();
+                print_table(
+                    &["rejected from", "node", "reason", "count", "last (s ago)"],
+                    rows,
+                );
+            }
+            if let Some(h) = v["holding"].as_array().filter(|h| !h.is_empty()) {
+                let names: Vec<String> = h.iter().map(s).collect();
+                println!(
+                    "\nKEY MISMATCH: not claiming new blocks in {}",
+                    names.join(", ")
+                );
             }
         }
         _ => println!("ok"),

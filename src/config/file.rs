@@ -67,6 +67,8 @@ const NODE_KEYS: &[(&str, Kind)] = &[
     ("replicas", Kind::Int),
     ("max-replica-lag", Kind::Int),
     ("replica-sync", Kind::Str),
+    ("peer-key", Kind::StrList),
+    ("peer-key-migrate", Kind::Bool),
     ("tentative-timeout", Kind::Int),
     ("block-timeout", Kind::Int),
     ("needless-timeout", Kind::Int),
@@ -106,6 +108,7 @@ fn key_names(keys: &[(&str, Kind)]) -> String {
 pub struct ConfigFile {
     node: Vec<(&'static str, Raw)>,
     options: Vec<Raw>,
+    peer_keys: Vec<Raw>,
     pools: Vec<RawPool>,
 }
 
@@ -159,6 +162,10 @@ impl ConfigFile {
 
     pub(crate) fn options(&self) -> &[Raw] {
         &self.options
+    }
+
+    pub(crate) fn peer_keys(&self) -> &[Raw] {
+        &self.peer_keys
     }
 
     pub(crate) fn pools(&self) -> &[RawPool] {
@@ -222,7 +229,9 @@ mod toml_file {
                     ),
                 ));
             };
-            if kind == Kind::StrList {
+            if kind == Kind::StrList && name == "peer-key" {
+                file.peer_keys = cx.list(name, v)?;
+            } else if kind == Kind::StrList {
                 file.options = cx.list(name, v)?;
             } else {
                 file.node.push((name, cx.scalar(name, v, kind)?));

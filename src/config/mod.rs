@@ -152,6 +152,14 @@ pub struct Args {
     /// state directory; give the old --node-id)
     #[arg(long)]
     pub recover: bool,
+    /// Mesh key file: 64 hex digits and optionally a key id (repeatable; the first signs,
+    /// all verify). Peers without it are not heard, and C ddhcpd nodes cannot join
+    #[arg(long = "peer-key", value_name = "FILE")]
+    pub peer_keys: Vec<String>,
+    /// With --peer-key: also send and accept unsigned datagrams, while C ddhcpd nodes are
+    /// still in the mesh (see docs/protocol.md for what this leaves open)
+    #[arg(long)]
+    pub peer_key_migrate: bool,
     /// Print version
     #[arg(short = 'V', long = "version", action = clap::ArgAction::Version)]
     pub version: Option<bool>,
@@ -273,6 +281,12 @@ pub struct Config {
     pub replica_sync: bool,
     /// `--recover`.
     pub recover: bool,
+    /// `--peer-key` files, in order (the first signs).
+    pub peer_key_files: Vec<PathBuf>,
+    /// Read by [`Args::validate`]; empty from [`Args::validate_with`], which reads no file.
+    pub peer_keys: Vec<crate::auth::MeshKey>,
+    /// `--peer-key-migrate`.
+    pub peer_key_migrate: bool,
     pub log_file: Option<PathBuf>,
     pub audit_log: Option<PathBuf>,
     pub metrics: Option<std::net::SocketAddr>,
@@ -359,6 +373,28 @@ impl Raw {
         crate::dhcp::options::OptionStore::validate(&parsed).map_err(|why| self.err(why))?;
         Ok(parsed)
     }
+}
+
+/// Reads the `--peer-key` files; errors name the flag, the path and the reason, and two
+/// files with one key id are refused.
+pub fn read_peer_keys(paths: &[PathBuf]) -> Result<Vec<crate::auth::MeshKey>, ConfigError> {
+    let mut keys: Vec<crate::auth::MeshKey> = Vec::new();
+    for p in paths {
+        let shown = p.display().to_string();
+        let key = crate::auth::MeshKey::read(p)
+            .map_err(|why| ConfigError::new("--peer-key", shown.clone(), why))?;
+        if keys.iter().any(|k| k.id == key.id && *k != key) {
+            return Err(ConfigError::new(
+                "--peer-key",
+                shown,
+                format!("another key file has key id {}", key.id),
+            ));
+        }
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    Ok(keys)
 }
 
 /// Parses `A.B.C.D/LEN` and the block exponent into a range.
@@ -454,6 +490,7 @@ impl Args {
         if let Some(api) = &mut cfg.api {
             api.token = Some(ApiToken::read(&api.token_file)?);
         }
+        cfg.peer_keys = read_peer_keys(&cfg.peer_key_files)?;
         Ok(cfg)
     }
 
@@ -661,6 +698,30 @@ impl Args {
                 "needs replication (--replicas 0 keeps nothing on the peers)",
             ));
         }
+        // `--peer-key` flags replace the file's `peer-key` list as a whole.
+        let key_raws: Vec<Raw> = if !self.peer_keys.is_empty() || file.is_none() {
+            self.peer_keys
+                .iter()
+                .map(|k| Raw::flag("--peer-key", k.clone()))
+                .collect()
+        } else {
+            file.map(|f| f.peer_keys().to_vec()).unwrap_or_default()
+        };
+        if let Some(k) = key_raws.iter().find(|k| k.text.is_empty()) {
+            return Err(k.err("expected the path of a key file"));
+        }
+        let peer_key_migrate = self.peer_key_migrate
+            || match node("peer-key-migrate") {
+                Some(r) => r.text == "true",
+                None => false,
+            };
+        if peer_key_migrate && key_raws.is_empty() {
+            return Err(ConfigError::new(
+                "--peer-key-migrate",
+                "",
+                "needs --peer-key FILE (it relaxes what a mesh key enforces)",
+            ));
+        }
         let api = api::spec(
             pick("--api", self.api.as_ref(), "api"),
             pick("--api-token", self.api_token.as_ref(), "api-token"),
@@ -690,6 +751,9 @@ impl Args {
             max_replica_lag: std::time::Duration::from_secs(u64::from(lag_secs)),
             replica_sync,
             recover: self.recover,
+            peer_key_files: key_raws.iter().map(|k| PathBuf::from(&k.text)).collect(),
+            peer_keys: Vec::new(),
+            peer_key_migrate,
             log_file: path_pick(self.log_file.as_ref(), "log-file"),
             audit_log: path_pick(self.audit_log.as_ref(), "audit-log"),
             control_group: pick(

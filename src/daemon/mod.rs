@@ -256,6 +256,21 @@ pub async fn run(
     let now = clock.now();
     let ranges: Vec<ManagedRange> = node_cfg.pools.iter().map(|p| p.range).collect();
     let mut node = Node::new(node_cfg, id, now, rand::random());
+    let keys = if cfg.peer_keys.is_empty() {
+        crate::config::read_peer_keys(&cfg.peer_key_files).map_err(StartError::Config)?
+    } else {
+        cfg.peer_keys.clone()
+    };
+    node.set_auth(&keys, cfg.peer_key_migrate)
+        .map_err(|why| StartError::Config(ConfigError::new("--peer-key", "", why)))?;
+    if let Some(ring) = node.auth().keyring() {
+        info!(
+            keys = ring.ids().count(),
+            signing = ring.signing_id(),
+            migrate = cfg.peer_key_migrate,
+            "peer datagrams are authenticated"
+        );
+    }
     node.restore(now, state.into_restored(&store_pools, &WallClock::now(now)));
     // Only pools that serve DHCP here get a socket (not `-S`, not another location's).
     let mut dhcp_socks = Vec::with_capacity(ranges.len());

@@ -56,7 +56,14 @@ pub fn route(req: Request) -> Result<Routed, Response> {
             max_standby,
             hysteresis,
         },
-        r @ (Request::LogLevel { .. } | Request::Stats | Request::Metrics) => {
+        r @ (Request::LogLevel { .. }
+        | Request::Stats
+        | Request::Metrics
+        | Request::Keys
+        | Request::KeyInstall { .. }
+        | Request::KeyUse { .. }
+        | Request::KeyRemove { .. }
+        | Request::KeyMigrate { .. }) => {
             return Ok(Routed::Shell(r));
         }
         Request::Allocate {
@@ -242,6 +249,17 @@ pub fn hook_args(ev: &Event, ranges: &[ManagedRange]) -> Vec<String> {
         Event::NodeIdChanged { old, new } => {
             vec!["nodeid".into(), old.to_string(), new.to_string()]
         }
+        Event::PeerAuthFailed { from, node, reason } => vec![
+            "auth-failed".into(),
+            from.to_string(),
+            node.to_string(),
+            (*reason).into(),
+        ],
+        Event::KeyMismatch { pool, holding } => vec![
+            "key-mismatch".into(),
+            ranges.get(*pool).map(|r| r.to_string()).unwrap_or_default(),
+            if *holding { "holding" } else { "resumed" }.into(),
+        ],
         Event::Local { ip, from, to, .. } => {
             vec!["local".into(), ip.to_string(), (*from).into(), (*to).into()]
         }

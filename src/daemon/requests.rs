@@ -48,6 +48,39 @@ impl Daemon {
             Request::Metrics => Response::ok(json!({ "text": self.metrics_text(now) })),
             #[cfg(not(feature = "metrics"))]
             Request::Metrics => Response::err("this ddhcpd was built without the metrics feature"),
+            Request::Keys => Response::ok(self.keys_json()),
+            Request::KeyInstall { path } => {
+                match crate::auth::MeshKey::read(std::path::Path::new(&path))
+                    .and_then(|k| self.node.key_install(&k).map(|()| k.id))
+                {
+                    Ok(id) => {
+                        warn!(id, %path, "mesh key installed (verifying)");
+                        Response::ok(json!({"ok": true, "id": id}))
+                    }
+                    Err(e) => Response::err(format!("key install {path}: {e}")),
+                }
+            }
+            Request::KeyUse { id } => match self.node.key_use(id) {
+                Ok(()) => {
+                    warn!(id, "mesh key now signs");
+                    Response::ok(json!({"ok": true}))
+                }
+                Err(e) => Response::err(e),
+            },
+            Request::KeyRemove { id } => match self.node.key_remove(id) {
+                Ok(()) => {
+                    warn!(id, "mesh key removed");
+                    Response::ok(json!({"ok": true}))
+                }
+                Err(e) => Response::err(e),
+            },
+            Request::KeyMigrate { on } => match self.node.set_key_migrate(on) {
+                Ok(()) => {
+                    warn!(on, "peer key migration mode changed");
+                    Response::ok(json!({"ok": true}))
+                }
+                Err(e) => Response::err(e),
+            },
             Request::LogLevel { level } => {
                 let Some(set) = &self.set_log_level else {
                     return Response::err("this daemon's logging cannot be changed at run time");
@@ -63,6 +96,47 @@ impl Daemon {
             // Routed to the core (see `render::route`).
             _ => Response::err("not a shell request"),
         }
+    }
+
+    /// The answer of `keys`: peers counted over the last two block timeouts.
+    fn keys_json(&self) -> serde_json::Value {
+        let now = self.clock.now();
+        let window = self
+            .node
+            .pools()
+            .iter()
+            .map(|p| p.config().claim.block_timeout)
+            .max()
+            .unwrap_or_default()
+            * 2;
+        let auth = self.node.auth();
+        let keys: Vec<_> = auth
+            .key_rows(now - window)
+            .into_iter()
+            .map(|k| json!({"id": k.id, "signing": k.signing, "peers": k.peers}))
+            .collect();
+        let rejected: Vec<_> = self
+            .node
+            .rejected()
+            .map(|(from, r)| {
+                json!({
+                    "from": from.to_string(),
+                    "node_id": r.node.to_string(),
+                    "reason": r.reason,
+                    "count": r.count,
+                    "last_secs_ago": now.saturating_since(r.last).as_secs(),
+                })
+            })
+            .collect();
+        let holding: Vec<&str> = self.node.mismatch_pools().collect();
+        json!({
+            "enabled": auth.enabled(),
+            "migrate": auth.migrate(),
+            "keys": keys,
+            "verified_peers": auth.verified_peers(now - window),
+            "rejected": rejected,
+            "holding": holding,
+        })
     }
 
     #[cfg(feature = "metrics")]
@@ -104,6 +178,24 @@ impl Daemon {
             ],
         );
         m.counters(
+            "peer_auth",
+            "Peer authentication (--peer-key): datagrams verified, held for a challenge and released, challenges sent and answered, key-mismatch holds of a pool",
+            "event",
+            &[
+                ("verified", g(C::AuthVerified)),
+                ("held", g(C::AuthHeld)),
+                ("released", g(C::AuthReleased)),
+                ("challenge_sent", g(C::AuthChallengeSent)),
+                ("challenge_answered", g(C::AuthChallengeAnswered)),
+                ("mismatch_hold", g(C::AuthMismatchHold)),
+            ],
+        );
+        m.gauge(
+            "peer_key_mismatch",
+            "1 while some pool claims no new blocks because it hears only datagrams it cannot verify",
+            i64::from(self.node.mismatch_pools().next().is_some()),
+        );
+        m.counters(
             "peer_bytes",
             "Peer protocol bytes, by direction",
             "direction",
@@ -135,6 +227,11 @@ impl Daemon {
             ("peer_foreign_swarm", g(C::DropForeignSwarm)),
             ("peer_wrong_socket", g(C::DropWrongSocket)),
             ("peer_unhandled", g(C::DropUnhandled)),
+            ("peer_auth_unsigned", g(C::AuthDropUnsigned)),
+            ("peer_auth_unknown_key", g(C::AuthDropUnknownKey)),
+            ("peer_auth_bad_mac", g(C::AuthDropBadMac)),
+            ("peer_auth_replay", g(C::AuthDropReplay)),
+            ("peer_auth_signed_no_key", g(C::AuthDropSignedNoKey)),
         ]
         .into_iter()
         .map(|(r, n)| (vec![("reason", r)], n))

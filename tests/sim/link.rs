@@ -116,6 +116,9 @@ impl Sim {
                 [wire::command::REPLICATE, wire::command::REPLICA_ACK].contains(c)
             });
             let data: Rc<[u8]> = t.payload.into();
+            if self.capture {
+                self.captured.push((t.dest, data.clone()));
+            }
             let (targets, channel): (Vec<usize>, Channel) = match t.dest {
                 Dest::Multicast => (
                     (0..self.slots.len()).filter(|&j| j != i).collect(),

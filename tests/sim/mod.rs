@@ -63,6 +63,8 @@ struct Slot {
     /// A socket-use poll of this node's fake host is queued (one chain per node, also
     /// across a quick restart).
     polling: bool,
+    /// Mesh keys the node starts with (`--peer-key`; empty: none).
+    keys: Vec<ddhcp::auth::MeshKey>,
 }
 
 /// How often the fake host reports socket use, as the daemon's sock_diag poll.
@@ -114,6 +116,15 @@ pub struct Sim {
     pub ext_to_c: u64,
     /// Answers to [`Sim::query`], in the order they came: node, request id, answer, when.
     pub answers: Vec<(usize, u64, ddhcp::node::Answer, Instant)>,
+    /// Mesh keys every node added from now on starts with (see [`Sim::set_keys`]).
+    pub keys: Vec<ddhcp::auth::MeshKey>,
+    /// Record every peer datagram put on the link into [`Sim::captured`] (an eavesdropper
+    /// for replays).
+    pub capture: bool,
+    pub captured: Vec<(ddhcp::node::Dest, std::rc::Rc<[u8]>)>,
+    /// `auth-failed` and `key-mismatch` events of all nodes (`holding` ones).
+    pub auth_failures: u64,
+    pub mismatch_holds: u64,
 }
 
 /// Whether an event is about the watched range (node-wide events always are).
@@ -153,6 +164,59 @@ impl Sim {
             host_actions: BTreeMap::new(),
             ext_to_c: 0,
             answers: Vec::new(),
+            keys: Vec::new(),
+            capture: false,
+            captured: Vec::new(),
+            auth_failures: 0,
+            mismatch_holds: 0,
+        }
+    }
+
+    /// The mesh keys node `i` starts with next (it must be stopped).
+    pub fn set_keys(&mut self, i: usize, keys: Vec<ddhcp::auth::MeshKey>) {
+        assert!(self.slots[i].node.is_none(), "node {i} is running");
+        self.slots[i].keys = keys;
+    }
+
+    /// A running node, to change it at run time as `ddhcpctl` would (key rotation).
+    pub fn node_mut(&mut self, i: usize) -> Option<&mut Node> {
+        self.slots[i].node.as_mut()
+    }
+
+    /// A datagram from a host that is no node (an attacker at `from`): to every running
+    /// node (multicast) or the one at the address, with the link's loss and delay.
+    pub fn inject(&mut self, from: Ipv6Addr, dest: ddhcp::node::Dest, data: &[u8]) {
+        let data: std::rc::Rc<[u8]> = data.into();
+        let (targets, channel): (Vec<usize>, ddhcp::node::Channel) = match dest {
+            ddhcp::node::Dest::Multicast => (
+                (0..self.slots.len()).collect(),
+                ddhcp::node::Channel::Multicast,
+            ),
+            ddhcp::node::Dest::Unicast(a) => (
+                self.slots
+                    .iter()
+                    .position(|s| s.addr == a)
+                    .into_iter()
+                    .collect(),
+                ddhcp::node::Channel::Unicast,
+            ),
+        };
+        for j in targets {
+            if self.slots[j].node.is_none() && self.slots[j].cnode.is_none() {
+                continue;
+            }
+            if self.rng.random_bool(self.link.loss) {
+                continue;
+            }
+            let lo = self.link.delay_min.as_millis() as u64;
+            let hi = self.link.delay_max.as_millis() as u64;
+            let delay = self.rng.random_range(lo..=hi);
+            self.enqueue(
+                Duration::from_millis(delay),
+                j,
+                Kind::Peer { from, channel },
+                data.clone(),
+            );
         }
     }
 
@@ -198,6 +262,7 @@ impl Sim {
             sent_bytes: 0,
             durable: BTreeMap::new(),
             polling: false,
+            keys: self.keys.clone(),
         });
         self.start(i);
         i
@@ -245,6 +310,9 @@ impl Sim {
             return;
         }
         let mut node = Node::new(slot.cfg.clone(), slot.id, now, seed);
+        if !slot.keys.is_empty() {
+            node.set_auth(&slot.keys, false).expect("valid keys");
+        }
         // Simulated wall-clock time is core time.
         let clock = WallClock {
             core_now: now,
@@ -702,6 +770,12 @@ impl Sim {
                     self.set_owner(block, i, false)
                 }
                 Event::NodeIdChanged { .. } => self.id_changes += 1,
+                Event::PeerAuthFailed { .. } => self.auth_failures += 1,
+                Event::KeyMismatch { holding, .. } => {
+                    if holding {
+                        self.mismatch_holds += 1
+                    }
+                }
                 Event::EndLearning { .. }
                 | Event::Lease(..)
                 | Event::Local { .. }
