@@ -42,9 +42,22 @@ fuzz_target!(|data: &[u8]| {
     let key = MeshKey::new(1, [7; 32]);
     let mut nodes = [
         Auth::new(&[key.clone()], false, NodeId([1; 8]), swarm(), 1).unwrap(),
-        Auth::new(&[key], data.first().is_some_and(|b| b & 1 == 1), NodeId([2; 8]), swarm(), 2)
-            .unwrap(),
-        Auth::new(&[MeshKey::new(1, [8; 32])], false, NodeId([3; 8]), swarm(), 3).unwrap(),
+        Auth::new(
+            &[key],
+            data.first().is_some_and(|b| b & 1 == 1),
+            NodeId([2; 8]),
+            swarm(),
+            2,
+        )
+        .unwrap(),
+        Auth::new(
+            &[MeshKey::new(1, [8; 32])],
+            false,
+            NodeId([3; 8]),
+            swarm(),
+            3,
+        )
+        .unwrap(),
     ];
     let mut now = Instant::ZERO;
     let mut genuine: Vec<Vec<u8>> = Vec::new();
@@ -54,7 +67,11 @@ fuzz_target!(|data: &[u8]| {
             0 => {
                 let len = usize::from(it.next().unwrap_or(0));
                 let d: Vec<u8> = it.by_ref().take(len).collect();
-                let ch = if op & 4 == 0 { Channel::Multicast } else { Channel::Unicast };
+                let ch = if op & 4 == 0 {
+                    Channel::Multicast
+                } else {
+                    Channel::Unicast
+                };
                 if let Opened::Verified { len } = nodes[1].open(now, ch, A, &d) {
                     assert_eq!(len + TRAILER_LEN, d.len());
                 }
@@ -65,7 +82,12 @@ fuzz_target!(|data: &[u8]| {
                     node_id: NodeId([1; 8]),
                     swarm: swarm(),
                     message: Message::UpdateClaim(
-                        (0..u32::from(n)).map(|b| ClaimEntry { block: b, timeout: 60 }).collect(),
+                        (0..u32::from(n))
+                            .map(|b| ClaimEntry {
+                                block: b,
+                                timeout: 60,
+                            })
+                            .collect(),
                     ),
                 }
                 .encode()
@@ -76,7 +98,10 @@ fuzz_target!(|data: &[u8]| {
                 d[pos] ^= mask;
                 let r = nodes[1].open(now, Channel::Multicast, A, &d);
                 if mask != 0 {
-                    assert!(!matches!(r, Opened::Verified { .. }), "damaged datagram verified");
+                    assert!(
+                        !matches!(r, Opened::Verified { .. }),
+                        "damaged datagram verified"
+                    );
                 }
                 if mask == 0 {
                     genuine.push(d[..d.len() - TRAILER_LEN].to_vec());
@@ -103,9 +128,15 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 for (_, _, inner) in nodes[1].take_released() {
-                    assert!(genuine.contains(&inner), "released a datagram node 0 never sealed");
+                    assert!(
+                        genuine.contains(&inner),
+                        "released a datagram node 0 never sealed"
+                    );
                 }
-                assert!(nodes[2].take_released().is_empty(), "the wrong key released");
+                assert!(
+                    nodes[2].take_released().is_empty(),
+                    "the wrong key released"
+                );
                 nodes[0].take_released();
             }
             _ => now = now + Duration::from_millis(u64::from(op >> 2) * 100),
