@@ -354,11 +354,11 @@ pub struct Auth {
     signers: BTreeMap<Ipv6Addr, Instant>,
     released: Vec<(Channel, Ipv6Addr, Vec<u8>)>,
     out: VecDeque<Transmit>,
-    /// Challenge requests sent, replies sent, datagrams held, held ones released.
+    /// Challenge requests sent, replies sent, datagrams held (the node's counters show
+    /// them).
     pub challenges_sent: u64,
     pub replies_sent: u64,
     pub held: u64,
-    pub released_count: u64,
 }
 
 impl Auth {
@@ -392,7 +392,6 @@ impl Auth {
             challenges_sent: 0,
             replies_sent: 0,
             held: 0,
-            released_count: 0,
         })
     }
 
@@ -715,7 +714,6 @@ impl Auth {
             if fresh {
                 peer.last[slot(h.channel)] = h.counter;
                 self.signers.insert(h.from, now);
-                self.released_count += 1;
                 self.released.push((h.channel, h.from, h.inner));
             }
         }

@@ -627,6 +627,9 @@ impl Node {
     /// Counters of the node and all its pools, summed (`ddhcpctl stats`).
     pub fn counters(&self) -> Counters {
         let mut c = self.counters.clone();
+        c.add(Counter::AuthChallengeSent, self.auth.challenges_sent);
+        c.add(Counter::AuthChallengeAnswered, self.auth.replies_sent);
+        c.add(Counter::AuthHeld, self.auth.held);
         for p in &self.pools {
             for &k in Counter::ALL {
                 c.add(k, p.counters().get(k));
@@ -1061,7 +1064,7 @@ impl Node {
             self.counters.inc(Counter::AuthReleased);
             self.process_datagram(now, channel, from, &inner);
         }
-        self.flush_auth(now);
+        self.flush_auth();
         if self.auth_failed.iter().any(Option::is_some) {
             // A verified peer may have been heard: a held pool may claim again.
             self.update_auth_holds(now);
@@ -1146,7 +1149,8 @@ impl Node {
         self.update_auth_holds(now);
     }
 
-    fn longest_block_timeout(&self) -> std::time::Duration {
+    /// The longest `-B` of the pools.
+    pub fn longest_block_timeout(&self) -> std::time::Duration {
         self.pools
             .iter()
             .map(|p| p.config().claim.block_timeout)
@@ -1186,28 +1190,13 @@ impl Node {
     }
 
     /// Challenge messages of the authentication layer.
-    fn flush_auth(&mut self, _now: Instant) {
+    fn flush_auth(&mut self) {
         while let Some(t) = self.auth.poll_transmit() {
             self.counters.inc(Counter::DirectSendPkg);
             self.counters
                 .add(Counter::DirectSendByte, t.payload.len() as u64);
             self.out.push_back(Output::Peer(t));
         }
-        let sent = self.auth.challenges_sent;
-        let answered = self.auth.replies_sent;
-        let held = self.auth.held;
-        self.counters.add(
-            Counter::AuthChallengeSent,
-            sent.saturating_sub(self.counters.get(Counter::AuthChallengeSent)),
-        );
-        self.counters.add(
-            Counter::AuthChallengeAnswered,
-            answered.saturating_sub(self.counters.get(Counter::AuthChallengeAnswered)),
-        );
-        self.counters.add(
-            Counter::AuthHeld,
-            held.saturating_sub(self.counters.get(Counter::AuthHeld)),
-        );
     }
 
     /// One verified (or acceptable plain) datagram.

@@ -101,14 +101,7 @@ impl Daemon {
     /// The answer of `keys`: peers counted over the last two block timeouts.
     fn keys_json(&self) -> serde_json::Value {
         let now = self.clock.now();
-        let window = self
-            .node
-            .pools()
-            .iter()
-            .map(|p| p.config().claim.block_timeout)
-            .max()
-            .unwrap_or_default()
-            * 2;
+        let window = self.node.longest_block_timeout() * 2;
         let auth = self.node.auth();
         let keys: Vec<_> = auth
             .key_rows(now - window)
