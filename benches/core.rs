@@ -110,7 +110,7 @@ fn exchanges(
 fn peer_claim(c: &mut Criterion) {
     let mut node = busy_node(7);
     let range = *node.pool(0).range();
-    let entries: Vec<ClaimEntry> = (0..169)
+    let entries: Vec<ClaimEntry> = (0..155)
         .map(|i| ClaimEntry {
             block: 5000 + i,
             timeout: 30,
@@ -125,9 +125,9 @@ fn peer_claim(c: &mut Criterion) {
     .unwrap();
     let from = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 9);
     let mut g = c.benchmark_group("peer");
-    g.throughput(Throughput::Elements(169));
+    g.throughput(Throughput::Elements(155));
     let mut now = 10_000u64;
-    g.bench_function("UpdateClaim with 169 entries", |b| {
+    g.bench_function("UpdateClaim with 155 entries", |b| {
         b.iter(|| {
             now += 1;
             node.handle_datagram(Instant::from_millis(now), Channel::Multicast, from, &bytes);
@@ -138,58 +138,71 @@ fn peer_claim(c: &mut Criterion) {
 
 /// What `--peer-key` adds per datagram: sealing a full claim (sender) and opening it
 /// (receiver: shape check, HMAC, replay check), side by side with a small one, so the
-/// ratio to `peer/UpdateClaim…` above is the verification share of a refresh.
+/// ratio to `peer/UpdateClaim…` above is the verification share of a refresh; and the same
+/// with `--node-key` (an Ed25519 signature made and checked per datagram).
 fn peer_auth(c: &mut Criterion) {
-    use ddhcp::auth::{Auth, MeshKey, Opened};
+    use ddhcp::auth::{Auth, MeshKey, NodeKey, Opened};
     let range = ManagedRange::new(Ipv4Addr::new(10, 0, 0, 0), 10, 7).unwrap();
     let key = MeshKey::new(1, [7; 32]);
-    let mut tx = Auth::new(
-        std::slice::from_ref(&key),
-        false,
-        NodeId([9; 8]),
-        range.swarm(),
-        1,
-    )
-    .unwrap();
-    let mut rx = Auth::new(&[key], false, NodeId([1; 8]), range.swarm(), 2).unwrap();
     let from = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 9);
     let mut g = c.benchmark_group("auth");
-    for n in [1u32, 169] {
-        let plain = Packet {
-            node_id: NodeId([9; 8]),
-            swarm: range.swarm(),
-            message: Message::UpdateClaim(
-                (0..n)
-                    .map(|i| ClaimEntry {
-                        block: i,
-                        timeout: 30,
-                    })
-                    .collect(),
-            ),
-        }
-        .encode()
+    // Time moves 3 ms per datagram, under the signature budget (400/s).
+    let mut ms = 0;
+    for signed in [false, true] {
+        let nk = NodeKey::from_seed([9; 32]);
+        let id = if signed { nk.id() } else { NodeId([9; 8]) };
+        let mut tx = Auth::new(std::slice::from_ref(&key), false, id, range.swarm(), 1).unwrap();
+        let mut rx = Auth::new(
+            std::slice::from_ref(&key),
+            false,
+            NodeId([1; 8]),
+            range.swarm(),
+            2,
+        )
         .unwrap();
-        // Make the sender's index known to the receiver (one challenge round).
-        let mut first = plain.clone();
-        tx.seal(Channel::Multicast, &mut first);
-        rx.open(Instant::ZERO, Channel::Multicast, from, &first);
-        while let Some(t) = rx.poll_transmit() {
-            tx.open(Instant::ZERO, Channel::Unicast, from, &t.payload);
+        if signed {
+            tx.set_node_key(nk, &[]);
+            rx.set_node_key(NodeKey::from_seed([1; 32]), &[]);
         }
-        while let Some(t) = tx.poll_transmit() {
-            rx.open(Instant::ZERO, Channel::Unicast, from, &t.payload);
+        for n in [1u32, 155] {
+            let plain = Packet {
+                node_id: id,
+                swarm: range.swarm(),
+                message: Message::UpdateClaim(
+                    (0..n)
+                        .map(|i| ClaimEntry {
+                            block: i,
+                            timeout: 30,
+                        })
+                        .collect(),
+                ),
+            }
+            .encode()
+            .unwrap();
+            // Make the sender's index known to the receiver (one challenge round).
+            let mut first = plain.clone();
+            tx.seal(Channel::Multicast, &mut first);
+            rx.open(Instant::ZERO, Channel::Multicast, from, &first);
+            while let Some(t) = rx.poll_transmit() {
+                tx.open(Instant::ZERO, Channel::Unicast, from, &t.payload);
+            }
+            while let Some(t) = tx.poll_transmit() {
+                rx.open(Instant::ZERO, Channel::Unicast, from, &t.payload);
+            }
+            let what = if signed { " with node keys" } else { "" };
+            g.bench_function(
+                format!("seal and verify an UpdateClaim of {n} entries{what}"),
+                |b| {
+                    b.iter(|| {
+                        ms += 3;
+                        let mut d = plain.clone();
+                        tx.seal(Channel::Multicast, &mut d);
+                        let r = rx.open(Instant::from_millis(ms), Channel::Multicast, from, &d);
+                        assert!(matches!(r, Opened::Verified { .. }));
+                    })
+                },
+            );
         }
-        g.bench_function(
-            format!("seal and verify an UpdateClaim of {n} entries"),
-            |b| {
-                b.iter(|| {
-                    let mut d = plain.clone();
-                    tx.seal(Channel::Multicast, &mut d);
-                    let r = rx.open(Instant::ZERO, Channel::Multicast, from, &d);
-                    assert!(matches!(r, Opened::Verified { .. }));
-                })
-            },
-        );
     }
     g.finish();
 }

@@ -42,6 +42,16 @@ use crate::node::{Channel, Dest, Transmit};
 use crate::time::Instant;
 use crate::wire::{self, HEADER_LEN, NodeId, Swarm};
 
+pub mod identity;
+pub use identity::NodeKey;
+use identity::{SIG_EXT_LEN, SigFault};
+
+/// Signatures verified per second, at most (after a burst of [`SIG_BURST`]): Ed25519
+/// verification costs ~50 µs on x86-64 and milliseconds on a small router, and a member
+/// flooding signed datagrams must not take the CPU. Honest nodes send a few per second.
+pub const SIG_RATE: u32 = 400;
+pub const SIG_BURST: u32 = 512;
+
 /// Bytes a sealed datagram carries after the C layout.
 pub const TRAILER_LEN: usize = 32;
 /// First byte of the trailer.
@@ -260,6 +270,16 @@ pub enum AuthDrop {
     Replay,
     /// A challenge reply we did not ask for, or too late.
     Stale,
+    /// Without a node signature while we require them (`--node-key`).
+    NoSignature,
+    /// Signed by a key whose hash is not the datagram's node id: a member speaking in
+    /// another node's name.
+    IdMismatch,
+    /// Another key is pinned for this node id.
+    PinMismatch,
+    BadSignature,
+    /// More signed datagrams than [`SIG_RATE`] allows.
+    RateLimited,
 }
 
 impl AuthDrop {
@@ -272,12 +292,27 @@ impl AuthDrop {
             AuthDrop::SignedNoKey => "signed-no-key",
             AuthDrop::Replay => "replay",
             AuthDrop::Stale => "stale-challenge",
+            AuthDrop::NoSignature => "no-signature",
+            AuthDrop::IdMismatch => "id-mismatch",
+            AuthDrop::PinMismatch => "pin-mismatch",
+            AuthDrop::BadSignature => "bad-signature",
+            AuthDrop::RateLimited => "rate-limited",
         }
     }
 
-    /// Whether this means a key mismatch rather than an old or repeated datagram.
+    /// Whether this means a mesh-key mismatch (a node configured differently) rather than
+    /// an old or repeated datagram, or a member misbehaving: those must not make us stop
+    /// claiming, or a member could halt the mesh with them.
     pub fn is_mismatch(self) -> bool {
-        !matches!(self, AuthDrop::Replay | AuthDrop::Stale)
+        !matches!(
+            self,
+            AuthDrop::Replay
+                | AuthDrop::Stale
+                | AuthDrop::IdMismatch
+                | AuthDrop::PinMismatch
+                | AuthDrop::BadSignature
+                | AuthDrop::RateLimited
+        )
     }
 }
 
@@ -359,6 +394,15 @@ pub struct Auth {
     pub challenges_sent: u64,
     pub replies_sent: u64,
     pub held: u64,
+    /// `--node-key`: we sign every datagram and require peers' signatures.
+    node_key: Option<NodeKey>,
+    /// Public keys by node id, pinned on first use.
+    pins: BTreeMap<NodeId, [u8; 32]>,
+    /// Pins made since [`Auth::take_new_pins`] (the shell persists them).
+    new_pins: Vec<(NodeId, [u8; 32])>,
+    /// Signature budget: tokens (thousandths) and when it was last filled.
+    sig_budget: Option<(u64, Instant)>,
+    pub signatures_verified: u64,
 }
 
 impl Auth {
@@ -392,7 +436,106 @@ impl Auth {
             challenges_sent: 0,
             replies_sent: 0,
             held: 0,
+            node_key: None,
+            pins: BTreeMap::new(),
+            new_pins: Vec::new(),
+            sig_budget: None,
+            signatures_verified: 0,
         })
+    }
+
+    /// Signs with `key` from now on and requires signatures of every peer; our node id
+    /// becomes the key's. `pins` are those persisted by earlier runs.
+    pub fn set_node_key(&mut self, key: NodeKey, pins: &[(NodeId, [u8; 32])]) {
+        self.me = key.id();
+        self.node_key = Some(key);
+        for &(id, public) in pins.iter().take(MAX_PEERS) {
+            self.pins.insert(id, public);
+        }
+    }
+
+    pub fn node_key(&self) -> Option<&NodeKey> {
+        self.node_key.as_ref()
+    }
+
+    pub fn pinned(&self) -> usize {
+        self.pins.len()
+    }
+
+    /// Node ids pinned since the last call, to persist.
+    pub fn take_new_pins(&mut self) -> Vec<(NodeId, [u8; 32])> {
+        std::mem::take(&mut self.new_pins)
+    }
+
+    /// Takes one signature from the budget (a token bucket in thousandths of a token:
+    /// time here has millisecond steps), if there is one.
+    fn sig_budget(&mut self, now: Instant) -> bool {
+        let full = u64::from(SIG_BURST) * 1000;
+        let (tokens, at) = self.sig_budget.unwrap_or((full, now));
+        let elapsed = now.saturating_since(at).as_millis() as u64;
+        let tokens = (tokens + elapsed * u64::from(SIG_RATE)).min(full);
+        if tokens < 1000 {
+            self.sig_budget = Some((tokens, now));
+            return false;
+        }
+        self.sig_budget = Some((tokens - 1000, now));
+        true
+    }
+
+    /// Checks the node signature of a MAC-verified datagram (`body`: without the trailer)
+    /// and returns the length of its C part. Without a node key of ours, a signature is
+    /// still checked if present (a mesh moving to node keys), but not required.
+    fn check_signature(
+        &mut self,
+        now: Instant,
+        channel: Channel,
+        body: &[u8],
+        head: &[u8],
+    ) -> Result<usize, AuthDrop> {
+        if !identity::has_extension(body) {
+            return if self.node_key.is_some() {
+                Err(AuthDrop::NoSignature)
+            } else {
+                Ok(body.len())
+            };
+        }
+        let len = body.len() - SIG_EXT_LEN;
+        let (inner, ext) = body.split_at(len);
+        let node = NodeId(
+            inner[..8]
+                .try_into()
+                .expect("sealed datagrams have a header"),
+        );
+        let public: &[u8; 32] = ext[2..34].try_into().expect("extension length checked");
+        if identity::node_id_of(public) != node {
+            return Err(AuthDrop::IdMismatch);
+        }
+        if let Some(pin) = self.pins.get(&node)
+            && pin != public
+        {
+            return Err(AuthDrop::PinMismatch);
+        }
+        if !self.sig_budget(now) {
+            return Err(AuthDrop::RateLimited);
+        }
+        let signed = identity::signed_input(slot(channel) as u8, inner, head);
+        let public = identity::verify(ext, node, &signed).map_err(|f| match f {
+            SigFault::IdMismatch => AuthDrop::IdMismatch,
+            SigFault::PinMismatch => AuthDrop::PinMismatch,
+            SigFault::BadSignature => AuthDrop::BadSignature,
+        })?;
+        self.signatures_verified += 1;
+        if !self.pins.contains_key(&node) {
+            if self.pins.len() >= MAX_PEERS {
+                // Ids are their keys' hashes: a pin dropped only costs the collision check.
+                if let Some(&old) = self.pins.keys().next() {
+                    self.pins.remove(&old);
+                }
+            }
+            self.pins.insert(node, public);
+            self.new_pins.push((node, public));
+        }
+        Ok(len)
     }
 
     pub fn enabled(&self) -> bool {
@@ -477,8 +620,15 @@ impl Auth {
         {
             return false;
         }
+        let body = n - TRAILER_LEN;
+        Self::shape_ok(data, body)
+            || (identity::has_extension(&data[..body]) && Self::shape_ok(data, body - SIG_EXT_LEN))
+    }
+
+    /// Whether a C-layout datagram of `inner` bytes (its header at the start of `data`)
+    /// has the length its command and count give.
+    fn shape_ok(data: &[u8], inner: usize) -> bool {
         let count = usize::from(data[15]);
-        let inner = n - TRAILER_LEN;
         match data[14] {
             wire::command::UPDATE_CLAIM => inner == HEADER_LEN + wire::CLAIM_ENTRY_LEN * count,
             wire::command::INQUIRE => inner == HEADER_LEN + wire::INQUIRE_ENTRY_LEN * count,
@@ -509,11 +659,17 @@ impl Auth {
         }
         self.counter += 1;
         let key = &ring.keys[ring.signing];
-        datagram.push(MAGIC);
-        datagram.push(ALG_HMAC_SHA256_128);
-        datagram.extend_from_slice(&key.id.to_be_bytes());
-        datagram.extend_from_slice(&self.index.to_be_bytes());
-        datagram.extend_from_slice(&self.counter.to_be_bytes());
+        let mut head = [0u8; 16];
+        head[0] = MAGIC;
+        head[1] = ALG_HMAC_SHA256_128;
+        head[2..4].copy_from_slice(&key.id.to_be_bytes());
+        head[4..12].copy_from_slice(&self.index.to_be_bytes());
+        head[12..16].copy_from_slice(&self.counter.to_be_bytes());
+        if let Some(nk) = &self.node_key {
+            let signed = identity::signed_input(slot(channel) as u8, datagram, &head);
+            datagram.extend_from_slice(&nk.extension(&signed));
+        }
+        datagram.extend_from_slice(&head);
         let mut mac = key.mac.clone();
         Self::mac_input(&mut mac, channel, datagram);
         let tag = mac.finalize().into_bytes();
@@ -587,15 +743,29 @@ impl Auth {
         if mac.verify_truncated_left(&data[n - TAG_LEN..]).is_err() {
             return Opened::Drop(AuthDrop::BadMac);
         }
-        let inner = &data[..n - TRAILER_LEN];
         let node = NodeId(
-            inner[..8]
+            data[..8]
                 .try_into()
                 .expect("sealed datagrams have a header"),
         );
         if node == self.me && index == self.index {
             return Opened::Drop(AuthDrop::Replay);
         }
+        if !matches!(data[14], CHALLENGE_REQUEST | CHALLENGE_REPLY)
+            && let Some(p) = self.peers.get(&node)
+            && p.index == Some(index)
+            && counter <= p.last[slot(channel)]
+        {
+            // Before the signature: a replay must not cost a verification.
+            return Opened::Drop(AuthDrop::Replay);
+        }
+        let body = &data[..n - TRAILER_LEN];
+        let head = &data[n - TRAILER_LEN..n - TAG_LEN];
+        let len = match self.check_signature(now, channel, body, head) {
+            Ok(len) => len,
+            Err(d) => return Opened::Drop(d),
+        };
+        let inner = &data[..len];
         match inner[14] {
             CHALLENGE_REQUEST if channel == Channel::Unicast => {
                 self.on_request(now, node, from, inner);

@@ -361,7 +361,47 @@ pub struct Blocks {
     /// Until then, a block nobody owns may still be on its way to the holder of its
     /// bindings (see [`Blocks::is_settling`]).
     settling_until: Instant,
+    /// Node keys are on ([`Blocks::set_incumbency`]): the incumbent keeps a block against
+    /// new claims. `None`: the C tie-break (the greater id wins every conflict).
+    strict: Option<Box<Incumbency>>,
+    /// Claims refused under the incumbency rule or the cap of blocks per node.
+    pub claims_refused: u64,
 }
+
+/// With node keys a claim can no longer be made in another node's name, so the tie-break
+/// can tell a claim on a block its owner holds and refreshes (refused: it rewarded any
+/// member with a greater id) from a genuine conflict, where both claimed the block while
+/// they could not hear each other (settled by the greater id, as before). What decides is
+/// what we heard, per block and per peer (docs/protocol.md "Incumbency").
+struct Incumbency {
+    /// When the current owner's claim began (as far as we know) for every block that is
+    /// `Claimed`; our own blocks keep it in [`OwnedBlock::since`].
+    since: HashMap<u32, Instant>,
+    /// The last owner whose claim on a block ended (lapsed or lost), its claim's start, and
+    /// when it ended: if that owner comes back from a silence still claiming the block,
+    /// its claim is the older one.
+    prev: HashMap<u32, (NodeId, Instant, Instant)>,
+    /// When we heard each peer, to tell a node coming back from a silence (a healed
+    /// partition) from one we have been hearing all along.
+    heard: BTreeMap<NodeId, Heard>,
+    /// Blocks one peer may hold in this pool (0: no cap).
+    max_peer_blocks: u32,
+    /// When we started listening with node keys.
+    started: Instant,
+}
+
+#[derive(Clone, Copy)]
+struct Heard {
+    last: Instant,
+    /// Start of the current run of datagrams without a long silence.
+    since: Instant,
+    /// When we heard it last before that run, if we had heard it at all.
+    silent_from: Option<Instant>,
+}
+
+/// Peers whose hearing we remember; beyond it the one heard longest ago is forgotten
+/// (it then counts as never heard, which never wins a conflict).
+const MAX_HEARD: usize = 4096;
 
 impl Blocks {
     pub fn new(cfg: ClaimConfig, range: ManagedRange, now: Instant) -> Self {
@@ -399,6 +439,193 @@ impl Blocks {
             learning_held: false,
             claims_held: false,
             settling_until: now,
+            strict: None,
+            claims_refused: 0,
+        }
+    }
+
+    /// Turns the incumbency rule on (node keys: every claim is signed by its sender), with
+    /// a cap of blocks per peer (0: none).
+    pub fn set_incumbency(&mut self, max_peer_blocks: u32) {
+        self.strict = Some(Box::new(Incumbency {
+            since: HashMap::new(),
+            prev: HashMap::new(),
+            heard: BTreeMap::new(),
+            max_peer_blocks,
+            started: Instant::ZERO,
+        }));
+    }
+
+    /// Peers known from earlier runs (their pinned keys): when we hear one again it is
+    /// back from a silence (ours), not a node never heard, so that a conflict with it is
+    /// settled as after a partition rather than refused on both sides.
+    /// Its silence is ours: we heard it last, as far as we know, when we started (`now`).
+    pub fn seed_known(&mut self, now: Instant, ids: &[NodeId]) {
+        if let Some(st) = self.strict.as_mut() {
+            st.started = now;
+            for &id in ids.iter().take(MAX_HEARD) {
+                st.heard.entry(id).or_insert(Heard {
+                    last: now,
+                    since: now,
+                    silent_from: Some(now),
+                });
+            }
+        }
+    }
+
+    /// Two claims begun within this of each other raced (neither could know the other):
+    /// the greater id wins, as in the C protocol. A claim is dated by when we first heard
+    /// it, which a lost datagram or two puts a refresh interval or two late: so half a
+    /// block timeout, and at least the tentative timeout.
+    fn race_window(&self) -> Duration {
+        (self.cfg.block_timeout / 2)
+            .max(self.cfg.tentative_timeout)
+            .max(Duration::from_secs(2))
+    }
+
+    /// A gap in a peer's datagrams longer than this is a silence; a claim it makes within
+    /// this after it is heard again came back with it.
+    fn silence(&self) -> Duration {
+        self.cfg.block_timeout / 2
+    }
+
+    /// Notes a datagram from `from` (claims and inquiries alike).
+    fn heard(&mut self, now: Instant, from: NodeId) {
+        let silence = self.silence();
+        let Some(st) = self.strict.as_mut() else {
+            return;
+        };
+        match st.heard.get_mut(&from) {
+            Some(h) => {
+                if now.saturating_since(h.last) > silence {
+                    h.silent_from = Some(h.last);
+                    h.since = now;
+                }
+                h.last = now;
+            }
+            None => {
+                if st.heard.len() >= MAX_HEARD
+                    && let Some(old) = st
+                        .heard
+                        .iter()
+                        .min_by_key(|(_, h)| h.last)
+                        .map(|(id, _)| *id)
+                {
+                    st.heard.remove(&old);
+                }
+                st.heard.insert(
+                    from,
+                    Heard {
+                        last: now,
+                        since: now,
+                        silent_from: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// See the use in [`Blocks::on_claim`].
+    fn claim_start(&self, now: Instant, b: u32, from: NodeId) -> Instant {
+        if let Some(since) = self.continued_since(b, from) {
+            return since;
+        }
+        if self.audible(now, from) {
+            return now;
+        }
+        // A silence that began at our own start is only our not having listened: a claim
+        // heard then may be of any age.
+        self.strict
+            .as_ref()
+            .and_then(|st| {
+                let sf = st.heard.get(&from)?.silent_from?;
+                (sf > st.started).then_some(sf)
+            })
+            .unwrap_or(Instant::ZERO)
+    }
+
+    /// Whether we have been hearing `from`, without a silence, for longer than the race
+    /// window: long enough to have heard two refreshes of any claim it makes, so that a
+    /// claim of it we hear first now is new, not one whose refreshes we missed.
+    fn audible(&self, now: Instant, from: NodeId) -> bool {
+        self.strict
+            .as_ref()
+            .and_then(|st| st.heard.get(&from))
+            .is_some_and(|h| now.saturating_since(h.since) > self.race_window())
+    }
+
+    /// When `from`'s claim on `b` began, if it is the continuation of a claim we knew:
+    /// it held `b` before a silence and the claim ended while it was silent.
+    fn continued_since(&self, b: u32, from: NodeId) -> Option<Instant> {
+        let st = self.strict.as_ref()?;
+        let &(owner, since, ended) = st.prev.get(&b)?;
+        let h = st.heard.get(&from)?;
+        (owner == from && h.silent_from.is_none_or(|sf| ended >= sf)).then_some(since)
+    }
+
+    /// Whether `challenger`'s claim on `b` beats the incumbent's (`inc`, whose claim began
+    /// at `inc_since`) under the incumbency rule.
+    fn challenger_wins(
+        &self,
+        now: Instant,
+        b: u32,
+        inc: NodeId,
+        inc_since: Instant,
+        challenger: NodeId,
+    ) -> bool {
+        let Some(st) = self.strict.as_ref() else {
+            return challenger > inc;
+        };
+        let w = self.race_window();
+        if now.saturating_since(inc_since) <= w {
+            return challenger > inc;
+        }
+        let Some(h) = st.heard.get(&challenger) else {
+            return false;
+        };
+        if h.since <= inc_since {
+            // We have been hearing it, without a silence, since before the incumbent's
+            // claim began, and more than the race window has passed: had it claimed the
+            // block before, we would have heard it. A new claim.
+            return false;
+        }
+        match (self.continued_since(b, challenger), h.silent_from) {
+            // It held the block before its silence: the older claim wins.
+            (Some(c), _) if c + w < inc_since => true,
+            (Some(c), _) if inc_since + w < c => false,
+            (Some(_), _) => challenger > inc,
+            // The incumbent held it before the challenger fell silent (we date claims late,
+            // never early): the challenger's claim came later, whatever it says.
+            (None, Some(sf)) if inc_since < sf => false,
+            // Both claimed it while they could not hear each other: a genuine conflict.
+            (None, Some(_)) => challenger > inc,
+            // Never heard before it claimed a held block: we cannot tell a healed
+            // partition from a member with a fresh key; the incumbent keeps it.
+            (None, None) => false,
+        }
+    }
+
+    /// Under the cap of blocks per peer, whether `peer` may take one more.
+    fn under_cap(&self, peer: u32) -> bool {
+        self.strict.as_ref().is_none_or(|st| {
+            st.max_peer_blocks == 0 || self.peers.get(peer).blocks < st.max_peer_blocks
+        })
+    }
+
+    /// Records that `from` now holds `b` (claimed by it at `since`).
+    fn note_owner(&mut self, b: u32, since: Instant) {
+        if let Some(st) = self.strict.as_mut() {
+            st.since.insert(b, since);
+        }
+    }
+
+    /// Records that the claim of `owner` on `b` ended now.
+    fn note_ended(&mut self, now: Instant, b: u32, owner: NodeId, since: Option<Instant>) {
+        if let Some(st) = self.strict.as_mut() {
+            let since = st.since.remove(&b).or(since);
+            if let Some(since) = since {
+                st.prev.insert(b, (owner, since, now));
+            }
         }
     }
 
@@ -776,6 +1003,7 @@ impl Blocks {
 
     /// An Inquire from `from` listing `blocks`.
     pub fn on_inquire(&mut self, now: Instant, me: NodeId, from: NodeId, blocks: &[u32]) {
+        self.heard(now, from);
         let mut reassert = Vec::new();
         for &b in blocks {
             let Some(&state) = self.states.get(b as usize) else {
@@ -824,6 +1052,8 @@ impl Blocks {
         addr: Ipv6Addr,
         entries: &[ClaimEntry],
     ) {
+        self.heard(now, from);
+        let strict = self.strict.is_some();
         let peer = self.peers.intern(from, addr, now);
         let mut reassert = Vec::new();
         for e in entries {
@@ -834,50 +1064,107 @@ impl Blocks {
             };
             let until = now + Duration::from_secs(u64::from(e.timeout));
             let claimed = State::Claimed { peer, until };
+            // When the claim began, as we will record it if it wins: its continuation's
+            // start; now, if we have been hearing the claimant (we would have heard an
+            // older claim); the start of its silence if it came back with it (it cannot
+            // have claimed earlier without our hearing it); else (we have not listened
+            // long enough to know) we cannot date it, and count it as old.
+            let start = |bl: &Self| bl.claim_start(now, b, from);
             match state {
                 State::Ours => {
                     if e.timeout == 0 {
                         continue;
                     }
-                    if from > me {
+                    let since = self.ours[&b].since;
+                    if self.challenger_wins(now, b, me, since, from) && self.under_cap(peer) {
                         warn!(block = b, first = %self.range.block_first(b), winner = %from,
                               "block taken over by a greater node id");
+                        let st = start(self);
                         self.set_state(b, claimed);
+                        self.note_owner(b, st);
                         self.events
                             .push_back(BlockEvent::Lost { block: b, to: from });
                     } else {
-                        info!(block = b, other = %from, "re-asserting block against a smaller node id");
+                        if strict && from > me {
+                            self.claims_refused += 1;
+                            // Counted, not logged at warning level: a member repeating
+                            // such claims must not flood a router's log.
+                            debug!(block = b, other = %from,
+                                   "claim on a block we hold refused: not a conflict (docs/protocol.md, Incumbency)");
+                        } else {
+                            info!(block = b, other = %from, "re-asserting block against a smaller node id");
+                        }
                         reassert.push(b);
                     }
                 }
                 State::Claiming { .. } => {
                     // An existing owner beats any inquiry, whatever the ids.
                     if e.timeout > 0 {
+                        if !self.under_cap(peer) {
+                            self.claims_refused += 1;
+                            continue;
+                        }
                         debug!(block = b, owner = %from, "block we were inquiring is claimed");
                         self.claiming.retain(|&c| c != b);
+                        let st = start(self);
                         self.set_state(b, claimed);
+                        self.note_owner(b, st);
                     }
                 }
                 State::Claimed { peer: current, .. } => {
                     let cur = self.peers.get(current);
+                    let cur_id = cur.id;
                     // The recorded owner refreshing (or releasing with TTL 0), or the same
-                    // host after a node id change.
-                    let same_owner = current == peer || cur.addr == addr;
+                    // host after a node id change. With node keys, ids are what counts:
+                    // an address is easily borrowed, an id no more.
+                    let same_owner = if strict {
+                        cur_id == from
+                    } else {
+                        current == peer || cur.addr == addr
+                    };
                     if same_owner {
                         if e.timeout == 0 {
                             self.set_state(b, State::Free);
                             self.released.insert(b, now);
+                            if let Some(st) = self.strict.as_mut() {
+                                st.since.remove(&b);
+                                st.prev.remove(&b);
+                            }
                         } else {
                             self.set_state(b, claimed);
                         }
-                    } else if e.timeout > 0 && from >= cur.id {
-                        // The greater id wins; the smaller one yields when it hears this.
-                        self.set_state(b, claimed);
+                    } else if e.timeout > 0 {
+                        let inc_since = self
+                            .strict
+                            .as_ref()
+                            .and_then(|st| st.since.get(&b).copied())
+                            .unwrap_or(now);
+                        let wins = if strict {
+                            self.challenger_wins(now, b, cur_id, inc_since, from)
+                                && self.under_cap(peer)
+                        } else {
+                            from >= cur_id
+                        };
+                        if wins {
+                            // The greater id wins; the smaller one yields when it hears this.
+                            let st = start(self);
+                            self.note_ended(now, b, cur_id, None);
+                            self.set_state(b, claimed);
+                            self.note_owner(b, st);
+                        } else if strict {
+                            self.claims_refused += 1;
+                        }
                     }
                 }
                 State::Free | State::Tentative { .. } => {
                     if e.timeout > 0 {
+                        if !self.under_cap(peer) {
+                            self.claims_refused += 1;
+                            continue;
+                        }
+                        let st = start(self);
                         self.set_state(b, claimed);
+                        self.note_owner(b, st);
                     }
                 }
             }
@@ -977,6 +1264,7 @@ impl Blocks {
             }
             if let State::Claimed { peer, .. } = self.states[b as usize] {
                 let owner = self.peers.get(peer).id;
+                self.note_ended(now, b, owner, None);
                 debug!(block = b, %owner, "claim expired, block free");
                 if !self.lapse_hold.is_zero() {
                     self.lapsed.insert(b, now);
@@ -1384,6 +1672,127 @@ mod tests {
         assert!(
             std::iter::from_fn(|| b.poll_event()).any(|e| e == BlockEvent::Lost { block, to: BIG })
         );
+    }
+
+    /// Keeps `who` heard every 10 s from `from` to `to` (inquiries for nothing).
+    fn keep_heard(b: &mut Blocks, who: NodeId, from: u64, to: u64) {
+        for s in (from..=to).step_by(10) {
+            b.on_inquire(secs(s), ME, who, &[]);
+        }
+    }
+
+    #[test]
+    fn incumbency_refuses_a_new_claim_on_a_held_block() {
+        let e = [ClaimEntry {
+            block: 7,
+            timeout: 60,
+        }];
+        // C rule: the greater id takes a block SMALL holds and refreshes.
+        let mut b = table(false);
+        keep_heard(&mut b, BIG, 0, 100);
+        b.on_claim(secs(0), ME, SMALL, addr(1), &e);
+        b.on_claim(secs(30), ME, SMALL, addr(1), &e);
+        b.on_claim(secs(40), ME, BIG, addr(2), &e);
+        assert_eq!(b.owner_of(7), Some((BIG, addr(2))));
+        // With node keys: BIG, heard all along, claims it anew: refused.
+        let mut b = table(false);
+        b.set_incumbency(0);
+        keep_heard(&mut b, BIG, 0, 100);
+        b.on_claim(secs(0), ME, SMALL, addr(1), &e);
+        b.on_claim(secs(30), ME, SMALL, addr(1), &e);
+        b.on_claim(secs(40), ME, BIG, addr(2), &e);
+        assert_eq!(b.owner_of(7), Some((SMALL, addr(1))));
+        assert_eq!(b.claims_refused, 1);
+        // Nor does borrowing the owner's address under its own id help.
+        b.on_claim(secs(41), ME, BIG, addr(1), &e);
+        assert_eq!(b.owner_of(7).map(|o| o.0), Some(SMALL));
+        // Two claims made within the race window are a race: the greater id wins (SMALL
+        // heard for a block timeout, so its claim is dated).
+        let f = [ClaimEntry {
+            block: 8,
+            timeout: 60,
+        }];
+        keep_heard(&mut b, SMALL, 50, 100);
+        b.on_claim(secs(100), ME, SMALL, addr(1), &f);
+        b.on_claim(secs(101), ME, BIG, addr(2), &f);
+        assert_eq!(b.owner_of(8).map(|o| o.0), Some(BIG));
+        // A node never heard before claiming a held block is refused too.
+        let mut b = table(false);
+        b.set_incumbency(0);
+        b.on_claim(secs(0), ME, SMALL, addr(1), &e);
+        b.on_claim(secs(40), ME, BIG, addr(2), &e);
+        assert_eq!(b.owner_of(7).map(|o| o.0), Some(SMALL));
+    }
+
+    #[test]
+    fn incumbency_settles_a_healed_partition_by_the_older_claim_then_the_id() {
+        let e = [ClaimEntry {
+            block: 7,
+            timeout: 60,
+        }];
+        // SMALL held the block before BIG fell silent: SMALL keeps it when BIG comes back
+        // claiming it (BIG claimed it on the far side after it lapsed there).
+        let mut b = table(false);
+        b.set_incumbency(0);
+        keep_heard(&mut b, BIG, 0, 20);
+        b.on_claim(secs(0), ME, SMALL, addr(1), &e);
+        b.on_claim(secs(100), ME, SMALL, addr(1), &e);
+        b.on_claim(secs(160), ME, BIG, addr(2), &e);
+        assert_eq!(b.owner_of(7).map(|o| o.0), Some(SMALL));
+        // Both claimed it while they could not hear each other: the greater id wins.
+        let mut b = table(false);
+        b.set_incumbency(0);
+        keep_heard(&mut b, BIG, 0, 20);
+        keep_heard(&mut b, SMALL, 0, 150);
+        b.on_claim(secs(100), ME, SMALL, addr(1), &e);
+        b.on_claim(secs(150), ME, SMALL, addr(1), &e);
+        b.on_claim(secs(160), ME, BIG, addr(2), &e);
+        assert_eq!(b.owner_of(7).map(|o| o.0), Some(BIG));
+        // The far side's view: BIG held it from before; SMALL claimed it after it lapsed
+        // there; SMALL comes back: it held it first, and keeps it, as on the near side.
+        let mut b = table(false);
+        b.set_incumbency(0);
+        b.on_claim(secs(0), ME, SMALL, addr(1), &e);
+        keep_heard(&mut b, SMALL, 10, 20);
+        keep_heard(&mut b, BIG, 0, 90);
+        b.poll_timeout();
+        let mut rng = StdRng::seed_from_u64(1);
+        b.handle_timeout(secs(90), &mut rng); // SMALL's claim lapses here
+        assert_eq!(b.owner_of(7), None);
+        b.on_claim(secs(95), ME, BIG, addr(2), &e);
+        b.on_claim(secs(160), ME, SMALL, addr(1), &e);
+        assert_eq!(b.owner_of(7).map(|o| o.0), Some(SMALL));
+    }
+
+    #[test]
+    fn incumbency_keeps_our_block_and_caps_blocks_per_peer() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let (mut b, block) = owning_table(&mut rng);
+        b.set_incumbency(1);
+        keep_heard(&mut b, BIG, 6, 60);
+        let e = [ClaimEntry { block, timeout: 60 }];
+        drain(&mut b);
+        b.on_claim(secs(40), ME, BIG, addr(2), &e);
+        assert!(b.owns(block));
+        // Refused, and our claim goes out again at once.
+        assert_eq!(drain(&mut b), vec![Output::Claim(e.to_vec())]);
+        // One block per peer: the second free block BIG claims is not recorded as its.
+        let free: Vec<u32> = (0..64).filter(|&x| x != block).take(2).collect();
+        for &f in &free {
+            b.on_claim(
+                secs(41),
+                ME,
+                BIG,
+                addr(2),
+                &[ClaimEntry {
+                    block: f,
+                    timeout: 60,
+                }],
+            );
+        }
+        assert_eq!(b.owner_of(free[0]).map(|o| o.0), Some(BIG));
+        assert_eq!(b.owner_of(free[1]), None);
+        assert_eq!(b.claims_refused, 2);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tracing::{debug, error, info, warn};
 
-use crate::auth::{Auth, AuthDrop, MeshKey, Opened};
+use crate::auth::{Auth, AuthDrop, MeshKey, NodeKey, Opened};
 use crate::blocks::{BlockView, Blocks};
 use crate::config::DhcpOption;
 use crate::dhcp::options::OptionStore;
@@ -630,7 +630,12 @@ impl Node {
         c.add(Counter::AuthChallengeSent, self.auth.challenges_sent);
         c.add(Counter::AuthChallengeAnswered, self.auth.replies_sent);
         c.add(Counter::AuthHeld, self.auth.held);
+        c.add(
+            Counter::AuthSignatureVerified,
+            self.auth.signatures_verified,
+        );
         for p in &self.pools {
+            c.add(Counter::ClaimsRefused, p.blocks().claims_refused);
             for &k in Counter::ALL {
                 c.add(k, p.counters().get(k));
             }
@@ -1001,6 +1006,38 @@ impl Node {
         &self.auth
     }
 
+    /// Peers' keys pinned since the last call (the shell persists them).
+    pub fn take_new_pins(&mut self) -> Vec<(NodeId, [u8; 32])> {
+        self.auth.take_new_pins()
+    }
+
+    /// Turns node keys on (`--node-key`; needs a mesh key, [`Node::set_auth`] first): our
+    /// id becomes the key's, every datagram is signed, peers' signatures are required and
+    /// claims on blocks their owners hold are refused unless they are genuine conflicts
+    /// (each pool at most `max_peer_blocks` per peer, 0: no cap). Right after
+    /// [`Node::set_auth`], before any datagram.
+    pub fn set_node_key(
+        &mut self,
+        now: Instant,
+        key: NodeKey,
+        pins: &[(NodeId, [u8; 32])],
+        max_peer_blocks: u32,
+    ) -> Result<(), String> {
+        if !self.auth.enabled() {
+            return Err("node keys need a mesh key (--peer-key)".into());
+        }
+        let id = key.id();
+        self.auth.set_node_key(key, pins);
+        self.id = id;
+        self.repl.set_me(id);
+        let known: Vec<NodeId> = pins.iter().map(|p| p.0).filter(|&p| p != id).collect();
+        for p in &mut self.pools {
+            p.me = id;
+            p.set_incumbency(now, max_peer_blocks, &known);
+        }
+        Ok(())
+    }
+
     /// Adds a mesh key for verifying (`ddhcpctl key install`). The first key on a node
     /// without one turns authentication on in the migration mode, so that peers without
     /// the key are still heard until `key migrate off`.
@@ -1080,9 +1117,17 @@ impl Node {
             AuthDrop::BadMac => Counter::AuthDropBadMac,
             AuthDrop::SignedNoKey => Counter::AuthDropSignedNoKey,
             AuthDrop::Replay | AuthDrop::Stale => Counter::AuthDropReplay,
+            AuthDrop::NoSignature => Counter::AuthDropNoSignature,
+            AuthDrop::IdMismatch | AuthDrop::PinMismatch | AuthDrop::BadSignature => {
+                Counter::AuthDropForged
+            }
+            AuthDrop::RateLimited => Counter::AuthDropRateLimited,
         });
-        if !why.is_mismatch() {
-            debug!(%from, reason = why.as_str(), "replayed or stale peer datagram dropped");
+        if matches!(
+            why,
+            AuthDrop::Replay | AuthDrop::Stale | AuthDrop::RateLimited
+        ) {
+            debug!(%from, reason = why.as_str(), "replayed, stale or rate-limited peer datagram dropped");
             return;
         }
         let node = NodeId(
@@ -1096,7 +1141,9 @@ impl Node {
                 prefix_len: h[4],
                 block_size: h[5],
             };
-            if let Some(i) = self.pools.iter().position(|p| p.swarm() == swarm) {
+            if why.is_mismatch()
+                && let Some(i) = self.pools.iter().position(|p| p.swarm() == swarm)
+            {
                 self.auth_failed[i] = Some(now);
             }
         }
@@ -1596,6 +1643,13 @@ impl Node {
     /// the random part changes, and our blocks are re-announced under the new id.
     fn duplicate_id(&mut self, now: Instant, from: Ipv6Addr) {
         self.counters.inc(Counter::DuplicateNodeId);
+        if self.auth.node_key().is_some() {
+            // The datagram was signed with our key: another host has our state directory.
+            // A new id would not match the key; the operator must give one a new key.
+            error!(id = %self.id, other = %from,
+                   "DUPLICATE NODE ID: another host signs with our node key (a copied state directory?); remove its node.key");
+            return;
+        }
         let old = self.id;
         let mut new = old;
         while new == old {
@@ -1706,6 +1760,15 @@ impl Node {
         if self.repl.replicas() > 0 {
             wire::mark_claim(&mut payload);
         }
+        self.send_raw(dest, payload);
+    }
+
+    /// Sends `payload` as this node sends every datagram: sealed and signed with its keys,
+    /// whatever it says. The core uses it for what it encoded; adversary tests use it to
+    /// make a member holding the keys misbehave (tests/simulation/auth.rs,
+    /// examples/peer_forge.rs does the same with the library's `Auth`).
+    #[doc(hidden)]
+    pub fn send_raw(&mut self, dest: Dest, payload: Vec<u8>) {
         let (pkg, bytes) = match dest {
             Dest::Multicast => (Counter::McastSendPkg, Counter::McastSendByte),
             Dest::Unicast(_) => (Counter::DirectSendPkg, Counter::DirectSendByte),

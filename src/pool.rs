@@ -469,6 +469,12 @@ impl Pool {
         }
     }
 
+    /// See [`Blocks::set_incumbency`].
+    pub(crate) fn set_incumbency(&mut self, now: Instant, max_peer_blocks: u32, known: &[NodeId]) {
+        self.blocks.set_incumbency(max_peer_blocks);
+        self.blocks.seed_known(now, known);
+    }
+
     pub(crate) fn hold_claims(&mut self, held: bool) {
         self.blocks.hold_claims(held);
     }

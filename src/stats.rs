@@ -65,6 +65,11 @@ counters! {
     AuthDropBadMac => "auth.drop_bad_mac",
     AuthDropReplay => "auth.drop_replay",
     AuthDropSignedNoKey => "auth.drop_signed_no_key",
+    AuthDropNoSignature => "auth.drop_no_signature",
+    AuthDropForged => "auth.drop_forged",
+    AuthDropRateLimited => "auth.drop_rate_limited",
+    AuthSignatureVerified => "auth.signatures_verified",
+    ClaimsRefused => "blocks.claims_refused",
     AuthMismatchHold => "auth.mismatch_holds",
 }
 

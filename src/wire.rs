@@ -25,10 +25,11 @@ pub const RENEW_PAYLOAD_LEN: usize = 28;
 pub const RENEW_PACKET_LEN: usize = HEADER_LEN + RENEW_PAYLOAD_LEN;
 
 /// Entries we put in one UpdateClaim. The C sender uses 32; the C receiver accepts up to 212
-/// (its 1500-byte buffer). 169 entries make 1199 bytes, which with the 32-byte trailer of
-/// `--peer-key` (`auth::TRAILER_LEN`) and the IPv6 and UDP headers fits the IPv6 minimum
-/// MTU of 1280, so a claim packet is never fragmented, sealed or not.
-pub const MAX_CLAIM_ENTRIES: usize = 169;
+/// (its 1500-byte buffer). 155 entries make 1101 bytes, which with the 98-byte signature of
+/// `--node-key` (`auth::identity::SIG_EXT_LEN`), the 32-byte trailer of `--peer-key`
+/// (`auth::TRAILER_LEN`) and the IPv6 and UDP headers fits the IPv6 minimum MTU of 1280, so
+/// a claim packet is never fragmented, signed or not.
+pub const MAX_CLAIM_ENTRIES: usize = 155;
 /// The count field is one byte.
 pub const MAX_INQUIRE_ENTRIES: usize = 255;
 
@@ -119,10 +120,10 @@ pub fn claim_is_marked(datagram: &[u8]) -> bool {
 
 /// Bytes before the records of a Replicate message: epoch (u32), sequence number (u32).
 pub const REPLICATE_FIXED_LEN: usize = 8;
-/// A Replicate or Handback we send never exceeds this: with the 32-byte trailer of
-/// `--peer-key` and the IPv6 and UDP headers it fits the IPv6 minimum MTU (1280), so it is
-/// never fragmented.
-pub const MAX_REPLICATE_DATAGRAM: usize = 1200;
+/// A Replicate or Handback we send never exceeds this: with the signature of `--node-key`,
+/// the 32-byte trailer of `--peer-key` and the IPv6 and UDP headers it fits the IPv6
+/// minimum MTU (1280), so it is never fragmented.
+pub const MAX_REPLICATE_DATAGRAM: usize = 1100;
 /// What we accept: 1232 bytes, what nodes sent before the trailer existed.
 pub const MAX_REPLICATE_ACCEPT: usize = 1232;
 /// Size of a ReplicaAck: the header, epoch and next expected sequence number.
@@ -800,8 +801,9 @@ mod tests {
     #[test]
     fn max_claim_packet_fits_minimum_mtu() {
         let entries = HEADER_LEN + CLAIM_ENTRY_LEN * MAX_CLAIM_ENTRIES;
-        assert!(entries + crate::auth::TRAILER_LEN + 40 + 8 <= 1280);
-        const { assert!(MAX_REPLICATE_DATAGRAM + crate::auth::TRAILER_LEN + 40 + 8 <= 1280) };
+        let sealed = crate::auth::identity::SIG_EXT_LEN + crate::auth::TRAILER_LEN + 40 + 8;
+        assert!(entries + sealed <= 1280);
+        assert!(MAX_REPLICATE_DATAGRAM + sealed <= 1280);
         assert!(entries <= 1500);
     }
 

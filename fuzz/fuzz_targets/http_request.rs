@@ -10,8 +10,8 @@
 //! token is `fuzz-token-0123456789`.
 #![no_main]
 
-use ddhcp::http::{HttpRequest, MAX_BODY, answer, authorized, to_request};
 use ddhcp::control::{Request, Response};
+use ddhcp::http::{HttpRequest, MAX_BODY, answer, authorized, to_request};
 use libfuzzer_sys::fuzz_target;
 
 const TOKEN: &[u8] = b"fuzz-token-0123456789";

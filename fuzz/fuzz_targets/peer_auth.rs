@@ -9,6 +9,9 @@
 //!   node instead, which must refuse them);
 //! - 3: time advances by `op >> 2` × 100 ms.
 //!
+//! The first byte: bit 0 puts node 1 in the migration mode, bit 1 gives nodes 0 and 1 node
+//! keys (`--node-key`: signed datagrams, required).
+//!
 //! Checked: nothing panics; a damaged datagram is never verified, and only datagrams node 0
 //! really sealed are ever released after a challenge; a verified one is the C layout plus
 //! exactly the trailer; nothing passes the node with the other key; the key file parser
@@ -18,7 +21,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use ddhcp::auth::{Auth, MeshKey, Opened, TRAILER_LEN};
+use ddhcp::auth::identity::SIG_EXT_LEN;
+use ddhcp::auth::{Auth, MeshKey, NodeKey, Opened, TRAILER_LEN};
 use ddhcp::node::{Channel, Dest};
 use ddhcp::time::Instant;
 use ddhcp::wire::{ClaimEntry, Message, NodeId, Packet, Swarm};
@@ -39,9 +43,16 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = MeshKey::parse(text);
     }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = NodeKey::parse(text);
+    }
     let key = MeshKey::new(1, [7; 32]);
+    let signed = data.first().is_some_and(|b| b & 2 == 2);
+    let k0 = NodeKey::from_seed([1; 32]);
+    let id0 = if signed { k0.id() } else { NodeId([1; 8]) };
+    let ext = if signed { SIG_EXT_LEN } else { 0 };
     let mut nodes = [
-        Auth::new(&[key.clone()], false, NodeId([1; 8]), swarm(), 1).unwrap(),
+        Auth::new(&[key.clone()], false, id0, swarm(), 1).unwrap(),
         Auth::new(
             &[key],
             data.first().is_some_and(|b| b & 1 == 1),
@@ -59,6 +70,10 @@ fuzz_target!(|data: &[u8]| {
         )
         .unwrap(),
     ];
+    if signed {
+        nodes[0].set_node_key(k0, &[]);
+        nodes[1].set_node_key(NodeKey::from_seed([2; 32]), &[]);
+    }
     let mut now = Instant::ZERO;
     let mut genuine: Vec<Vec<u8>> = Vec::new();
     let mut it = data.iter().copied().skip(1);
@@ -73,13 +88,13 @@ fuzz_target!(|data: &[u8]| {
                     Channel::Unicast
                 };
                 if let Opened::Verified { len } = nodes[1].open(now, ch, A, &d) {
-                    assert_eq!(len + TRAILER_LEN, d.len());
+                    assert_eq!(len + TRAILER_LEN + ext, d.len());
                 }
             }
             1 => {
                 let n = it.next().unwrap_or(0) % 8;
                 let mut d = Packet {
-                    node_id: NodeId([1; 8]),
+                    node_id: id0,
                     swarm: swarm(),
                     message: Message::UpdateClaim(
                         (0..u32::from(n))
@@ -104,7 +119,7 @@ fuzz_target!(|data: &[u8]| {
                     );
                 }
                 if mask == 0 {
-                    genuine.push(d[..d.len() - TRAILER_LEN].to_vec());
+                    genuine.push(d[..d.len() - TRAILER_LEN - ext].to_vec());
                 }
             }
             2 => {

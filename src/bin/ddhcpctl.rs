@@ -538,6 +538,9 @@ fn render(req: &Request, v: &Value) {
                 })
                 .unwrap_or_default();
             print_table(&["key", "signing", "peers"], rows);
+            if v["node_key"] == Value::Bool(true) {
+                println!("node key: on, {} peer keys pinned", s(&v["pinned"]));
+            }
             let rows: Vec<Vec<String>> = v["rejected"]
                 .as_array()
                 .map(|a| {

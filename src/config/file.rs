@@ -69,6 +69,8 @@ const NODE_KEYS: &[(&str, Kind)] = &[
     ("replica-sync", Kind::Str),
     ("peer-key", Kind::StrList),
     ("peer-key-migrate", Kind::Bool),
+    ("node-key", Kind::Bool),
+    ("max-peer-blocks", Kind::Int),
     ("tentative-timeout", Kind::Int),
     ("block-timeout", Kind::Int),
     ("needless-timeout", Kind::Int),

@@ -160,6 +160,15 @@ pub struct Args {
     /// still in the mesh (see docs/protocol.md for what this leaves open)
     #[arg(long)]
     pub peer_key_migrate: bool,
+    /// With --peer-key: sign every datagram with this node's key (STATE_DIR/node.key, made
+    /// on first start; the node id becomes its hash) and require peers' signatures, so no
+    /// member can claim in another's name or take a block its owner holds
+    #[arg(long)]
+    pub node_key: bool,
+    /// With --node-key: blocks one peer may hold in a pool; claims beyond are refused
+    /// (0: no cap) [default: 0]
+    #[arg(long, value_name = "N")]
+    pub max_peer_blocks: Option<String>,
     /// Print version
     #[arg(short = 'V', long = "version", action = clap::ArgAction::Version)]
     pub version: Option<bool>,
@@ -287,6 +296,10 @@ pub struct Config {
     pub peer_keys: Vec<crate::auth::MeshKey>,
     /// `--peer-key-migrate`.
     pub peer_key_migrate: bool,
+    /// `--node-key`.
+    pub node_key: bool,
+    /// `--max-peer-blocks` (0: no cap).
+    pub max_peer_blocks: u32,
     pub log_file: Option<PathBuf>,
     pub audit_log: Option<PathBuf>,
     pub metrics: Option<std::net::SocketAddr>,
@@ -611,7 +624,7 @@ impl Args {
             },
         )?;
 
-        let node_id = pick("--node-id", self.node_id.as_ref(), "node-id")
+        let node_id: Option<NodeId> = pick("--node-id", self.node_id.as_ref(), "node-id")
             .map(|r| {
                 r.text
                     .parse()
@@ -722,6 +735,38 @@ impl Args {
                 "needs --peer-key FILE (it relaxes what a mesh key enforces)",
             ));
         }
+        let node_key = self.node_key
+            || match node("node-key") {
+                Some(r) => r.text == "true",
+                None => false,
+            };
+        if node_key && key_raws.is_empty() {
+            return Err(ConfigError::new(
+                "--node-key",
+                "",
+                "needs --peer-key FILE (node signatures ride on the mesh key's replay protection)",
+            ));
+        }
+        if node_key && let Some(id) = &node_id {
+            return Err(ConfigError::new(
+                "--node-id",
+                id.to_string(),
+                "the node id of --node-key is its key's hash; drop one of the two",
+            ));
+        }
+        let cap_raw = or_default(
+            "--max-peer-blocks",
+            pick(
+                "--max-peer-blocks",
+                self.max_peer_blocks.as_ref(),
+                "max-peer-blocks",
+            ),
+            "0",
+        );
+        let max_peer_blocks: u32 = cap_raw.number("a number of blocks")?;
+        if max_peer_blocks > 0 && !node_key {
+            return Err(cap_raw.err("needs --node-key (without it a claim's sender is not known)"));
+        }
         let api = api::spec(
             pick("--api", self.api.as_ref(), "api"),
             pick("--api-token", self.api_token.as_ref(), "api-token"),
@@ -754,6 +799,8 @@ impl Args {
             peer_key_files: key_raws.iter().map(|k| PathBuf::from(&k.text)).collect(),
             peer_keys: Vec::new(),
             peer_key_migrate,
+            node_key,
+            max_peer_blocks,
             log_file: path_pick(self.log_file.as_ref(), "log-file"),
             audit_log: path_pick(self.audit_log.as_ref(), "audit-log"),
             control_group: pick(

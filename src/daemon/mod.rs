@@ -80,6 +80,61 @@ impl StartError {
     }
 }
 
+/// The node key in the state directory (`--node-key`).
+const NODE_KEY_FILE: &str = "node.key";
+/// Peers' public keys, pinned on first use: `NODEID HEX` per line, appended.
+const PINS_FILE: &str = "peer-pins";
+
+/// Pins of earlier runs. A damaged line is skipped (the id is the key's hash anyway, so a
+/// lost pin costs only the collision check); the file is ours, not an operator's.
+fn read_pins(path: &Path) -> Vec<(NodeId, [u8; 32])> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let mut pins = Vec::new();
+    for line in text.lines() {
+        let mut w = line.split_whitespace();
+        let (Some(id), Some(hex)) = (w.next(), w.next()) else {
+            continue;
+        };
+        let Ok(id) = id.parse::<NodeId>() else {
+            continue;
+        };
+        if hex.len() != 64 || !hex.is_ascii() {
+            continue;
+        }
+        let mut key = [0u8; 32];
+        if (0..32).all(|i| {
+            u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                .map(|b| key[i] = b)
+                .is_ok()
+        }) {
+            pins.push((id, key));
+        }
+    }
+    pins
+}
+
+fn append_pins(path: &Path, pins: &[(NodeId, [u8; 32])]) {
+    use std::io::Write;
+    let mut text = String::new();
+    for (id, key) in pins {
+        text.push_str(&format!("{id} "));
+        for b in key {
+            text.push_str(&format!("{b:02x}"));
+        }
+        text.push('\n');
+    }
+    let r = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    if let Err(e) = r {
+        warn!(path = %path.display(), error = %e, "cannot persist pinned peer keys");
+    }
+}
+
 /// Reads the persisted node id, or derives a new one from the MAC and stores it. A stored
 /// id whose MAC part differs belongs to other hardware and is replaced.
 fn node_id(cfg: &Config, mac: [u8; 6]) -> NodeId {
@@ -214,7 +269,27 @@ pub async fn run(
         }
     }
     let mac = iface::mac(&cfg.server_iface).unwrap_or_default();
-    let id = node_id(&cfg, mac);
+    let node_key = if cfg.node_key {
+        let path = cfg.state_dir.join(NODE_KEY_FILE);
+        let (key, created) =
+            crate::auth::NodeKey::load_or_create(&path, rand::random()).map_err(|why| {
+                StartError::Config(ConfigError::new(
+                    "--node-key",
+                    path.display().to_string(),
+                    why,
+                ))
+            })?;
+        if created {
+            info!(path = %path.display(), node_id = %key.id(), "node key created");
+        }
+        Some(key)
+    } else {
+        None
+    };
+    let id = match &node_key {
+        Some(k) => k.id(),
+        None => node_id(&cfg, mac),
+    };
     let audit = audit::Audit::open(cfg.audit_log.as_deref()).map_err(|e| {
         ConfigError::new(
             "--audit-log",
@@ -263,6 +338,16 @@ pub async fn run(
     };
     node.set_auth(&keys, cfg.peer_key_migrate)
         .map_err(|why| StartError::Config(ConfigError::new("--peer-key", "", why)))?;
+    if let Some(key) = node_key {
+        let pins = read_pins(&cfg.state_dir.join(PINS_FILE));
+        node.set_node_key(now, key, &pins, cfg.max_peer_blocks)
+            .map_err(|why| StartError::Config(ConfigError::new("--node-key", "", why)))?;
+        info!(
+            pinned = pins.len(),
+            max_peer_blocks = cfg.max_peer_blocks,
+            "peer datagrams are signed with the node key"
+        );
+    }
     if let Some(ring) = node.auth().keyring() {
         info!(
             keys = ring.ids().count(),
@@ -432,6 +517,10 @@ impl Daemon {
             Ok((n, std::net::SocketAddr::V6(from))) => {
                 self.node
                     .handle_datagram(self.clock.now(), channel, *from.ip(), &buf[..n]);
+                let pins = self.node.take_new_pins();
+                if !pins.is_empty() {
+                    append_pins(&self.cfg.state_dir.join(PINS_FILE), &pins);
+                }
             }
             Ok(_) => {}
             Err(e) => {

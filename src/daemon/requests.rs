@@ -129,6 +129,8 @@ impl Daemon {
             "verified_peers": auth.verified_peers(now - window),
             "rejected": rejected,
             "holding": holding,
+            "node_key": auth.node_key().is_some(),
+            "pinned": auth.pinned(),
         })
     }
 
@@ -225,6 +227,9 @@ impl Daemon {
             ("peer_auth_bad_mac", g(C::AuthDropBadMac)),
             ("peer_auth_replay", g(C::AuthDropReplay)),
             ("peer_auth_signed_no_key", g(C::AuthDropSignedNoKey)),
+            ("peer_auth_no_signature", g(C::AuthDropNoSignature)),
+            ("peer_auth_forged", g(C::AuthDropForged)),
+            ("peer_auth_rate_limited", g(C::AuthDropRateLimited)),
         ]
         .into_iter()
         .map(|(r, n)| (vec![("reason", r)], n))

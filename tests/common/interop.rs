@@ -1,4 +1,4 @@
-//! Scaffolding of the interoperability tests (`tests/netns_interop.rs`): the C ddhcpd
+//! Scaffolding of the interoperability tests (`tests/netns/interop.rs`): the C ddhcpd
 //! binaries (from the environment or built from the source snapshots in
 //! `../shared/interop`), mixed meshes of C and Rust nodes on one [`TestNet`], one block
 //! table view for both kinds of node, the agreement check, and a one-shot DHCP REQUEST

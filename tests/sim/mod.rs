@@ -65,6 +65,8 @@ struct Slot {
     polling: bool,
     /// Mesh keys the node starts with (`--peer-key`; empty: none).
     keys: Vec<ddhcp::auth::MeshKey>,
+    /// Seed of the node key (`--node-key`, kept in its state directory across restarts).
+    node_key: Option<[u8; 32]>,
 }
 
 /// How often the fake host reports socket use, as the daemon's sock_diag poll.
@@ -118,6 +120,11 @@ pub struct Sim {
     pub answers: Vec<(usize, u64, ddhcp::node::Answer, Instant)>,
     /// Mesh keys every node added from now on starts with (see [`Sim::set_keys`]).
     pub keys: Vec<ddhcp::auth::MeshKey>,
+    /// Whether nodes added from now on have node keys (`--node-key`; needs `keys`); their
+    /// ids are their keys'.
+    pub node_keys: bool,
+    /// `--max-peer-blocks` of nodes with node keys.
+    pub max_peer_blocks: u32,
     /// Record every peer datagram put on the link into [`Sim::captured`] (an eavesdropper
     /// for replays).
     pub capture: bool,
@@ -165,6 +172,8 @@ impl Sim {
             ext_to_c: 0,
             answers: Vec::new(),
             keys: Vec::new(),
+            node_keys: false,
+            max_peer_blocks: 0,
             capture: false,
             captured: Vec::new(),
             auth_failures: 0,
@@ -181,6 +190,15 @@ impl Sim {
     /// A running node, to change it at run time as `ddhcpctl` would (key rotation).
     pub fn node_mut(&mut self, i: usize) -> Option<&mut Node> {
         self.slots[i].node.as_mut()
+    }
+
+    /// Node `i` sends `datagram` as it is, sealed and signed with its own keys: a member
+    /// that holds the keys misbehaving.
+    pub fn send_raw(&mut self, i: usize, dest: ddhcp::node::Dest, datagram: Vec<u8>) {
+        if let Some(n) = self.slots[i].node.as_mut() {
+            n.send_raw(dest, datagram);
+            self.drain(i);
+        }
     }
 
     /// A datagram from a host that is no node (an attacker at `from`): to every running
@@ -246,6 +264,9 @@ impl Sim {
 
     fn push_slot(&mut self, cfg: NodeConfig, id: NodeId, c_cfg: Option<CConfig>) -> usize {
         let i = self.slots.len();
+        let node_key: Option<[u8; 32]> =
+            (self.node_keys && c_cfg.is_none()).then(|| self.rng.random());
+        let id = node_key.map_or(id, |k| ddhcp::auth::NodeKey::from_seed(k).id());
         if self.tracked.is_none() {
             self.tracked = cfg.pools.first().map(|p| p.range);
         }
@@ -263,6 +284,7 @@ impl Sim {
             durable: BTreeMap::new(),
             polling: false,
             keys: self.keys.clone(),
+            node_key,
         });
         self.start(i);
         i
@@ -291,6 +313,16 @@ impl Sim {
     /// Starts a stopped node as the daemon does: same id, state restored from its store
     /// (empty after [`Sim::wipe`]), learning phase as configured. A C node starts empty.
     pub fn start(&mut self, i: usize) {
+        // Its pins file: every node with a key it can have heard (all of them, here).
+        let pins: Vec<(NodeId, [u8; 32])> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.node_key)
+            .map(|k| {
+                let nk = ddhcp::auth::NodeKey::from_seed(k);
+                (nk.id(), *nk.public())
+            })
+            .collect();
         let seed = self.rng.random();
         let now = self.now;
         let slot = &mut self.slots[i];
@@ -312,6 +344,15 @@ impl Sim {
         let mut node = Node::new(slot.cfg.clone(), slot.id, now, seed);
         if !slot.keys.is_empty() {
             node.set_auth(&slot.keys, false).expect("valid keys");
+        }
+        if let Some(k) = slot.node_key {
+            node.set_node_key(
+                now,
+                ddhcp::auth::NodeKey::from_seed(k),
+                &pins,
+                self.max_peer_blocks,
+            )
+            .expect("node keys need a mesh key");
         }
         // Simulated wall-clock time is core time.
         let clock = WallClock {
@@ -397,6 +438,11 @@ impl Sim {
                 self.slots[i].group = g as u32;
             }
         }
+    }
+
+    /// The partition group of node `i` (0 when the link is whole).
+    pub fn group(&self, i: usize) -> u32 {
+        self.slots[i].group
     }
 
     pub fn heal(&mut self) {

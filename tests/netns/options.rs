@@ -10,7 +10,7 @@
 
 #![allow(clippy::disallowed_methods)] // tests of real processes wait on real clocks
 
-mod common;
+use crate::common;
 
 use std::net::Ipv4Addr;
 use std::thread;

@@ -16,7 +16,7 @@
 #![cfg(feature = "local")]
 #![allow(clippy::disallowed_methods)] // tests of the real kernel wait on real clocks
 
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::future::Future;

@@ -12,7 +12,7 @@
 #![cfg(feature = "local")]
 #![allow(clippy::disallowed_methods)] // tests of real sockets wait on real clocks
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -467,7 +467,7 @@ fn probes_from_a_source_address() {
 }
 
 /// Poll cost with 10 000 open sockets, sock_diag against /proc. A measurement, not a check:
-/// `sudo cargo test --release --test netns_host_sockets -- --ignored --nocapture poll_cost`.
+/// `sudo cargo test --release --test netns -- host_sockets::poll_cost --ignored --nocapture`.
 #[test]
 #[ignore]
 fn poll_cost_with_10000_sockets() {

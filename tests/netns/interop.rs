@@ -22,15 +22,15 @@
 //! - `DDHCP_INTEROP_RUST_BIN_DIR`: a directory with another build's `ddhcpd` and `ddhcpctl`
 //!   to run instead of this package's (e.g. an older checkout's `target/debug`).
 //!
-//! Run: `cargo test --test netns_interop -- --nocapture --test-threads=1`. Every test
+//! Run: `cargo test --test netns -- interop:: --nocapture --test-threads=1`. Every test
 //! prints its figures (times to agreement, counts of passed runs). The tests of this file
 //! run one at a time.
 
 #![allow(clippy::disallowed_methods)] // tests of real processes wait on real clocks
 
-mod common;
-#[path = "common/interop.rs"]
-mod interop;
+use crate::common;
+#[path = "../common/interop.rs"]
+mod scaffold;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use common::daemon::{LEASE_WAIT, counter, ctl_json_ok, serial};
 use common::netns::{TestNet, require_netns, wait_until};
-use interop::{
+use scaffold::{
     Answer, CBin, Flavor, Kind, Mesh, Owners, St, Swarm, dhcp_init_reboot, mac_bytes, require_c,
     server_mac_hex,
 };

@@ -1,13 +1,13 @@
 //! Consensus scenarios in the deterministic simulator, each over many seeds.
 //!
-//! Run with `cargo test --release --test simulation -- --nocapture` to see the figures;
+//! Run with `cargo test --release --test simulation -- consensus:: --nocapture` to see the figures;
 //! `SIM_SEEDS=N` changes the number of seeds.
 //!
 //! Timers are ddhcpd's defaults (`-t 15 -B 60`) unless a scenario says otherwise, with
 //! Gluon's `-b 2 -s 2` (one block per node). A lone claim then takes three Inquire rounds
 //! 7.5 s apart and the block is owned at the fourth: 22.5 s = 1.5·t after the first round.
 
-mod sim;
+use crate::sim;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -142,7 +142,7 @@ fn fifty_nodes_start_together() {
 
 #[test]
 fn two_hundred_nodes_start_together() {
-    start_together(200, 8);
+    start_together(200, 5);
 }
 
 /// Nodes join one by one, 3 s apart, each with the learning phase. A joiner owns its block

@@ -6,7 +6,7 @@
 //! nothing is left unacknowledged — over loss, delay, duplication and roaming clients, with
 //! C nodes on the same link that are never sent a replication message.
 
-mod sim;
+use crate::sim;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;

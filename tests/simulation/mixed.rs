@@ -1,7 +1,7 @@
 //! Mixed meshes: Rust nodes and nodes modelled on the C ddhcpd (`tests/sim/cnode.rs`), with
 //! the same many-seed safety checks as the all-Rust scenarios.
 //!
-//! Run with `cargo test --release --test simulation_mixed -- --nocapture` for the figures;
+//! Run with `cargo test --release --test simulation -- mixed:: --nocapture` for the figures;
 //! `SIM_SEEDS=N` changes the number of seeds.
 //!
 //! What holds in a mixed mesh, and is asserted: one owner per block once settled, and every
@@ -29,7 +29,7 @@
 //!   happens to own block 0 (§3.14 item 2): such roams are slow or lost, counted apart;
 //! - a restarted C node remembers no lease: nothing a Rust node can repair.
 
-mod sim;
+use crate::sim;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;

@@ -16,7 +16,7 @@
 
 #![allow(clippy::disallowed_methods)] // tests of real processes wait on real clocks
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;

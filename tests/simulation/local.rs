@@ -5,7 +5,7 @@
 //! two hosts — checked at every `Add` over the whole run, with loss, restarts, and a DHCP
 //! pool with clients next to the local pool.
 
-mod sim;
+use crate::sim;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;

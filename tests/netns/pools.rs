@@ -13,7 +13,7 @@
 
 #![allow(clippy::disallowed_methods)] // tests of real processes wait on real clocks
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! nodes that know a pool agree on its owners; no node ever claims in a pool of another
 //! location; and the one-pool nodes settle as in a mesh that has no other pools.
 
-mod sim;
+use crate::sim;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;

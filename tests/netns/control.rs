@@ -4,7 +4,7 @@
 
 #![allow(clippy::disallowed_methods)] // tests of real processes wait on real clocks
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

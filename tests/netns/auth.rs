@@ -14,7 +14,7 @@
 
 #![allow(clippy::disallowed_methods)] // tests of real processes wait on real clocks
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -275,4 +275,168 @@ fn mesh_key_refuses_forgery_replay_and_wrong_keys_and_rotates_without_loss() {
     assert_eq!(env.get("ip").map(String::as_str), Some(ip.as_str()));
     let m = net.ctl(3, &["metrics"]).unwrap_or_default();
     assert!(m.contains("ddhcp_peer_key_mismatch 1"), "{m}");
+}
+
+/// The example built beside the test binaries (examples/peer_forge.rs).
+fn peer_forge() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let p = dir.join("examples").join("peer_forge");
+    assert!(
+        p.is_file(),
+        "{} not built (cargo test builds examples)",
+        p.display()
+    );
+    p
+}
+
+/// Block index → owner id as node i sees it, its own under its own id.
+fn owners_by_id(net: &TestNet, i: usize, me: &str) -> BTreeMap<u64, String> {
+    let v = ctl_json_ok(net, i, &["blocks"]);
+    v["blocks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| {
+            let idx = b["index"].as_u64()?;
+            match b["state"].as_str()? {
+                "ours" => Some((idx, me.to_string())),
+                "claimed" => Some((idx, b["owner"].as_str()?.to_string())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn with_node_keys_a_member_cannot_take_a_held_block() {
+    if !require_netns("with_node_keys_a_member_cannot_take_a_held_block") {
+        return;
+    }
+    let _guard = serial();
+    let mut net = new_net(4, 1);
+    let k1 = key_file(&net, "k1", 0x11, 1);
+    for i in 0..3 {
+        start_node(
+            &mut net,
+            i,
+            &["--peer-key", &k1, "--node-key", "--replicas", "0"],
+        );
+    }
+    for i in 0..3 {
+        wait_serving(&mut net, i, 1);
+    }
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            ctl_json_ok(&net, i, &["status"])["node_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for i in 0..3 {
+        let k = ctl_json_ok(&net, i, &["keys"]);
+        assert_eq!(k["node_key"], true, "{k}");
+        // The key was made on first start, private.
+        use std::os::unix::fs::PermissionsExt;
+        let key = net.state_dir(i).join("node.key");
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is readable by others", key.display());
+    }
+    net.clt_start_k(0, 0, "udhcpc");
+    let ip = must_lease(&net, 0, 0);
+    let ok = wait_until(Duration::from_secs(20), || {
+        (0..3).all(|i| owners_by_id(&net, i, &ids[i]).len() >= 3)
+    });
+    assert!(ok, "blocks not known everywhere");
+    // Settled: no claim younger than the race window (half of -B 10) left to resolve.
+    let mut before: Vec<_> = (0..3).map(|i| owners_by_id(&net, i, &ids[i])).collect();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_secs(6));
+        let now: Vec<_> = (0..3).map(|i| owners_by_id(&net, i, &ids[i])).collect();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    let block0 = *before[0]
+        .iter()
+        .find(|(_, o)| **o == ids[0])
+        .expect("node 0 owns a block")
+        .0;
+    // A member's key whose id is greater than every node's: the C tie-break would hand it
+    // any block.
+    let top = ids.iter().max().unwrap().clone();
+    let seed = (0u32..)
+        .map(|n| {
+            let mut s = [0u8; 32];
+            s[..4].copy_from_slice(&n.to_be_bytes());
+            s
+        })
+        .find(|s| ddhcp::auth::NodeKey::from_seed(*s).id().to_string() > top)
+        .unwrap();
+    let member = ddhcp::auth::NodeKey::from_seed(seed);
+    eprintln!("nodes {ids:?}, member {}", member.id());
+    let member_file = net.state_dir.join("member.key");
+    std::fs::write(&member_file, member.to_file_text()).unwrap();
+    let forge = peer_forge();
+    let run_forge = |as_id: &str, ttl: &str, secs: &str| {
+        let out = net.exec_daemon_ns(
+            3,
+            &[
+                forge.to_str().unwrap(),
+                "server0",
+                &k1,
+                member_file.to_str().unwrap(),
+                secs,
+                as_id,
+                "10.0.128.0/24",
+                "4",
+                ttl,
+                &block0.to_string(),
+            ],
+        );
+        assert!(out.status.success(), "peer_forge: {out:?}");
+    };
+    // In its own name, repeatedly (it answers the challenges, so its claims are verified).
+    run_forge("self", "60", "6");
+    assert_owners_unchanged_by_id(&net, &ids, &before, "after the member's claims");
+    for i in 0..3 {
+        assert!(
+            counter(&net, i, "blocks.claims_refused") >= 1,
+            "node {i} refused nothing"
+        );
+        assert!(
+            counter(&net, i, "auth.signatures_verified") >= 1,
+            "node {i}"
+        );
+    }
+    // In node 0's name: a release, then a claim; its key is not node 0's.
+    run_forge(&ids[0], "0", "3");
+    run_forge(&ids[0], "60", "2");
+    assert_owners_unchanged_by_id(&net, &ids, &before, "after the claims in node 0's name");
+    for i in 1..3 {
+        assert!(counter(&net, i, "auth.drop_forged") >= 1, "node {i}");
+    }
+    let env = renew(&net, 0, 0);
+    assert_eq!(env.get("ip").map(String::as_str), Some(ip.as_str()));
+}
+
+fn assert_owners_unchanged_by_id(
+    net: &TestNet,
+    ids: &[String],
+    before: &[BTreeMap<u64, String>],
+    when: &str,
+) {
+    for (i, b) in before.iter().enumerate() {
+        let now = owners_by_id(net, i, &ids[i]);
+        for (block, owner) in b {
+            assert_eq!(
+                now.get(block),
+                Some(owner),
+                "{when}: node {i} sees block {block} owned by {:?}, was {owner}",
+                now.get(block)
+            );
+        }
+    }
 }

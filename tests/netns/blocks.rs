@@ -5,7 +5,7 @@
 
 #![allow(clippy::disallowed_methods)] // tests of real processes wait on real clocks
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
