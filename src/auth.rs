@@ -47,8 +47,9 @@ pub use identity::NodeKey;
 use identity::{SIG_EXT_LEN, SigFault};
 
 /// Signatures verified per second, at most (after a burst of [`SIG_BURST`]): Ed25519
-/// verification costs ~50 µs on x86-64 and milliseconds on a small router, and a member
-/// flooding signed datagrams must not take the CPU. Honest nodes send a few per second.
+/// signing and verifying take ~0.1 ms per datagram on x86-64 (docs/benchmarks.md), more on a
+/// small router, and a member flooding signed datagrams must not take the CPU. Honest nodes
+/// send a few per second.
 pub const SIG_RATE: u32 = 400;
 pub const SIG_BURST: u32 = 512;
 
