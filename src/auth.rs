@@ -117,16 +117,12 @@ impl MeshKey {
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut words = text.split_whitespace();
         let hex = words.next().ok_or("the key file is empty")?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!(
+        let secret = hex32(hex).ok_or_else(|| {
+            format!(
                 "a mesh key is 64 hexadecimal digits (32 bytes), found {} characters; make one with `head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'`",
                 hex.chars().count()
-            ));
-        }
-        let mut secret = [0u8; 32];
-        for (i, b) in secret.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
-        }
+            )
+        })?;
         let id = match words.next() {
             Some(w) => w
                 .parse::<u16>()
@@ -143,16 +139,32 @@ impl MeshKey {
     /// flag or command and the path).
     pub fn read(path: &Path) -> Result<Self, String> {
         let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-        let mut bytes = Vec::new();
-        file.take(MAX_KEY_FILE + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("cannot read: {e}"))?;
-        if bytes.len() as u64 > MAX_KEY_FILE {
-            return Err(format!("larger than {MAX_KEY_FILE} bytes: not a key file"));
-        }
-        let text = std::str::from_utf8(&bytes).map_err(|_| "not text".to_string())?;
-        Self::parse(text)
+        Self::parse(&key_text(file)?)
     }
+}
+
+/// 64 hex digits as 32 bytes (key files, pins).
+pub fn hex32(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The text of a key file, at most [`MAX_KEY_FILE`] bytes.
+fn key_text(file: std::fs::File) -> Result<String, String> {
+    let mut bytes = Vec::new();
+    file.take(MAX_KEY_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_KEY_FILE {
+        return Err(format!("larger than {MAX_KEY_FILE} bytes: not a key file"));
+    }
+    String::from_utf8(bytes).map_err(|_| "not text".to_string())
 }
 
 struct Key {

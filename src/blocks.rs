@@ -525,7 +525,11 @@ impl Blocks {
         }
     }
 
-    /// See the use in [`Blocks::on_claim`].
+    /// When `from`'s claim on `b` began, as we record it if it wins: its continuation's
+    /// start; now, if we have been hearing the claimant (we would have heard an older
+    /// claim); the start of its silence if it came back with it (it cannot have claimed
+    /// earlier without our hearing it); else (we have not listened long enough to know)
+    /// we cannot date it, and count it as old.
     fn claim_start(&self, now: Instant, b: u32, from: NodeId) -> Instant {
         if let Some(since) = self.continued_since(b, from) {
             return since;
@@ -1064,12 +1068,6 @@ impl Blocks {
             };
             let until = now + Duration::from_secs(u64::from(e.timeout));
             let claimed = State::Claimed { peer, until };
-            // When the claim began, as we will record it if it wins: its continuation's
-            // start; now, if we have been hearing the claimant (we would have heard an
-            // older claim); the start of its silence if it came back with it (it cannot
-            // have claimed earlier without our hearing it); else (we have not listened
-            // long enough to know) we cannot date it, and count it as old.
-            let start = |bl: &Self| bl.claim_start(now, b, from);
             match state {
                 State::Ours => {
                     if e.timeout == 0 {
@@ -1079,7 +1077,7 @@ impl Blocks {
                     if self.challenger_wins(now, b, me, since, from) && self.under_cap(peer) {
                         warn!(block = b, first = %self.range.block_first(b), winner = %from,
                               "block taken over by a greater node id");
-                        let st = start(self);
+                        let st = self.claim_start(now, b, from);
                         self.set_state(b, claimed);
                         self.note_owner(b, st);
                         self.events
@@ -1106,7 +1104,7 @@ impl Blocks {
                         }
                         debug!(block = b, owner = %from, "block we were inquiring is claimed");
                         self.claiming.retain(|&c| c != b);
-                        let st = start(self);
+                        let st = self.claim_start(now, b, from);
                         self.set_state(b, claimed);
                         self.note_owner(b, st);
                     }
@@ -1147,7 +1145,7 @@ impl Blocks {
                         };
                         if wins {
                             // The greater id wins; the smaller one yields when it hears this.
-                            let st = start(self);
+                            let st = self.claim_start(now, b, from);
                             self.note_ended(now, b, cur_id, None);
                             self.set_state(b, claimed);
                             self.note_owner(b, st);
@@ -1162,7 +1160,7 @@ impl Blocks {
                             self.claims_refused += 1;
                             continue;
                         }
-                        let st = start(self);
+                        let st = self.claim_start(now, b, from);
                         self.set_state(b, claimed);
                         self.note_owner(b, st);
                     }

@@ -14,13 +14,12 @@
 //! re-wrap someone else's signed datagram under a fresh index and counter: replay
 //! protection stays the mesh key's (one mechanism, no second set of counters).
 
-use std::io::Read;
 use std::path::Path;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use super::{MAGIC, MAX_KEY_FILE};
+use super::{MAGIC, hex32, key_text};
 use crate::wire::NodeId;
 
 /// Bytes the signature extension takes.
@@ -75,16 +74,12 @@ impl NodeKey {
     /// A key file's text: the 32-byte secret seed as 64 hex digits.
     pub fn parse(text: &str) -> Result<Self, String> {
         let hex = text.trim();
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!(
+        let seed = hex32(hex).ok_or_else(|| {
+            format!(
                 "a node key is 64 hexadecimal digits (32 bytes), found {} characters",
                 hex.chars().count()
-            ));
-        }
-        let mut seed = [0u8; 32];
-        for (i, b) in seed.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
-        }
+            )
+        })?;
         Ok(Self::from_seed(seed))
     }
 
@@ -105,17 +100,7 @@ impl NodeKey {
     /// file or a whole one). Returns the key and whether it was created.
     pub fn load_or_create(path: &Path, seed: [u8; 32]) -> Result<(Self, bool), String> {
         match std::fs::File::open(path) {
-            Ok(file) => {
-                let mut bytes = Vec::new();
-                file.take(MAX_KEY_FILE + 1)
-                    .read_to_end(&mut bytes)
-                    .map_err(|e| format!("cannot read: {e}"))?;
-                if bytes.len() as u64 > MAX_KEY_FILE {
-                    return Err(format!("larger than {MAX_KEY_FILE} bytes: not a key file"));
-                }
-                let text = std::str::from_utf8(&bytes).map_err(|_| "not text".to_string())?;
-                Ok((Self::parse(text)?, false))
-            }
+            Ok(file) => Ok((Self::parse(&key_text(file)?)?, false)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = Self::from_seed(seed);
                 write_private(path, &key.to_file_text())

@@ -97,18 +97,7 @@ fn read_pins(path: &Path) -> Vec<(NodeId, [u8; 32])> {
         let (Some(id), Some(hex)) = (w.next(), w.next()) else {
             continue;
         };
-        let Ok(id) = id.parse::<NodeId>() else {
-            continue;
-        };
-        if hex.len() != 64 || !hex.is_ascii() {
-            continue;
-        }
-        let mut key = [0u8; 32];
-        if (0..32).all(|i| {
-            u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .map(|b| key[i] = b)
-                .is_ok()
-        }) {
+        if let (Ok(id), Some(key)) = (id.parse::<NodeId>(), crate::auth::hex32(hex)) {
             pins.push((id, key));
         }
     }

@@ -27,22 +27,9 @@ use common::netns::{TestNet, require_netns, wait_until};
 
 const IDS: [&str; 3] = ["0100000000000001", "0200000000000002", "0300000000000003"];
 
-/// Block index → owner id as node i sees it ("self" for its own).
+/// Block index → owner id as node i sees it, its own under `IDS[i]`.
 fn owners(net: &TestNet, i: usize) -> BTreeMap<u64, String> {
-    let v = ctl_json_ok(net, i, &["blocks"]);
-    v["blocks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|b| {
-            let idx = b["index"].as_u64()?;
-            match b["state"].as_str()? {
-                "ours" => Some((idx, IDS[i].to_string())),
-                "claimed" => Some((idx, b["owner"].as_str()?.to_string())),
-                _ => None,
-            }
-        })
-        .collect()
+    owners_by_id(net, i, IDS[i])
 }
 
 fn key_file(net: &TestNet, name: &str, byte: u8, id: u16) -> String {
@@ -106,17 +93,8 @@ fn forged_claim(block: u32) -> Vec<u8> {
 }
 
 fn assert_owners_unchanged(net: &TestNet, before: &[BTreeMap<u64, String>], when: &str) {
-    for (i, b) in before.iter().enumerate() {
-        let now = owners(net, i);
-        for (block, owner) in b {
-            assert_eq!(
-                now.get(block),
-                Some(owner),
-                "{when}: node {i} sees block {block} owned by {:?}, was {owner}",
-                now.get(block)
-            );
-        }
-    }
+    let ids: Vec<String> = IDS.iter().map(|s| s.to_string()).collect();
+    assert_owners_unchanged_by_id(net, &ids, before, when);
 }
 
 #[test]
