@@ -293,6 +293,9 @@ pub enum AuthDrop {
     BadSignature,
     /// More signed datagrams than [`SIG_RATE`] allows.
     RateLimited,
+    /// In the migration mode, the plain copy of a datagram a signing peer also sent sealed,
+    /// from the address its verified datagrams come from: expected, not a failure.
+    PlainCopy,
 }
 
 impl AuthDrop {
@@ -310,6 +313,7 @@ impl AuthDrop {
             AuthDrop::PinMismatch => "pin-mismatch",
             AuthDrop::BadSignature => "bad-signature",
             AuthDrop::RateLimited => "rate-limited",
+            AuthDrop::PlainCopy => "plain-copy",
         }
     }
 
@@ -325,6 +329,8 @@ impl AuthDrop {
                 | AuthDrop::PinMismatch
                 | AuthDrop::BadSignature
                 | AuthDrop::RateLimited
+                | AuthDrop::UnsignedFromSigner
+                | AuthDrop::PlainCopy
         )
     }
 }
@@ -400,6 +406,10 @@ pub struct Auth {
     /// Source addresses of verified datagrams: in migration mode, unicast to them is sealed
     /// only; to others (C nodes) it goes plain.
     signers: BTreeMap<Ipv6Addr, Instant>,
+    /// In the migration mode, nodes whose plain datagrams were accepted (C nodes, or ours
+    /// before their first verified datagram): source and last time, so an operator sees
+    /// when the last C node is gone.
+    plain_senders: BTreeMap<NodeId, (Ipv6Addr, Instant)>,
     released: Vec<(Channel, Ipv6Addr, Vec<u8>)>,
     out: VecDeque<Transmit>,
     /// Challenge requests sent, replies sent, datagrams held (the node's counters show
@@ -444,6 +454,7 @@ impl Auth {
             rng,
             peers: BTreeMap::new(),
             signers: BTreeMap::new(),
+            plain_senders: BTreeMap::new(),
             released: Vec::new(),
             out: VecDeque::new(),
             challenges_sent: 0,
@@ -615,6 +626,30 @@ impl Auth {
     }
 
     /// Node ids whose index is confirmed and that were heard since `since`.
+    /// Nodes whose plain datagrams were accepted since `since` (migration mode): id, source
+    /// and last time.
+    pub fn plain_senders(&self, since: Instant) -> Vec<(NodeId, Ipv6Addr, Instant)> {
+        self.plain_senders
+            .iter()
+            .filter(|(_, (_, t))| *t >= since)
+            .map(|(id, (a, t))| (*id, *a, *t))
+            .collect()
+    }
+
+    fn note_plain_sender(&mut self, now: Instant, node: NodeId, from: Ipv6Addr) {
+        if self.plain_senders.len() >= MAX_PEERS
+            && !self.plain_senders.contains_key(&node)
+            && let Some(old) = self
+                .plain_senders
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(id, _)| *id)
+        {
+            self.plain_senders.remove(&old);
+        }
+        self.plain_senders.insert(node, (from, now));
+    }
+
     pub fn verified_peers(&self, since: Instant) -> usize {
         self.peers
             .values()
@@ -731,16 +766,20 @@ impl Auth {
             if !self.migrate {
                 return Opened::Drop(AuthDrop::Unsigned);
             }
-            let signer = data
-                .get(..8)
-                .and_then(|id| id.try_into().ok())
-                .map(NodeId)
-                .and_then(|id| self.peers.get(&id))
-                .is_some_and(|p| p.index.is_some());
-            return if signer {
-                Opened::Drop(AuthDrop::UnsignedFromSigner)
+            let Some(node) = data.get(..8).and_then(|id| id.try_into().ok()).map(NodeId) else {
+                return Opened::Plain;
+            };
+            // We sign everything too: a plain datagram in our name is someone else's.
+            let signer =
+                node == self.me || self.peers.get(&node).is_some_and(|p| p.index.is_some());
+            if !signer {
+                self.note_plain_sender(now, node, from);
+                return Opened::Plain;
+            }
+            return if node != self.me && self.signers.contains_key(&from) {
+                Opened::Drop(AuthDrop::PlainCopy)
             } else {
-                Opened::Plain
+                Opened::Drop(AuthDrop::UnsignedFromSigner)
             };
         }
         let n = data.len();
@@ -884,6 +923,8 @@ impl Auth {
         peer.challenge = None;
         peer.index = Some(index);
         peer.last = [0, 0];
+        // One of ours, heard plain before it was verified: not a C node.
+        self.plain_senders.remove(&node);
         peer.seen = now;
         peer.key_id = key_id;
         let mut held: Vec<Held> = peer.held.drain(..).collect();

@@ -1089,7 +1089,12 @@ impl Node {
         self.counters.inc(pkg);
         self.counters.add(bytes, data.len() as u64);
         match self.auth.open(now, channel, from, data) {
-            Opened::Plain => self.process_datagram(now, channel, from, data),
+            Opened::Plain => {
+                if self.auth.enabled() {
+                    self.counters.inc(Counter::AuthPlainAccepted);
+                }
+                self.process_datagram(now, channel, from, data);
+            }
             Opened::Verified { len } => {
                 self.counters.inc(Counter::AuthVerified);
                 self.process_datagram(now, channel, from, &data[..len]);
@@ -1122,12 +1127,13 @@ impl Node {
                 Counter::AuthDropForged
             }
             AuthDrop::RateLimited => Counter::AuthDropRateLimited,
+            AuthDrop::PlainCopy => Counter::AuthPlainCopy,
         });
         if matches!(
             why,
-            AuthDrop::Replay | AuthDrop::Stale | AuthDrop::RateLimited
+            AuthDrop::Replay | AuthDrop::Stale | AuthDrop::RateLimited | AuthDrop::PlainCopy
         ) {
-            debug!(%from, reason = why.as_str(), "replayed, stale or rate-limited peer datagram dropped");
+            debug!(%from, reason = why.as_str(), "replayed, stale, rate-limited or plain-copy peer datagram dropped");
             return;
         }
         let node = NodeId(

@@ -71,6 +71,8 @@ counters! {
     AuthSignatureVerified => "auth.signatures_verified",
     ClaimsRefused => "blocks.claims_refused",
     AuthMismatchHold => "auth.mismatch_holds",
+    AuthPlainAccepted => "auth.plain_accepted",
+    AuthPlainCopy => "auth.plain_copies",
 }
 
 /// The values of all counters.

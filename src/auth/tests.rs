@@ -278,15 +278,42 @@ fn migration_mode_accepts_unsigned_only_from_nodes_never_seen_signing() {
     );
     let d = sealed(&mut a, Channel::Multicast, claim(1, 3));
     b.open(t(1), Channel::Multicast, A, &d);
+    assert_eq!(
+        b.plain_senders(t(0))
+            .iter()
+            .map(|s| s.0)
+            .collect::<Vec<_>>(),
+        vec![node(1), node(9)]
+    );
     settle(&mut b, B, &mut a, A, t(2));
+    // Node 1 signs now: its plain copies (from where its sealed datagrams come) are
+    // expected; plain ones in its name from elsewhere, or in ours, are forgeries.
     assert_eq!(
         b.open(t(3), Channel::Multicast, A, &claim(1, 3)),
+        Opened::Drop(AuthDrop::PlainCopy)
+    );
+    let elsewhere = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x99);
+    assert_eq!(
+        b.open(t(3), Channel::Multicast, elsewhere, &claim(1, 3)),
+        Opened::Drop(AuthDrop::UnsignedFromSigner)
+    );
+    assert_eq!(
+        b.open(t(3), Channel::Multicast, A, &claim(2, 3)),
         Opened::Drop(AuthDrop::UnsignedFromSigner)
     );
     assert_eq!(
         b.open(t(3), Channel::Multicast, A, &claim(9, 3)),
         Opened::Plain
     );
+    // Only the node never seen signing is left as a plain sender.
+    assert_eq!(
+        b.plain_senders(t(0))
+            .iter()
+            .map(|s| s.0)
+            .collect::<Vec<_>>(),
+        vec![node(9)]
+    );
+    assert!(b.plain_senders(t(4)).is_empty());
     // Sending: multicast plain and sealed; unicast sealed to a signer, plain to others.
     let (plain, sealed) = b.seal_for(Dest::Multicast, claim(2, 1));
     assert_eq!(plain.unwrap(), claim(2, 1));

@@ -121,6 +121,17 @@ impl Daemon {
                 })
             })
             .collect();
+        let plain: Vec<_> = auth
+            .plain_senders(now - window)
+            .into_iter()
+            .map(|(id, from, last)| {
+                json!({
+                    "node_id": id.to_string(),
+                    "from": from.to_string(),
+                    "last_secs_ago": now.saturating_since(last).as_secs(),
+                })
+            })
+            .collect();
         let holding: Vec<&str> = self.node.mismatch_pools().collect();
         json!({
             "enabled": auth.enabled(),
@@ -128,6 +139,7 @@ impl Daemon {
             "keys": keys,
             "verified_peers": auth.verified_peers(now - window),
             "rejected": rejected,
+            "plain_senders": plain,
             "holding": holding,
             "node_key": auth.node_key().is_some(),
             "pinned": auth.pinned(),
@@ -174,7 +186,7 @@ impl Daemon {
         );
         m.counters(
             "peer_auth",
-            "Peer authentication (--peer-key): datagrams verified, held for a challenge and released, challenges sent and answered, key-mismatch holds of a pool",
+            "Peer authentication (--peer-key): datagrams verified, held for a challenge and released, challenges sent and answered, key-mismatch holds of a pool; in the migration mode plain datagrams accepted (C nodes) and plain copies of signing peers' datagrams ignored",
             "event",
             &[
                 ("verified", g(C::AuthVerified)),
@@ -183,6 +195,8 @@ impl Daemon {
                 ("challenge_sent", g(C::AuthChallengeSent)),
                 ("challenge_answered", g(C::AuthChallengeAnswered)),
                 ("mismatch_hold", g(C::AuthMismatchHold)),
+                ("plain_accepted", g(C::AuthPlainAccepted)),
+                ("plain_copy", g(C::AuthPlainCopy)),
             ],
         );
         m.gauge(

@@ -32,14 +32,14 @@ fn owners(net: &TestNet, i: usize) -> BTreeMap<u64, String> {
     owners_by_id(net, i, IDS[i])
 }
 
-fn key_file(net: &TestNet, name: &str, byte: u8, id: u16) -> String {
+pub(crate) fn key_file(net: &TestNet, name: &str, byte: u8, id: u16) -> String {
     let p = net.state_dir.join(name);
     std::fs::write(&p, format!("{} {id}\n", format!("{byte:02x}").repeat(32))).unwrap();
     p.to_str().unwrap().to_string()
 }
 
 /// Sends `bytes` from host 3 to the peer multicast group on its server link.
-fn inject(net: &TestNet, name: &str, bytes: &[u8]) {
+pub(crate) fn inject(net: &TestNet, name: &str, bytes: &[u8]) {
     let p = net.state_dir.join(name);
     std::fs::write(&p, bytes).unwrap();
     let out = net.exec_daemon_ns(
@@ -84,10 +84,18 @@ fn capture_claim(net: &TestNet, id: &str) -> Vec<u8> {
 
 /// The UpdateClaim of issue 14: node id FF…FF claims `block` for 60 s.
 fn forged_claim(block: u32) -> Vec<u8> {
-    let mut d = vec![0xff; 8];
+    forged_claim_as("FFFFFFFFFFFFFFFF", block, 60)
+}
+
+/// A plain UpdateClaim (C layout) in the name of node `id` (hex) for `block` of
+/// 10.0.128.0/24 in blocks of 4, `ttl` seconds (0: a release).
+pub(crate) fn forged_claim_as(id: &str, block: u32, ttl: u16) -> Vec<u8> {
+    let mut d: Vec<u8> = (0..8)
+        .map(|i| u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
     d.extend_from_slice(&[10, 0, 128, 0, 24, 4, 1, 1]);
     d.extend_from_slice(&block.to_be_bytes());
-    d.extend_from_slice(&60u16.to_be_bytes());
+    d.extend_from_slice(&ttl.to_be_bytes());
     d.push(0);
     d
 }

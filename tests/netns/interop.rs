@@ -37,11 +37,11 @@ use std::net::Ipv4Addr;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::daemon::{LEASE_WAIT, counter, ctl_json_ok, serial};
+use common::daemon::{LEASE_WAIT, counter, ctl_json_ok, ctl_ok, serial};
 use common::netns::{TestNet, require_netns, wait_until};
 use scaffold::{
-    Answer, CBin, Flavor, Kind, Mesh, Owners, St, Swarm, dhcp_init_reboot, mac_bytes, require_c,
-    server_mac_hex,
+    Answer, CBin, Flavor, Kind, Mesh, Owners, St, Swarm, View, dhcp_init_reboot, mac_bytes,
+    require_c, server_mac_hex,
 };
 
 const G: Kind = Kind::GLUON;
@@ -813,4 +813,188 @@ fn rust_node_killed_and_restarted_in_a_mixed_mesh() {
         m.name(victim),
         t0.elapsed()
     );
+}
+
+// ------------------------------------------------------- migration mode ---
+
+/// Roams client (i, 0), a udhcpc, to daemon host `to` and makes it renew (a unicast
+/// REQUEST the node there forwards to the block's owner); back home afterwards.
+fn roam_and_renew(m: &Mesh, i: usize, to: usize, ip: &str) -> Result<Duration, String> {
+    let renews = m.net.lease_history_k(i, 0).matches(" renew ").count();
+    m.net.roam_k(i, 0, to);
+    let t = Instant::now();
+    m.net.clt_renew_k(i, 0);
+    let ok = wait_until(Duration::from_secs(10), || {
+        m.net.lease_history_k(i, 0).matches(" renew ").count() > renews
+    });
+    let now = m.net.lease_of_k(i, 0);
+    m.net.roam_k(i, 0, i);
+    match (ok, now) {
+        (true, Some(got)) if got == ip => Ok(t.elapsed()),
+        (true, got) => Err(format!("renewed to {got:?}, had {ip}")),
+        (false, _) => Err(format!("no renewal of {ip} within 10 s")),
+    }
+}
+
+/// `--peer-key-migrate` with a real C ddhcpd (docs/protocol.md "C nodes and the migration
+/// mode"): two of our nodes with a mesh key and a C 3eefc27 node agree on their blocks; a
+/// client of the C node roams to ours and one of ours roams to the C node, both keep their
+/// address (renewals forwarded plain in both directions); plain forgeries in the name of our
+/// signing nodes, a release of node 0's block in node 0's name and a claim of it in node 1's
+/// name, sent from a fourth host, change nothing on our nodes (and make none of them change
+/// its id). Then the C node leaves and migration ends (`key migrate off`): the plain
+/// forgery of issue 14 is refused and the client renews.
+#[test]
+fn migration_mode_mixes_a_c_node_with_keyed_nodes_and_keeps_forgers_out_of_their_names() {
+    let test =
+        "migration_mode_mixes_a_c_node_with_keyed_nodes_and_keeps_forgers_out_of_their_names";
+    let Some(bins) = prerequisites(test, &[Flavor::Gluon]) else {
+        return;
+    };
+    let _serial = serial();
+    let t0 = Instant::now();
+    // Hosts 0 and 1 ours, 2 the C node; host 3 runs no daemon and forges.
+    let mut m = Mesh::new(&[R, R, G, R], 1, Swarm::default(), &bins);
+    let key = crate::auth::key_file(&m.net, "k1", 0x11, 1);
+    for i in 0..2 {
+        m.start(i, false, &["--peer-key", &key, "--peer-key-migrate"]);
+    }
+    m.start(2, false, &[]);
+    let nodes = [0, 1, 2];
+    let (owners, took) = m.wait_agreed(&nodes, Duration::from_secs(30), settle(&m.swarm));
+    eprintln!("agreed after {took:?}: {}", m.show(&owners));
+    let ids: Vec<String> = nodes.iter().map(|&i| m.view(i).unwrap().node_id).collect();
+    // Our nodes verify each other, accept the C node's plain datagrams and ignore each
+    // other's plain copies quietly.
+    for i in 0..2 {
+        let k = ctl_json_ok(&m.net, i, &["keys"]);
+        assert_eq!(k["migrate"], true, "{k}");
+        assert_eq!(k["verified_peers"], 1, "{}: {k}", m.name(i));
+        let plain: Vec<String> = k["plain_senders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["node_id"].as_str().unwrap().to_uppercase())
+            .collect();
+        assert_eq!(plain, vec![ids[2].to_uppercase()], "{}: {k}", m.name(i));
+        assert!(
+            k["rejected"].as_array().unwrap().is_empty(),
+            "{}: nothing was forged yet: {k}",
+            m.name(i)
+        );
+        assert!(
+            counter(&m.net, i, "auth.plain_copies") >= 1,
+            "{}",
+            m.name(i)
+        );
+        assert!(
+            counter(&m.net, i, "auth.plain_accepted") >= 1,
+            "{}",
+            m.name(i)
+        );
+    }
+
+    // Roaming across kinds: the C node's client to node 1, node 0's client to the C node.
+    m.net.clt_start_k(0, 0, "udhcpc");
+    m.net.clt_start_k(2, 0, "udhcpc");
+    let ip0 = m
+        .net
+        .wait_lease_k(0, 0, LEASE_WAIT)
+        .expect("client of node 0");
+    let ip2 = m
+        .net
+        .wait_lease_k(2, 0, LEASE_WAIT)
+        .expect("client of the C node");
+    let block0 = block_of(&m.swarm, &ip0);
+    for (i, to, ip) in [(2, 1, &ip2), (0, 2, &ip0)] {
+        let r = roam_and_renew(&m, i, to, ip);
+        eprintln!(
+            "client of {} ({ip}) renewed through {}: {r:?}",
+            m.name(i),
+            m.name(to)
+        );
+        assert!(r.is_ok(), "{r:?}");
+    }
+
+    // Plain forgeries in our nodes' names, from host 3.
+    let before: Vec<View> = (0..2).map(|i| m.view(i).unwrap()).collect();
+    let unsigned: Vec<u64> = (0..2)
+        .map(|i| counter(&m.net, i, "auth.drop_unsigned"))
+        .collect();
+    let release = crate::auth::forged_claim_as(&ids[0], block0 as u32, 0);
+    let steal = crate::auth::forged_claim_as(&ids[1], block0 as u32, 60);
+    for _ in 0..3 {
+        crate::auth::inject(&m.net, "release.bin", &release);
+        crate::auth::inject(&m.net, "steal.bin", &steal);
+    }
+    thread::sleep(Duration::from_secs(3));
+    for i in 0..2 {
+        let v = m.view(i).unwrap();
+        assert_eq!(v.node_id, before[i].node_id, "{} changed its id", m.name(i));
+        assert_eq!(
+            v.blocks.get(&block0),
+            before[i].blocks.get(&block0),
+            "{}: block {block0} after the forgeries",
+            m.name(i)
+        );
+        assert!(
+            counter(&m.net, i, "auth.drop_unsigned") > unsigned[i],
+            "{} refused nothing",
+            m.name(i)
+        );
+        assert_eq!(counter(&m.net, i, "node.duplicate_id"), 0, "{}", m.name(i));
+        let k = ctl_json_ok(&m.net, i, &["keys"]);
+        assert!(
+            k["rejected"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["reason"] == "unsigned-from-signer"),
+            "{}: {k}",
+            m.name(i)
+        );
+    }
+    // What the C node made of them: it cannot tell (docs/protocol.md).
+    let c = m.view(2).unwrap();
+    eprintln!(
+        "the C node after the forgeries sees block {block0} as {:?} (ids {ids:?})",
+        c.blocks.get(&block0)
+    );
+    let r = roam_and_renew(&m, 0, 1, &ip0);
+    assert!(r.is_ok(), "node 0's client through node 1: {r:?}");
+
+    // The last C node leaves; migration ends on our nodes.
+    m.kill9(2);
+    for i in 0..2 {
+        ctl_ok(&m.net, i, &["key", "migrate", "off"]);
+        let k = ctl_json_ok(&m.net, i, &["keys"]);
+        assert_eq!(k["migrate"], false, "{k}");
+    }
+    thread::sleep(Duration::from_secs(2));
+    let before: Vec<View> = (0..2).map(|i| m.view(i).unwrap()).collect();
+    let unsigned: Vec<u64> = (0..2)
+        .map(|i| counter(&m.net, i, "auth.drop_unsigned"))
+        .collect();
+    let issue14 = crate::auth::forged_claim_as("FFFFFFFFFFFFFFFF", block0 as u32, 60);
+    crate::auth::inject(&m.net, "issue14.bin", &issue14);
+    thread::sleep(Duration::from_secs(3));
+    for i in 0..2 {
+        let v = m.view(i).unwrap();
+        assert_eq!(
+            v.blocks.get(&block0),
+            before[i].blocks.get(&block0),
+            "{}: block {block0} after the forged claim of FFFFFFFFFFFFFFFF",
+            m.name(i)
+        );
+        assert!(counter(&m.net, i, "auth.drop_unsigned") > unsigned[i]);
+        assert_eq!(
+            ctl_json_ok(&m.net, i, &["keys"])["verified_peers"],
+            1,
+            "{}",
+            m.name(i)
+        );
+    }
+    let r = roam_and_renew(&m, 0, 1, &ip0);
+    assert!(r.is_ok(), "after the migration: {r:?}");
+    eprintln!("{test} took {:?}", t0.elapsed());
 }
