@@ -123,6 +123,8 @@ pub struct Sim {
     /// Whether nodes added from now on have node keys (`--node-key`; needs `keys`); their
     /// ids are their keys'.
     pub node_keys: bool,
+    /// Nodes with keys start in the migration mode (`--peer-key-migrate`).
+    pub migrate: bool,
     /// `--max-peer-blocks` of nodes with node keys.
     pub max_peer_blocks: u32,
     /// Record every peer datagram put on the link into [`Sim::captured`] (an eavesdropper
@@ -173,6 +175,7 @@ impl Sim {
             answers: Vec::new(),
             keys: Vec::new(),
             node_keys: false,
+            migrate: false,
             max_peer_blocks: 0,
             capture: false,
             captured: Vec::new(),
@@ -343,7 +346,7 @@ impl Sim {
         }
         let mut node = Node::new(slot.cfg.clone(), slot.id, now, seed);
         if !slot.keys.is_empty() {
-            node.set_auth(&slot.keys, false).expect("valid keys");
+            node.set_auth(&slot.keys, self.migrate).expect("valid keys");
         }
         if let Some(k) = slot.node_key {
             node.set_node_key(
