@@ -529,37 +529,27 @@ fn render(req: &Request, v: &Value) {
                     ""
                 }
             );
-            let rows = v["keys"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|k| vec![s(&k["id"]), s(&k["signing"]), s(&k["peers"])])
-                        .collect()
-                })
-                .unwrap_or_default();
+            let rows = field_rows(&v["keys"], &["id", "signing", "peers"]);
             print_table(&["key", "signing", "peers"], rows);
             if v["node_key"] == Value::Bool(true) {
                 println!("node key: on, {} peer keys pinned", s(&v["pinned"]));
             }
-            let rows: Vec<Vec<String>> = v["rejected"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|r| {
-                            ["from", "node_id", "reason", "count", "last_secs_ago"]
-                                .iter()
-                                .map(|k| s(&r[*k]))
-                                .collect()
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let rows = field_rows(
+                &v["rejected"],
+                &["from", "node_id", "reason", "count", "last_secs_ago"],
+            );
             if !rows.is_empty() {
                 println!();
                 print_table(
                     &["rejected from", "node", "reason", "count", "last (s ago)"],
                     rows,
                 );
+            }
+            let rows = field_rows(&v["plain_senders"], &["node_id", "from", "last_secs_ago"]);
+            if !rows.is_empty() {
+                // The C nodes still in the mesh: migration can end when this is empty.
+                println!();
+                print_table(&["plain sender", "from", "last (s ago)"], rows);
             }
             if let Some(h) = v["holding"].as_array().filter(|h| !h.is_empty()) {
                 let names: Vec<String> = h.iter().map(s).collect();
@@ -571,6 +561,17 @@ fn render(req: &Request, v: &Value) {
         }
         _ => println!("ok"),
     }
+}
+
+/// One row per object of the array `a`, the values of `keys` in order.
+fn field_rows(a: &Value, keys: &[&str]) -> Vec<Vec<String>> {
+    a.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| keys.iter().map(|k| s(&r[*k])).collect())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The rows of `local`: `since` as seconds ago.

@@ -893,6 +893,11 @@ fn migration_mode_mixes_a_c_node_with_keyed_nodes_and_keeps_forgers_out_of_their
             m.name(i)
         );
     }
+    let text = ctl_ok(&m.net, 0, &["keys"]);
+    assert!(
+        text.contains("migration mode") && text.contains("plain sender") && text.contains(&ids[2]),
+        "ddhcpctl keys: {text}"
+    );
 
     // Roaming across kinds: the C node's client to node 1, node 0's client to the C node.
     m.net.clt_start_k(0, 0, "udhcpc");
