@@ -121,7 +121,7 @@ pub struct Args {
     /// Append logs to this file instead of stderr (useful with -d)
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
-    /// Append one JSON line per allocation and release to this file
+    /// Append one JSON line per allocation, release and alarm to this file
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<PathBuf>,
     /// Group allowed to use the control socket (mode 0660 instead of 0600)

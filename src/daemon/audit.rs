@@ -154,6 +154,23 @@ impl LocalRecord {
     }
 }
 
+/// A security-relevant alarm, as written to the JSON lines file: `{"time", "node_id",
+/// "event": "alarm", "alarm", "args"}`, `alarm` and `args` being the hook's action and
+/// arguments (docs/hook.md). Security tools reading the audit trail see forgeries, key
+/// mismatches, lost blocks and id changes without running a hook.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct AlarmRecord {
+    pub time: String,
+    pub node_id: String,
+    /// Always `alarm`.
+    pub event: &'static str,
+    pub alarm: String,
+    pub args: Vec<String>,
+}
+
+/// The hook actions that are alarms.
+pub const ALARMS: [&str; 4] = ["conflict", "nodeid", "auth-failed", "key-mismatch"];
+
 /// Where audit records go.
 pub struct Audit {
     file: Option<File>,
@@ -204,6 +221,23 @@ impl Audit {
         let r = AllocRecord::new(node_id, pool, SystemTime::now(), e);
         info!(target: "ddhcp::audit", event = r.event, pool = %r.pool, ip = %r.ip,
               owner = %r.owner.escape_debug(), node_id = %r.node_id, "audit");
+        self.write(&r);
+    }
+
+    /// The record of an alarm: `hook` is the hook's argument vector (action first).
+    pub fn alarm(&mut self, node_id: NodeId, hook: &[String]) {
+        let Some((alarm, args)) = hook.split_first() else {
+            return;
+        };
+        let r = AlarmRecord {
+            time: rfc3339(SystemTime::now()),
+            node_id: node_id.to_string(),
+            event: "alarm",
+            alarm: alarm.clone(),
+            args: args.to_vec(),
+        };
+        info!(target: "ddhcp::audit", event = r.event, alarm = %r.alarm, args = ?r.args,
+              node_id = %r.node_id, "audit");
         self.write(&r);
     }
 
@@ -279,6 +313,32 @@ mod tests {
             serde_json::to_string(&r).unwrap(),
             r#"{"time":"2026-11-23T00:00:00.123Z","node_id":"A2A2A2A2A2A2A2A2","pool":"hosts","event":"local","ip":"10.5.0.130","from":"standby","to":"active","reason":"in use: tcp listen :22"}"#
         );
+    }
+
+    #[test]
+    fn alarms_are_appended_with_the_hook_arguments() {
+        let path = std::env::temp_dir().join(format!("ddhcp-alarm-test-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut a = Audit::open(Some(&path)).unwrap();
+        let hook: Vec<String> = ["auth-failed", "fe80::1", "FFFFFFFFFFFFFFFF", "unsigned"]
+            .map(String::from)
+            .to_vec();
+        a.alarm(NodeId([1; 8]), &hook);
+        a.alarm(NodeId([1; 8]), &[]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0]["event"], "alarm");
+        assert_eq!(lines[0]["alarm"], "auth-failed");
+        assert_eq!(
+            lines[0]["args"],
+            serde_json::json!(["fe80::1", "FFFFFFFFFFFFFFFF", "unsigned"])
+        );
+        assert_eq!(lines[0]["node_id"], "0101010101010101");
     }
 
     #[test]

@@ -663,6 +663,12 @@ impl Daemon {
 
     fn event(&mut self, ev: Event) {
         let args = render::hook_args(&ev, &self.ranges);
+        if args
+            .first()
+            .is_some_and(|a| audit::ALARMS.contains(&a.as_str()))
+        {
+            self.audit.alarm(self.node.id(), &args);
+        }
         match ev {
             Event::NodeIdChanged { new, .. } => {
                 let path = self.cfg.state_dir.join("node_id");

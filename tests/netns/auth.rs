@@ -117,11 +117,13 @@ fn mesh_key_refuses_forgery_replay_and_wrong_keys_and_rotates_without_loss() {
     let wrong = key_file(&net, "wrong", 0x33, 2);
     let log1 = net.state_dir.join("hook1.log");
     let hook1 = logging_hook(&net, "hook1.sh", &log1, "");
+    let audit1 = net.state_dir.join("audit1.jsonl");
     for (i, id) in IDS.iter().enumerate() {
         // No replicas: a fixed id over an empty state directory would rebuild first.
         let mut args = vec!["--node-id", id, "--peer-key", &k1, "--replicas", "0"];
         if i == 1 {
             args.extend(["-H", hook1.to_str().unwrap()]);
+            args.extend(["--audit-log", audit1.to_str().unwrap()]);
         }
         start_node(&mut net, i, &args);
     }
@@ -178,6 +180,19 @@ fn mesh_key_refuses_forgery_replay_and_wrong_keys_and_rotates_without_loss() {
     );
     let hook = std::fs::read_to_string(&log1).unwrap_or_default();
     assert!(hook.contains("auth-failed"), "hook log: {hook}");
+    // The same alarms in the audit trail, for security tools.
+    let audit = std::fs::read_to_string(&audit1).unwrap_or_default();
+    let alarms: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|r: &serde_json::Value| r["event"] == "alarm" && r["alarm"] == "auth-failed")
+        .collect();
+    assert!(
+        alarms
+            .iter()
+            .any(|r| r["args"][1] == "FFFFFFFFFFFFFFFF" && r["node_id"] == IDS[1].to_uppercase()),
+        "audit log: {audit}"
+    );
 
     // Rotation: install everywhere, use everywhere, remove everywhere.
     let bad_before: Vec<u64> = (0..3)
