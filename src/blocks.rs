@@ -1517,6 +1517,28 @@ mod tests {
         std::iter::from_fn(|| b.poll_output()).collect()
     }
 
+    /// Lazy rounds (`round_due`): with nothing else to claim, a block we owned before a
+    /// restart and want back is inquired at the next round, not only when the next refresh
+    /// happens to wake the table (a quarter of the block timeout later).
+    #[test]
+    fn a_wanted_block_is_inquired_at_the_next_round_with_nothing_else_due() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut b = table(false);
+        let t0 = secs(100);
+        b.restore(t0, &[(0, secs(40))], &[5]);
+        drain(&mut b);
+        assert_eq!(b.blocks_needed(), 0, "the setup needs no new block");
+        assert!(b.is_wanted(5));
+        let round = b.cfg.round_interval();
+        assert!(round < b.cfg.refresh_interval());
+        let out = run_span(&mut b, t0, t0 + round, &mut rng);
+        assert!(
+            out.iter()
+                .any(|(_, o)| matches!(o, Output::Inquire(l) if l.contains(&5))),
+            "no Inquire for block 5 within a round: {out:?}"
+        );
+    }
+
     /// Runs the timers until `end`, collecting what was sent.
     fn run_until(b: &mut Blocks, end: Instant, rng: &mut StdRng) -> Vec<(Instant, Output)> {
         run_span(b, Instant::ZERO, end, rng)
@@ -1882,6 +1904,35 @@ mod tests {
             .unwrap();
         // Marked at the first round after the change, given up -n (10 s) later.
         assert!(dropped >= secs(30) && dropped <= secs(32), "{dropped:?}");
+    }
+
+    /// Lazy rounds (`round_due`): a surplus mark is cleared at the next round once the
+    /// demand is back, so a later surplus waits the whole -n again.
+    #[test]
+    fn a_surplus_mark_is_cleared_when_demand_returns() {
+        let mut rng = StdRng::seed_from_u64(8);
+        let mut b = table(false);
+        b.cfg.spare_leases = 6;
+        run_until(&mut b, secs(20), &mut rng);
+        assert_eq!(b.owned_count(), 2);
+        b.cfg.spare_leases = 1;
+        run_span(&mut b, secs(20), secs(24), &mut rng);
+        b.cfg.spare_leases = 6;
+        run_span(&mut b, secs(24), secs(28), &mut rng);
+        assert_eq!(b.owned_count(), 2);
+        b.cfg.spare_leases = 1;
+        let out = run_span(&mut b, secs(28), secs(60), &mut rng);
+        let dropped = out
+            .iter()
+            .find_map(|(t, o)| match o {
+                Output::Claim(c) if c[0].timeout == 0 => Some(*t),
+                _ => None,
+            })
+            .expect("the surplus block is given up");
+        assert!(
+            dropped >= secs(38),
+            "given up at {dropped:?}, marked before 28 s"
+        );
     }
 
     #[test]
