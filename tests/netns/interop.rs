@@ -837,7 +837,9 @@ fn roam_and_renew(m: &Mesh, i: usize, to: usize, ip: &str) -> Result<Duration, S
 }
 
 /// `--peer-key-migrate` with a real C ddhcpd (docs/protocol.md "C nodes and the migration
-/// mode"): two of our nodes with a mesh key and a C 3eefc27 node agree on their blocks; a
+/// mode"): two of our nodes with a mesh key and node keys (the configuration a community
+/// mesh would migrate to; the simulator covers the mesh key alone) and a C 3eefc27 node
+/// agree on their blocks; a
 /// client of the C node roams to ours and one of ours roams to the C node, both keep their
 /// address (renewals forwarded plain in both directions); plain forgeries in the name of our
 /// signing nodes, a release of node 0's block in node 0's name and a claim of it in node 1's
@@ -857,7 +859,11 @@ fn migration_mode_mixes_a_c_node_with_keyed_nodes_and_keeps_forgers_out_of_their
     let mut m = Mesh::new(&[R, R, G, R], 1, Swarm::default(), &bins);
     let key = crate::auth::key_file(&m.net, "k1", 0x11, 1);
     for i in 0..2 {
-        m.start(i, false, &["--peer-key", &key, "--peer-key-migrate"]);
+        m.start(
+            i,
+            false,
+            &["--peer-key", &key, "--peer-key-migrate", "--node-key"],
+        );
     }
     m.start(2, false, &[]);
     let nodes = [0, 1, 2];

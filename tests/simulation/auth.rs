@@ -611,10 +611,12 @@ fn ours_unmoved(s: &Sim, ours: &[usize], held: &[(u32, usize)]) -> Result<(), St
 
 #[test]
 fn in_the_migration_mode_forgeries_in_our_nodes_names_change_nothing_on_them() {
-    // Cheap (about 10 ms a seed): more seeds than the other tests here.
-    for seed in 0..seeds(8) {
+    // Cheap (about 10 ms a seed): more seeds than the other tests here; with the mesh key
+    // alone and with node keys as well.
+    for (seed, node_keys) in (0..seeds(8)).flat_map(|s| [(s, false), (s, true)]) {
         let mut s = Sim::new(seed, Link::lossy(0.02));
         s.keys = vec![key(1, 1)];
+        s.node_keys = node_keys;
         s.migrate = true;
         s.capture = true;
         let mut rng = StdRng::seed_from_u64(seed ^ 0x316);
@@ -632,9 +634,12 @@ fn in_the_migration_mode_forgeries_in_our_nodes_names_change_nothing_on_them() {
                 && s.running_c().all(|(_, c)| c.satisfied())
                 && s.check_agreement().is_ok()
         };
-        let t = s
-            .run_until_pred(at(300), settled)
-            .unwrap_or_else(|| panic!("seed {seed}: not settled: {:?}", s.check_agreement()));
+        let t = s.run_until_pred(at(300), settled).unwrap_or_else(|| {
+            panic!(
+                "seed {seed} (node keys {node_keys}): not settled: {:?}",
+                s.check_agreement()
+            )
+        });
         // Settled: every view has had a refresh round to catch up.
         s.run_for(Duration::from_secs(6));
         let held = held_by_ours(&s, &ours);
@@ -645,29 +650,31 @@ fn in_the_migration_mode_forgeries_in_our_nodes_names_change_nothing_on_them() {
             if step % 4 == 0 {
                 ours_unmoved(&s, &ours, &held)
                     .and_then(|()| s.owner_map().map(|_| ()))
-                    .unwrap_or_else(|e| panic!("seed {seed} at {:?}: {e}", s.now));
+                    .unwrap_or_else(|e| {
+                        panic!("seed {seed} (node keys {node_keys}) at {:?}: {e}", s.now)
+                    });
             }
         }
         assert_eq!(
             s.id_changes, 0,
-            "seed {seed}: a forgery in its name changed an id"
+            "seed {seed} (node keys {node_keys}): a forgery in its name changed an id"
         );
         let plain = total(&s, Counter::AuthPlainAccepted);
         let copies = total(&s, Counter::AuthPlainCopy);
         let refused = total(&s, Counter::AuthDropUnsigned);
         assert!(
             plain > 0 && copies > 0 && refused > 0,
-            "seed {seed}: {plain} {copies} {refused}"
+            "seed {seed} (node keys {node_keys}): {plain} {copies} {refused}"
         );
         s.run_until_pred(s.now + Duration::from_secs(120), settled)
             .unwrap_or_else(|| {
                 panic!(
-                    "seed {seed}: not settled after the attack: {:?}",
+                    "seed {seed} (node keys {node_keys}): not settled after the attack: {:?}",
                     s.check_agreement()
                 )
             });
         println!(
-            "SIM migration seed {seed}: settled_at={t:?} plain_accepted={plain} plain_copies={copies} forgeries_refused={refused} overlaps={}",
+            "SIM migration seed {seed} node_keys={node_keys}: settled_at={t:?} plain_accepted={plain} plain_copies={copies} forgeries_refused={refused} overlaps={}",
             s.all_overlaps().len()
         );
     }
