@@ -176,6 +176,14 @@ pub enum BlockEvent {
         block: u32,
         owner: NodeId,
     },
+    /// With node keys: `by` has kept claiming a block we hold, refused, for a block
+    /// timeout. A member attacking, or a node that claimed it while it could not hear us
+    /// and that never heard us before: then both hold it (docs/protocol.md, "What
+    /// remains"), and only an operator can tell which.
+    Contested {
+        block: u32,
+        by: NodeId,
+    },
 }
 
 /// A peer as seen on the server link: an id at an address. Two C master nodes share the id
@@ -388,7 +396,20 @@ struct Incumbency {
     max_peer_blocks: u32,
     /// When we started listening with node keys.
     started: Instant,
+    /// Refused claims on our blocks, per (block, claimant): first and last refusal of the
+    /// current run and whether it was reported.
+    contests: BTreeMap<(u32, NodeId), Contest>,
 }
+
+#[derive(Clone, Copy)]
+struct Contest {
+    first: Instant,
+    last: Instant,
+    reported: bool,
+}
+
+/// Contests remembered; beyond it the one refused longest ago is forgotten.
+const MAX_CONTESTS: usize = 256;
 
 #[derive(Clone, Copy)]
 struct Heard {
@@ -453,6 +474,7 @@ impl Blocks {
             heard: BTreeMap::new(),
             max_peer_blocks,
             started: Instant::ZERO,
+            contests: BTreeMap::new(),
         }));
     }
 
@@ -606,6 +628,45 @@ impl Blocks {
             // Never heard before it claimed a held block: we cannot tell a healed
             // partition from a member with a fresh key; the incumbent keeps it.
             (None, None) => false,
+        }
+    }
+
+    /// A claim of `by` on our block `b` was refused (node keys): reported once a run of
+    /// refusals without a gap of a block timeout has lasted a block timeout.
+    fn note_contest(&mut self, now: Instant, b: u32, by: NodeId) {
+        let timeout = self.cfg.block_timeout;
+        let Some(st) = self.strict.as_mut() else {
+            return;
+        };
+        if st.contests.len() >= MAX_CONTESTS
+            && !st.contests.contains_key(&(b, by))
+            && let Some(old) = st
+                .contests
+                .iter()
+                .min_by_key(|(_, c)| c.last)
+                .map(|(k, _)| *k)
+        {
+            st.contests.remove(&old);
+        }
+        let c = st.contests.entry((b, by)).or_insert(Contest {
+            first: now,
+            last: now,
+            reported: false,
+        });
+        if now.saturating_since(c.last) > timeout {
+            *c = Contest {
+                first: now,
+                last: now,
+                reported: false,
+            };
+        }
+        c.last = now;
+        if !c.reported && now.saturating_since(c.first) >= timeout {
+            c.reported = true;
+            warn!(block = b, first = %self.range.block_first(b), claimant = %by,
+                  "CONTESTED: a node keeps claiming a block we hold; refused. A member attacking, or a node that joined during a partition and holds it too (docs/protocol.md)");
+            self.events
+                .push_back(BlockEvent::Contested { block: b, by });
         }
     }
 
@@ -1083,6 +1144,9 @@ impl Blocks {
                         self.events
                             .push_back(BlockEvent::Lost { block: b, to: from });
                     } else {
+                        if strict {
+                            self.note_contest(now, b, from);
+                        }
                         if strict && from > me {
                             self.claims_refused += 1;
                             // Counted, not logged at warning level: a member repeating
@@ -1813,6 +1877,50 @@ mod tests {
         assert_eq!(b.owner_of(free[0]).map(|o| o.0), Some(BIG));
         assert_eq!(b.owner_of(free[1]), None);
         assert_eq!(b.claims_refused, 2);
+    }
+
+    #[test]
+    fn a_claim_on_our_block_refused_for_a_block_timeout_is_reported_once() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let (mut b, block) = owning_table(&mut rng);
+        b.set_incumbency(0);
+        let e = [ClaimEntry { block, timeout: 60 }];
+        let contested = |b: &mut Blocks| {
+            std::iter::from_fn(|| b.poll_event())
+                .filter(|e| matches!(e, BlockEvent::Contested { .. }))
+                .count()
+        };
+        // A never-heard node claims our block every 15 s for two block timeouts (-B 60).
+        for t in (40..=160).step_by(15) {
+            b.on_claim(secs(t), ME, BIG, addr(2), &e);
+            assert!(b.owns(block));
+            let n = contested(&mut b);
+            assert_eq!(n, usize::from(t == 100), "at {t} s");
+        }
+        // A pause longer than a block timeout starts a new run, reported again only if it
+        // lasts.
+        b.on_claim(secs(300), ME, BIG, addr(2), &e);
+        b.on_claim(secs(330), ME, BIG, addr(2), &e);
+        assert_eq!(contested(&mut b), 0);
+        b.on_claim(secs(360), ME, BIG, addr(2), &e);
+        assert_eq!(contested(&mut b), 1);
+        // Without node keys the C rule applies and nothing is contested.
+        let (mut b, block) = owning_table(&mut rng);
+        b.on_claim(
+            secs(40),
+            ME,
+            SMALL,
+            addr(1),
+            &[ClaimEntry { block, timeout: 60 }],
+        );
+        b.on_claim(
+            secs(200),
+            ME,
+            SMALL,
+            addr(1),
+            &[ClaimEntry { block, timeout: 60 }],
+        );
+        assert_eq!(contested(&mut b), 0);
     }
 
     #[test]

@@ -114,6 +114,14 @@ pub enum Event {
         first: Ipv4Addr,
         to: NodeId,
     },
+    /// With node keys, `by` kept claiming a block we hold for a block timeout, refused
+    /// ([`crate::blocks::BlockEvent::Contested`]).
+    BlockContested {
+        pool: usize,
+        block: u32,
+        first: Ipv4Addr,
+        by: NodeId,
+    },
     /// Datagrams from `from` failed authentication (`reason`: `AuthDrop::as_str`); sent
     /// for the first failure of a source, and again after it was quiet a block timeout.
     /// `node` is the id its header claims, unverified.

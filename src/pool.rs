@@ -856,6 +856,15 @@ impl Pool {
                     self.lapsed.push((block, owner));
                     continue;
                 }
+                BlockEvent::Contested { block, by } => {
+                    self.counters.inc(Counter::BlocksContested);
+                    Event::BlockContested {
+                        pool,
+                        block,
+                        first: range.block_first(block),
+                        by,
+                    }
+                }
                 BlockEvent::Lost { block, to } => {
                     self.counters.inc(Counter::BlocksLost);
                     // Before the service forgets them: the winner may need our bindings.

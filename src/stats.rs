@@ -70,6 +70,7 @@ counters! {
     AuthDropRateLimited => "auth.drop_rate_limited",
     AuthSignatureVerified => "auth.signatures_verified",
     ClaimsRefused => "blocks.claims_refused",
+    BlocksContested => "blocks.contested",
     AuthMismatchHold => "auth.mismatch_holds",
     AuthPlainAccepted => "auth.plain_accepted",
     AuthPlainCopy => "auth.plain_copies",

@@ -169,7 +169,13 @@ pub struct AlarmRecord {
 }
 
 /// The hook actions that are alarms.
-pub const ALARMS: [&str; 4] = ["conflict", "nodeid", "auth-failed", "key-mismatch"];
+pub const ALARMS: [&str; 5] = [
+    "conflict",
+    "contested",
+    "nodeid",
+    "auth-failed",
+    "key-mismatch",
+];
 
 /// Where audit records go.
 pub struct Audit {

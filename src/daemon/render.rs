@@ -246,6 +246,9 @@ pub fn hook_args(ev: &Event, ranges: &[ManagedRange]) -> Vec<String> {
         Event::BlockLost {
             pool, first, to, ..
         } => vec!["conflict".into(), block(*pool, *first), to.to_string()],
+        Event::BlockContested {
+            pool, first, by, ..
+        } => vec!["contested".into(), block(*pool, *first), by.to_string()],
         Event::NodeIdChanged { old, new } => {
             vec!["nodeid".into(), old.to_string(), new.to_string()]
         }

@@ -317,13 +317,14 @@ impl Daemon {
         );
         m.counter_rows(
             "block_events",
-            "Blocks claimed, given up, or lost to a greater id (conflicts), by pool",
+            "Blocks claimed, given up, lost to a greater id (conflicts), or contested (node keys: another node kept claiming one we hold for a block timeout), by pool",
             &rows(pools, "event", |p| {
                 let c = p.counters();
                 vec![
                     ("claimed", c.get(C::BlocksClaimed)),
                     ("dropped", c.get(C::BlocksDropped)),
                     ("lost", c.get(C::BlocksLost)),
+                    ("contested", c.get(C::BlocksContested)),
                 ]
             }),
         );

@@ -317,12 +317,13 @@ fn with_node_keys_a_member_cannot_take_a_held_block() {
     let _guard = serial();
     let mut net = new_net(4, 1);
     let k1 = key_file(&net, "k1", 0x11, 1);
+    let audit0 = net.state_dir.join("audit0.jsonl");
     for i in 0..3 {
-        start_node(
-            &mut net,
-            i,
-            &["--peer-key", &k1, "--node-key", "--replicas", "0"],
-        );
+        let mut args = vec!["--peer-key", &k1, "--node-key", "--replicas", "0"];
+        if i == 0 {
+            args.extend(["--audit-log", audit0.to_str().unwrap()]);
+        }
+        start_node(&mut net, i, &args);
     }
     for i in 0..3 {
         wait_serving(&mut net, i, 1);
@@ -399,8 +400,9 @@ fn with_node_keys_a_member_cannot_take_a_held_block() {
         );
         assert!(out.status.success(), "peer_forge: {out:?}");
     };
-    // In its own name, repeatedly (it answers the challenges, so its claims are verified).
-    run_forge("self", "60", "6");
+    // In its own name, repeatedly (it answers the challenges, so its claims are verified),
+    // for longer than a block timeout (-B 10): node 0 reports the contest.
+    run_forge("self", "60", "12");
     assert_owners_unchanged_by_id(&net, &ids, &before, "after the member's claims");
     for i in 0..3 {
         assert!(
@@ -412,6 +414,15 @@ fn with_node_keys_a_member_cannot_take_a_held_block() {
             "node {i}"
         );
     }
+    let audit = std::fs::read_to_string(&audit0).unwrap_or_default();
+    let member_id = member.id().to_string();
+    assert!(
+        audit
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|r| r["alarm"] == "contested" && r["args"][1] == member_id.as_str()),
+        "no contested alarm for the member in node 0's audit log: {audit}"
+    );
     // In node 0's name: a release, then a claim; its key is not node 0's.
     run_forge(&ids[0], "0", "3");
     run_forge(&ids[0], "60", "2");

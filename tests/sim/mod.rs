@@ -133,6 +133,9 @@ pub struct Sim {
     pub captured: Vec<(ddhcp::node::Dest, std::rc::Rc<[u8]>)>,
     /// `auth-failed` and `key-mismatch` events of all nodes (`holding` ones).
     pub auth_failures: u64,
+    /// `BlockContested` events (node keys: claims on a held block refused for a block
+    /// timeout).
+    pub contested: u64,
     pub mismatch_holds: u64,
 }
 
@@ -180,6 +183,7 @@ impl Sim {
             capture: false,
             captured: Vec::new(),
             auth_failures: 0,
+            contested: 0,
             mismatch_holds: 0,
         }
     }
@@ -820,6 +824,7 @@ impl Sim {
                 }
                 Event::NodeIdChanged { .. } => self.id_changes += 1,
                 Event::PeerAuthFailed { .. } => self.auth_failures += 1,
+                Event::BlockContested { .. } => self.contested += 1,
                 Event::KeyMismatch { holding, .. } => {
                     if holding {
                         self.mismatch_holds += 1

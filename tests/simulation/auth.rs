@@ -502,8 +502,11 @@ fn member_attack(seed: u64, node_keys: bool) -> Option<String> {
         forged > 0,
         "seed {seed}: no claim in another's name refused"
     );
+    // The owners it kept claiming from for a block timeout raised the alarm.
+    assert!(s.contested > 0, "seed {seed}: no contest reported");
     println!(
-        "SIM member_attack seed {seed}: refused={refused} forged={forged} signatures={}",
+        "SIM member_attack seed {seed}: refused={refused} forged={forged} contested={} signatures={}",
+        s.contested,
         total(&s, Counter::AuthSignatureVerified)
     );
     None
@@ -662,6 +665,11 @@ fn in_the_migration_mode_forgeries_in_our_nodes_names_change_nothing_on_them() {
         let plain = total(&s, Counter::AuthPlainAccepted);
         let copies = total(&s, Counter::AuthPlainCopy);
         let refused = total(&s, Counter::AuthDropUnsigned);
+        // Honest nodes and C nodes only: no claim of theirs is contested.
+        assert_eq!(
+            s.contested, 0,
+            "seed {seed} (node keys {node_keys}): a false alarm"
+        );
         assert!(
             plain > 0 && copies > 0 && refused > 0,
             "seed {seed} (node keys {node_keys}): {plain} {copies} {refused}"
@@ -674,8 +682,9 @@ fn in_the_migration_mode_forgeries_in_our_nodes_names_change_nothing_on_them() {
                 )
             });
         println!(
-            "SIM migration seed {seed} node_keys={node_keys}: settled_at={t:?} plain_accepted={plain} plain_copies={copies} forgeries_refused={refused} overlaps={}",
-            s.all_overlaps().len()
+            "SIM migration seed {seed} node_keys={node_keys}: settled_at={t:?} plain_accepted={plain} plain_copies={copies} forgeries_refused={refused} overlaps={} contested={}",
+            s.all_overlaps().len(),
+            s.contested
         );
     }
 }
