@@ -625,7 +625,6 @@ impl Auth {
             .collect()
     }
 
-    /// Node ids whose index is confirmed and that were heard since `since`.
     /// Nodes whose plain datagrams were accepted since `since` (migration mode): id, source
     /// and last time.
     pub fn plain_senders(&self, since: Instant) -> Vec<(NodeId, Ipv6Addr, Instant)> {
@@ -650,6 +649,7 @@ impl Auth {
         self.plain_senders.insert(node, (from, now));
     }
 
+    /// Node ids whose index is confirmed and that were heard since `since`.
     pub fn verified_peers(&self, since: Instant) -> usize {
         self.peers
             .values()
